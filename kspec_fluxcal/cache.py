@@ -1,0 +1,100 @@
+"""The user cache folder and safe, content-keyed binary cache files.
+
+The cache lives in ``$KSPEC_FLUXCAL_CACHE`` when set, else in the platform's
+user cache folder (e.g. ``~/.cache/kspec_fluxcal``): template library folders
+may be read-only. Every entry is written atomically and carries a checksum,
+so a stale or corrupt file is detected and rebuilt, never trusted.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from .exceptions import CacheError
+
+__all__ = ["cache_dir", "fingerprint", "save_arrays", "load_arrays"]
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(*parts):
+    """Return (and create) a folder inside the package cache."""
+    root = os.environ.get("KSPEC_FLUXCAL_CACHE") or platformdirs.user_cache_dir("kspec_fluxcal")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fingerprint(*items):
+    """A short hex digest of JSON-able items (arrays are hashed by their bytes)."""
+    digest = hashlib.sha256()
+    for item in items:
+        if isinstance(item, np.ndarray):
+            digest.update(np.ascontiguousarray(item).tobytes())
+            digest.update(str(item.dtype).encode())
+        else:
+            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def _checksum(path):
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_arrays(folder, arrays, meta=None):
+    """Write ``arrays`` (name → ndarray) and ``meta`` into ``folder`` atomically.
+
+    Each array becomes ``<name>.npy`` (memory-mappable); ``index.json`` records
+    the meta and every file's checksum and is written last, so a folder
+    without a valid index is never read.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"meta": meta or {}, "files": {}}
+    for name, array in arrays.items():
+        target = folder / f"{name}.npy"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        index["files"][name] = _checksum(target)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.part")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(index, fh)
+    os.replace(tmp, folder / "index.json")
+
+
+def load_arrays(folder, mmap=True, verify=True):
+    """Read a folder written by `save_arrays`: (name → array, meta).
+
+    Raises `~kspec_fluxcal.CacheError` when the index is missing or a file does
+    not match its checksum; the caller rebuilds the entry.
+    """
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        arrays = {}
+        for name, checksum in index["files"].items():
+            path = folder / f"{name}.npy"
+            if verify and _checksum(path) != checksum:
+                raise CacheError(f"cache file {path} does not match its checksum")
+            arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except CacheError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"cache entry {folder} is unreadable ({exc}); it will be rebuilt") from exc
+    return arrays, index["meta"]

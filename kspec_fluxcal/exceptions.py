@@ -1,0 +1,66 @@
+"""Exceptions and warnings of kspec_fluxcal.
+
+Every error raised on purpose by the package derives from
+`KspecFluxcalError`, so a caller can catch the package's failures in one
+place. Subclasses that describe bad input also derive from `ValueError`.
+"""
+
+from astropy.utils.exceptions import AstropyUserWarning
+
+__all__ = [
+    "KspecFluxcalError",
+    "InputDataError",
+    "CatalogError",
+    "RedFileError",
+    "AlreadyCalibratedError",
+    "TemplateLibraryError",
+    "CacheError",
+    "CalibrationError",
+    "DownloadError",
+    "KspecFluxcalWarning",
+    "PartialBandpassWarning",
+]
+
+
+class KspecFluxcalError(Exception):
+    """Base class of every error raised on purpose by kspec_fluxcal."""
+
+
+class InputDataError(KspecFluxcalError, ValueError):
+    """Input data (a spectrum, a container field, an array) is unusable."""
+
+
+class CatalogError(InputDataError):
+    """A standard-star catalogue is missing columns or holds unusable values."""
+
+
+class RedFileError(InputDataError):
+    """A RED file is missing extensions or holds inconsistent shapes."""
+
+
+class AlreadyCalibratedError(KspecFluxcalError):
+    """The RED file is flux calibrated already (``FLUXCAL = T``)."""
+
+
+class TemplateLibraryError(KspecFluxcalError):
+    """A template library folder is empty, of unknown layout or corrupt."""
+
+
+class CacheError(KspecFluxcalError):
+    """A binary cache file is stale or corrupt (it is rebuilt, never trusted)."""
+
+
+class CalibrationError(KspecFluxcalError):
+    """The calibration cannot be derived (e.g. no usable standard star)."""
+
+
+class DownloadError(KspecFluxcalError):
+    """A download failed for good (after its retries)."""
+
+
+class KspecFluxcalWarning(AstropyUserWarning):
+    """Base class of the warnings issued by kspec_fluxcal."""
+
+
+class PartialBandpassWarning(KspecFluxcalWarning):
+    """A spectrum does not cover a whole bandpass; its magnitude is NaN."""
