@@ -1,23 +1,14 @@
-"""Shared fixtures: the real reference data in ../shared/data and the slow-test switch."""
+"""Shared fixtures: the real reference data in ../shared/data.
+
+Slow tests are marked ``@pytest.mark.slow`` and run with ``--run-slow``
+(pytest-skip-slow, installed with pytest-astropy).
+"""
 
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip_slow = pytest.mark.skip(reason="slow test: run with --run-slow (tox -e slow)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
 
 
 def _shared(subdir):

@@ -1,0 +1,447 @@
+"""Per-star calibration: photometric scaling with reddening, and the star's vector.
+
+The model of a standard star as it arrives at the telescope is
+
+    F_obs(λ) = s · F_model(λ / D) · 10^(−0.4 E(B−V) k(λ))
+
+with F_model the refined, LSF-matched surface flux of its best template, D
+the Doppler factor of its radial velocity, s = (R/d)² the dilution that the
+photometry fixes and k(λ) = A(λ)/E(B−V) the extinction curve. The
+calibration vector of the star is F_obs / counts on the star's own pixels, so
+model and star are compared in the same (observed) frame.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy import units as u
+from scipy.interpolate import BSpline
+
+from .containers import FLAM, CalibrationVector, Photometry, spectrum_variance, validate_spectrum
+from .exceptions import CalibrationError, InputDataError
+from .extinction import extinction_per_ebv
+
+__all__ = [
+    "PhotometricScale",
+    "scale_template_to_photometry",
+    "fit_smooth_vector",
+    "compute_calibration_vector_for_star",
+]
+
+log = logging.getLogger(__name__)
+
+AB_ZEROPOINT_FNU = 3631e-23
+"""f_ν of an AB magnitude of zero, erg s⁻¹ cm⁻² Hz⁻¹ (Oke & Gunn 1983)."""
+
+
+@dataclass
+class PhotometricScale:
+    """The fit of a model's flux scale and reddening to catalogue photometry.
+
+    ``scale`` multiplies the model surface flux (it is (R/d)²); residuals are
+    synthetic − observed AB magnitudes, for every band with data (flagged
+    bands included, so a reader sees why they were left out).
+    """
+
+    scale: float
+    scale_error: float
+    ebv: float
+    ebv_error: float
+    band_names: list
+    residuals: dict
+    used_bands: list
+    flagged_bands: list = field(default_factory=list)
+    chi2: float = np.nan
+    ndof: int = 0
+
+    @property
+    def residual_rms(self):
+        """rms (mag) of the residuals of the bands used in the fit."""
+        vals = np.array([self.residuals[b] for b in self.used_bands])
+        return float(np.sqrt(np.mean(vals**2))) if vals.size else np.nan
+
+
+def _model_band_mags(band_fnu):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -2.5 * np.log10(np.asarray(band_fnu, float) / AB_ZEROPOINT_FNU)
+
+
+def scale_template_to_photometry(
+    band_fnu,
+    band_names,
+    photometry,
+    ebv_grid=None,
+    ebv="fit",
+    mag_floor=0.01,
+    clip_sigma=3.0,
+    min_bands=3,
+):
+    """Fit the flux scale (and E(B−V)) of a model to a star's photometry.
+
+    Parameters
+    ----------
+    band_fnu : array_like, shape (n_bands,) or (n_bands, n_ebv)
+        Photon-counting mean f_ν (erg s⁻¹ cm⁻² Hz⁻¹) of the unscaled model in
+        each band, at each E(B−V) of ``ebv_grid`` (NaN where the model does
+        not cover the whole band: such bands are left out, never integrated
+        in part). A `~kspec_fluxcal.templates.PreparedGrid` provides these as
+        ``weights @ grid.band_fnu``.
+    band_names : sequence of str
+        Registry names of the rows of ``band_fnu``.
+    photometry : `~kspec_fluxcal.containers.Photometry`
+        Observed AB magnitudes.
+    ebv_grid : array_like, optional
+        E(B−V) of the columns of ``band_fnu``; required when it is 2-D.
+    ebv : 'fit', float or None
+        ``'fit'`` fits E(B−V) with the scale (within ``ebv_grid``); a number
+        (e.g. from the catalogue or a dust map) fixes it; None means none.
+    mag_floor : float
+        Systematic error (mag) added in quadrature to every band: zero-point
+        and model uncertainties, so that Gaia's millimag errors cannot let one
+        wrong zero point dominate.
+    clip_sigma : float
+        A band whose residual exceeds this many σ (with the floor) is flagged
+        and the fit repeated without it, while ``min_bands`` remain.
+    min_bands : int
+        Fewest bands needed to fit.
+
+    Returns
+    -------
+    `PhotometricScale`
+    """
+    if not isinstance(photometry, Photometry):
+        raise InputDataError("photometry must be a kspec_fluxcal Photometry.")
+    band_names = list(band_names)
+    fnu = np.asarray(band_fnu, dtype=float)
+    if fnu.ndim == 1:
+        fnu = fnu[:, None]
+        grid = np.zeros(1)
+    else:
+        if ebv_grid is None:
+            raise InputDataError("ebv_grid is required when band_fnu has an E(B−V) axis.")
+        grid = np.asarray(ebv_grid, dtype=float)
+        if fnu.shape != (len(band_names), grid.size):
+            raise InputDataError(
+                f"band_fnu has shape {fnu.shape}; expected ({len(band_names)}, {grid.size})."
+            )
+    obs_mag = np.full(len(band_names), np.nan)
+    obs_err = np.full(len(band_names), np.nan)
+    valid = photometry.valid
+    for i, name in enumerate(band_names):
+        if name in photometry.filter_names:
+            j = photometry.filter_names.index(name)
+            if valid[j]:
+                obs_mag[i], obs_err[i] = photometry.magnitudes[j], photometry.mag_errors[j]
+    model_mag = _model_band_mags(fnu)
+    usable = np.isfinite(obs_mag) & np.all(np.isfinite(model_mag), axis=1)
+    if np.count_nonzero(usable) < min_bands:
+        raise CalibrationError(
+            f"only {np.count_nonzero(usable)} photometric band(s) are both measured and covered "
+            f"by the model (need {min_bands}); add catalogue bands or use a template library "
+            "that covers them."
+        )
+    sigma = np.sqrt(obs_err**2 + mag_floor**2)
+    mag_at = _ebv_interpolator(model_mag, grid, ebv)
+    use = usable.copy()
+    flagged = []
+    while True:
+        fit = _fit_offset_and_ebv(mag_at, obs_mag, sigma, use, grid, ebv)
+        resid = mag_at(fit["ebv"]) + fit["offset"] - obs_mag
+        z = np.where(use, np.abs(resid) / sigma, 0.0)
+        worst = int(np.argmax(z))
+        if z[worst] <= clip_sigma or np.count_nonzero(use) <= min_bands:
+            break
+        use[worst] = False
+        flagged.append(band_names[worst])
+        log.info("band %s flagged: residual %.3f mag is %.1fσ", band_names[worst], resid[worst], z[worst])
+    scale = 10.0 ** (-0.4 * fit["offset"])
+    return PhotometricScale(
+        scale=float(scale),
+        scale_error=float(scale * 0.4 * np.log(10) * fit["offset_error"]),
+        ebv=float(fit["ebv"]),
+        ebv_error=float(fit["ebv_error"]),
+        band_names=band_names,
+        residuals={band_names[i]: float(resid[i]) for i in np.flatnonzero(usable)},
+        used_bands=[band_names[i] for i in np.flatnonzero(use)],
+        flagged_bands=flagged,
+        chi2=float(fit["chi2"]),
+        ndof=int(fit["ndof"]),
+    )
+
+
+def _ebv_interpolator(model_mag, grid, ebv):
+    """A function E(B−V) (scalar or array) → model magnitudes, linear in the grid."""
+    if grid.size == 1:
+        if not isinstance(ebv, str) and ebv is not None and float(ebv) != grid[0]:
+            raise InputDataError(
+                "a fixed E(B−V) needs band fluxes on an E(B−V) grid; pass ebv_grid."
+            )
+        return lambda e: model_mag[:, 0]
+
+    def at(e):
+        e = np.clip(np.asarray(e, dtype=float), grid[0], grid[-1])
+        k = np.clip(np.searchsorted(grid, e) - 1, 0, grid.size - 2)
+        t = (e - grid[k]) / (grid[k + 1] - grid[k])
+        return model_mag[:, k] * (1 - t) + model_mag[:, k + 1] * t
+
+    return at
+
+
+def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
+    """Weighted least squares of obs = model(E) + offset over the used bands.
+
+    ``ebv`` is ``'fit'`` (E(B−V) free within ``grid``), a fixed value, or None.
+    """
+    fit_ebv = isinstance(ebv, str)
+    if fit_ebv and ebv != "fit":
+        raise InputDataError(f"ebv must be 'fit', a number or None; got {ebv!r}.")
+    w = np.where(use, 1.0 / sigma**2, 0.0)
+    obs0 = np.where(use, obs, 0.0)
+
+    def solve(e):
+        m = np.where(use, mag_at(e), 0.0)
+        offset = np.sum(w * (obs0 - m)) / np.sum(w)
+        chi2 = np.sum(w * (obs0 - m - offset) ** 2)
+        return offset, chi2
+
+    if fit_ebv and grid.size > 1:
+        fine = np.linspace(grid[0], grid[-1], 20 * (grid.size - 1) + 1)
+        m = np.where(use[:, None], mag_at(fine), 0.0)
+        resid = obs0[:, None] - m
+        offsets = (w @ resid) / np.sum(w)
+        chi2 = w @ (resid - offsets) ** 2
+        k = int(np.argmin(chi2))
+        e_best = fine[k]
+        if 0 < k < fine.size - 1:
+            c0, c1, c2 = chi2[k - 1 : k + 2]
+            denom = c0 - 2 * c1 + c2
+            if denom > 0:
+                e_best = fine[k] + 0.5 * (c0 - c2) / denom * (fine[1] - fine[0])
+        # Fisher matrix of (offset, E) with the local slope dm/dE of each band
+        h = 1e-3
+        lo, hi = max(e_best - h, grid[0]), min(e_best + h, grid[-1])
+        slope = np.where(use, (mag_at(hi) - mag_at(lo)) / (hi - lo), 0.0)
+        jac = np.stack([np.ones_like(slope), slope], axis=1)
+        fisher = jac.T @ (w[:, None] * jac)
+        cov = np.linalg.pinv(fisher)
+        offset, chi2_best = solve(e_best)
+        offset_err, ebv_err = np.sqrt(np.diag(cov))
+        npar = 2
+    else:
+        e_best = grid[0] if fit_ebv or ebv is None else float(ebv)
+        offset, chi2_best = solve(e_best)
+        offset_err, ebv_err = np.sqrt(1.0 / np.sum(w)), 0.0
+        npar = 1
+    ndof = int(np.count_nonzero(use)) - npar
+    if ndof > 0 and chi2_best / ndof > 1:
+        inflate = np.sqrt(chi2_best / ndof)
+        offset_err, ebv_err = offset_err * inflate, ebv_err * inflate
+    return {
+        "offset": float(offset),
+        "offset_error": float(offset_err),
+        "ebv": float(e_best),
+        "ebv_error": float(ebv_err),
+        "chi2": float(chi2_best),
+        "ndof": ndof,
+    }
+
+
+def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
+    """Weighted least-squares cubic B-spline through a per-pixel vector.
+
+    Parameters
+    ----------
+    wavelength : ndarray
+        Å, increasing.
+    values, variance : ndarray
+        Per-pixel values and variances.
+    exclude : ndarray of bool
+        Pixels left out of the fit (lines, telluric bands, bad pixels).
+    knot_spacing : float
+        Interior knot spacing (Å).
+    clip_sigma : float
+        Symmetric iterative clipping of outliers (σ).
+
+    Returns
+    -------
+    smooth, smooth_variance, covered : ndarray
+        The spline and its variance on ``wavelength`` (variance scaled by the
+        reduced χ² when that exceeds 1), and where it is defined (between the
+        first and last pixel used).
+    """
+    good = ~exclude & np.isfinite(values) & np.isfinite(variance) & (variance > 0)
+    if np.count_nonzero(good) < 10:
+        raise CalibrationError("fewer than 10 usable pixels for the smooth calibration vector.")
+    x_used = wavelength[good]
+    lo, hi = x_used[0], x_used[-1]
+    n_int = max(int((hi - lo) // knot_spacing), 0)
+    interior = np.linspace(lo, hi, n_int + 2)[1:-1]
+    # keep only knots with data between them, so the design stays well-posed
+    if interior.size:
+        counts = np.histogram(x_used, bins=np.concatenate([[lo], interior, [hi + 1e-9]]))[0]
+        keep = np.ones(interior.size, dtype=bool)
+        keep &= (counts[:-1] >= 4) | (counts[1:] >= 4)
+        interior = interior[keep]
+    degree = 3
+    knots = np.concatenate([[lo] * (degree + 1), interior, [hi] * (degree + 1)])
+    n_coef = knots.size - degree - 1
+    design = BSpline.design_matrix(np.clip(wavelength, lo, hi), knots, degree).toarray()
+    use = good.copy()
+    for _ in range(max_iter):
+        w = np.where(use, 1.0 / np.where(use, variance, 1.0), 0.0)
+        a = design.T @ (w[:, None] * design)
+        b = design.T @ (w * np.where(use, values, 0.0))
+        cov = np.linalg.pinv(a + 1e-12 * np.trace(a) / n_coef * np.eye(n_coef))
+        coef = cov @ b
+        model = design @ coef
+        z = np.abs(values - model) / np.sqrt(variance)
+        new_use = good & (z < clip_sigma)
+        if np.array_equal(new_use, use):
+            break
+        use = new_use
+    ndof = max(np.count_nonzero(use) - n_coef, 1)
+    chi2_red = float(np.sum(np.where(use, (values - model) ** 2 / variance, 0.0)) / ndof)
+    var = np.einsum("ij,jk,ik->i", design, cov, design) * max(chi2_red, 1.0)
+    covered = (wavelength >= lo) & (wavelength <= hi)
+    return model, var, covered
+
+
+def compute_calibration_vector_for_star(
+    spectrum,
+    match,
+    grid,
+    phot_scale,
+    mask_regions=None,
+    extinction="F99",
+    r_v=3.1,
+    knot_spacing=250.0,
+    line_depth=0.1,
+    output_wavelength=None,
+    meta=None,
+):
+    """Calibration vector of one standard: (scaled, reddened, shifted model) / counts.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        The standard's observed counts (ct or ct/s) with variance and mask.
+    match : `~kspec_fluxcal.matching.TemplateMatch`
+        Its best template (``weights``, ``rv``, ``params``).
+    grid : `~kspec_fluxcal.templates.PreparedGrid`
+        The prepared grid the match refers to.
+    phot_scale : `PhotometricScale`
+        Scale and E(B−V) from `scale_template_to_photometry`.
+    mask_regions : `~astropy.units.Quantity`, shape (n, 2), optional
+        Wavelength ranges (Å) masked in the vector (telluric bands).
+    extinction, r_v : str, float
+        Reddening law, as in `~kspec_fluxcal.extinction.extinction_per_ebv`.
+    knot_spacing : float
+        Knot spacing (Å) of the smooth representation.
+    line_depth : float
+        Pixels where the model dips more than this below its continuum are
+        left out of the smooth fit, so line residuals do not print into it.
+    output_wavelength : `~astropy.units.Quantity`, optional
+        Grid to return the vector on (default: the star's own pixels).
+    meta : dict, optional
+        Added to the vector's meta (``star_name``, ``fiber_id`` …).
+
+    Returns
+    -------
+    `~kspec_fluxcal.containers.CalibrationVector`
+        Per-pixel factor and variance (from the counts' variance and the scale
+        error), mask True where counts are non-finite, non-positive, masked
+        or in ``mask_regions``, and the smooth B-spline form.
+    """
+    from .masks import load_mask_array
+    from .matching import model_spectrum
+
+    spectrum = validate_spectrum(spectrum)
+    wave = spectrum.spectral_axis.to_value(u.AA)
+    counts = spectrum.flux.value
+    var = spectrum_variance(spectrum)
+    if var is None:
+        raise InputDataError("the standard-star spectrum has no variance; it is needed for the errors.")
+    var = var.value
+    model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv)
+    model_flux = u.Quantity(model, FLAM).to_value(FLAM)
+    model_cont = u.Quantity(model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True), FLAM)
+    redden = 10.0 ** (-0.4 * phot_scale.ebv * extinction_per_ebv(wave, extinction, r_v))
+    expected = phot_scale.scale * redden * model_flux
+
+    bad = np.asarray(spectrum.mask, dtype=bool) | ~np.isfinite(counts) | (counts <= 0)
+    bad |= ~np.isfinite(var) | (var < 0) | ~np.isfinite(expected) | (expected <= 0)
+    if mask_regions is not None:
+        bad |= load_mask_array(wave * u.AA, mask_regions)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cal = np.where(bad, np.nan, expected / counts)
+        rel_scale = phot_scale.scale_error / phot_scale.scale
+        cal_var = np.where(bad, np.nan, cal**2 * (var / counts**2 + rel_scale**2))
+        depth = 1.0 - model_flux / model_cont.to_value(FLAM)
+    if np.count_nonzero(~bad) < 10:
+        raise CalibrationError(
+            f"the standard has only {np.count_nonzero(~bad)} usable pixels; check its mask and counts."
+        )
+    stat_var = np.where(bad, np.nan, cal**2 * var / np.where(bad, 1.0, counts) ** 2)
+    smooth, smooth_var, covered = fit_smooth_vector(
+        wave, cal, stat_var, bad | (depth > line_depth), knot_spacing=knot_spacing
+    )
+    smooth_var = smooth_var + smooth**2 * rel_scale**2
+    smooth = np.where(covered, smooth, np.nan)
+    smooth_var = np.where(covered, smooth_var, np.nan)
+
+    unit = FLAM / spectrum.flux.unit
+    info = {
+        "teff": match.params.get("teff"),
+        "logg": match.params.get("logg"),
+        "feh": match.params.get("feh"),
+        "alpha_m": match.params.get("alpha_m"),
+        "rv_kms": float(u.Quantity(match.rv, u.km / u.s).value),
+        "scale_factor": phot_scale.scale,
+        "scale_error": phot_scale.scale_error,
+        "ebv": phot_scale.ebv,
+        "ebv_error": phot_scale.ebv_error,
+        "band_residuals": dict(phot_scale.residuals),
+        "flagged_bands": list(phot_scale.flagged_bands),
+        "phot_rms": phot_scale.residual_rms,
+        "chi2": float(match.score),
+        "ndof": int(match.ndof),
+        "good_fraction": float(np.count_nonzero(~bad) / bad.size),
+        "snr_median": float(np.nanmedian(np.where(bad, np.nan, counts / np.sqrt(var)))),
+        "on_edge": dict(match.on_edge) if getattr(match, "on_edge", None) else {},
+    }
+    info.update(meta or {})
+    if output_wavelength is not None:
+        return _resample_vector(wave, cal, cal_var, bad, smooth, smooth_var, unit, output_wavelength, info)
+    return CalibrationVector(
+        wavelength=wave * u.AA,
+        cal_factor=cal * unit,
+        cal_variance=cal_var * unit**2,
+        mask=bad,
+        smooth_factor=smooth * unit,
+        smooth_variance=smooth_var * unit**2,
+        meta=info,
+    )
+
+
+def _resample_vector(wave, cal, cal_var, bad, smooth, smooth_var, unit, output_wavelength, info):
+    """Interpolate a vector onto another grid; a pixel touching a bad one is bad."""
+    out = u.Quantity(output_wavelength, u.AA).to_value(u.AA)
+    outside = (out < wave[0]) | (out > wave[-1])
+    near_bad = np.interp(out, wave, bad.astype(float)) > 0
+    out_bad = outside | near_bad
+
+    def interp(y):
+        return np.interp(out, wave, np.where(np.isfinite(y), y, 0.0))
+
+    smooth_ok = np.isfinite(smooth)
+    s_bad = outside | (np.interp(out, wave, (~smooth_ok).astype(float)) > 0)
+    return CalibrationVector(
+        wavelength=out * u.AA,
+        cal_factor=np.where(out_bad, np.nan, interp(cal)) * unit,
+        cal_variance=np.where(out_bad, np.nan, interp(cal_var)) * unit**2,
+        mask=out_bad,
+        smooth_factor=np.where(s_bad, np.nan, interp(smooth)) * unit,
+        smooth_variance=np.where(s_bad, np.nan, interp(smooth_var)) * unit**2,
+        meta=info,
+    )

@@ -1,0 +1,310 @@
+"""Robust combination of the calibration vectors of several standard stars.
+
+Each star's vector differs from the others by a gray factor (the fiber's
+aperture loss, the star's photometric scale) and by noise and model misfit.
+The combination works in ln(Cal): it removes each star's gray factor against
+the median shape, rejects stars that fail quality gates or deviate from the
+others (median/MAD statistics, which work for 3–10 stars), averages the
+shapes, and then sets the absolute level from the median gray factor of the
+stars used — the calibrated spectra carry the typical aperture loss of the
+standards.
+"""
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from astropy import units as u
+from scipy.ndimage import median_filter, uniform_filter1d
+
+from .containers import CalibrationVector, FluxCalibrationResult
+from .exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
+
+__all__ = ["QualityGates", "combine_calibration_vectors", "MAD_TO_SIGMA"]
+
+log = logging.getLogger(__name__)
+
+MAD_TO_SIGMA = 1.482602218505602
+"""σ of a normal distribution per unit of its median absolute deviation."""
+
+
+@dataclass
+class QualityGates:
+    """Per-star thresholds; a star failing one is rejected with the reason.
+
+    Attributes
+    ----------
+    max_reduced_score : float
+        Largest template-fit score per degree of freedom.
+    max_phot_rms : float
+        Largest rms (mag) of the photometric residuals.
+    reject_on_edge : tuple of str
+        Parameters whose best value on the grid's edge rejects the star.
+    min_snr : float
+        Smallest median S/N per pixel.
+    min_good_fraction : float
+        Smallest fraction of usable pixels.
+    outlier_sigma : float
+        Robust (MAD) threshold for a star whose shape deviates from the others.
+    """
+
+    max_reduced_score: float = 25.0
+    max_phot_rms: float = 0.08
+    reject_on_edge: tuple = ("teff", "feh")
+    min_snr: float = 5.0
+    min_good_fraction: float = 0.3
+    outlier_sigma: float = 5.0
+
+
+def _gate(meta, gates):
+    """Reason a star fails the gates, or None."""
+    ndof = meta.get("ndof") or 0
+    chi2 = meta.get("chi2")
+    if chi2 is not None and ndof > 0 and chi2 / ndof > gates.max_reduced_score:
+        return f"template fit score/dof {chi2 / ndof:.1f} > {gates.max_reduced_score}"
+    rms = meta.get("phot_rms")
+    if rms is not None and np.isfinite(rms) and rms > gates.max_phot_rms:
+        return f"photometric residual rms {rms:.3f} mag > {gates.max_phot_rms}"
+    edge = meta.get("on_edge") or {}
+    hit = [p for p in gates.reject_on_edge if edge.get(p)]
+    if hit:
+        return f"best {', '.join(hit)} on the template grid's edge"
+    snr = meta.get("snr_median")
+    if snr is not None and np.isfinite(snr) and snr < gates.min_snr:
+        return f"median S/N {snr:.1f} < {gates.min_snr}"
+    good = meta.get("good_fraction")
+    if good is not None and good < gates.min_good_fraction:
+        return f"usable pixel fraction {good:.2f} < {gates.min_good_fraction}"
+    return None
+
+
+def _stack(vectors, smooth):
+    """ln(Cal) and its variance as (n_star, n_pix) arrays on the common grid."""
+    wave = vectors[0].wavelength
+    unit = vectors[0].unit
+    logs, lvars = [], []
+    for i, vec in enumerate(vectors):
+        if vec.wavelength.shape != wave.shape or not np.allclose(vec.wavelength.value, wave.value):
+            raise InputDataError(
+                f"calibration vector {i} is on another wavelength grid; put every vector on "
+                "the same grid (compute_calibration_vector_for_star(output_wavelength=...))."
+            )
+        factor, variance = vec.best(smooth)
+        factor = factor.to_value(unit)
+        variance = variance.to_value(unit**2)
+        bad = vec.mask if not smooth else ~np.isfinite(factor)
+        bad = bad | ~np.isfinite(factor) | (factor <= 0) | ~np.isfinite(variance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs.append(np.where(bad, np.nan, np.log(factor)))
+            lvars.append(np.where(bad, np.nan, variance / factor**2))
+    return wave, unit, np.array(logs), np.array(lvars)
+
+
+def _robust_sigma(x, axis=None, floor=0.0):
+    med = np.nanmedian(x, axis=axis, keepdims=True)
+    mad = np.nanmedian(np.abs(x - med), axis=axis)
+    return np.maximum(MAD_TO_SIGMA * mad, floor)
+
+
+def combine_calibration_vectors(
+    vectors,
+    method="weighted_mean",
+    sigma_clip=3.0,
+    smooth=False,
+    smooth_window=51,
+    representation=None,
+    gates=None,
+    rejected=None,
+):
+    """Combine per-star calibration vectors into one.
+
+    Parameters
+    ----------
+    vectors : list of `~kspec_fluxcal.containers.CalibrationVector`
+        On one wavelength grid, one per standard.
+    method : {'weighted_mean', 'median'}
+        How the gray-normalised shapes are averaged at each wavelength.
+    sigma_clip : float
+        Per-pixel clipping (robust σ) of individual stars around the median.
+    smooth : bool
+        Smooth the combined vector further with a running median of
+        ``smooth_window`` pixels followed by a running mean.
+    smooth_window : int
+        Window (pixels) of that smoothing.
+    representation : {'smooth', 'pixel'}, optional
+        Which form of the star vectors to combine; default the smooth form when
+        every vector has one.
+    gates : `QualityGates`, optional
+        Per-star quality thresholds.
+    rejected : list of dict, optional
+        Stars already rejected upstream (each with ``star_name``, ``fiber_id``,
+        ``reject_reason``); they are carried into the summary.
+
+    Returns
+    -------
+    `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The combined vector (its ``meta['representation']`` says which form),
+        the per-star vectors (meta ``used``, ``reject_reason``,
+        ``gray_factor``), each star's fractional residual from the
+        combination, and the summary (``n_stars_used``, ``n_stars_rejected``,
+        ``rms_scatter``, ``wavelength_range``, ``per_star_metrics``).
+    """
+    if method not in ("weighted_mean", "median"):
+        raise InputDataError(f"method must be 'weighted_mean' or 'median'; got {method!r}.")
+    gates = gates or QualityGates()
+    vectors = list(vectors)
+    prior = [dict(r) for r in (rejected or [])]
+    if not vectors:
+        raise CalibrationError(
+            "no standard-star calibration vector to combine"
+            + (f" ({len(prior)} star(s) rejected earlier)" if prior else "")
+            + "; check the standards' catalogue matches and data quality."
+        )
+    if representation is None:
+        representation = "smooth" if all(v.smooth_factor is not None for v in vectors) else "pixel"
+    if representation not in ("smooth", "pixel"):
+        raise InputDataError(f"representation must be 'smooth' or 'pixel'; got {representation!r}.")
+    use_smooth = representation == "smooth"
+    wave, unit, logc, lvar = _stack(vectors, use_smooth)
+    n_star = len(vectors)
+
+    reasons = [_gate(v.meta, gates) for v in vectors]
+    active = np.array([r is None for r in reasons])
+    if not active.any():
+        _raise_none_left(vectors, reasons, prior)
+
+    gray = np.full(n_star, np.nan)
+    for _ in range(3):
+        ref = np.nanmedian(logc[active], axis=0)
+        gray = np.nanmedian(logc - ref, axis=1)
+        shape = logc - gray[:, None]
+        med = np.nanmedian(shape[active], axis=0)
+        dev = np.sqrt(np.nanmean((shape - med) ** 2, axis=1))
+        if np.count_nonzero(active) < 3:
+            break
+        dev_med = np.median(dev[active])
+        spread = max(MAD_TO_SIGMA * np.median(np.abs(dev[active] - dev_med)), 0.25 * dev_med, 1e-3)
+        outliers = active & ((dev - dev_med) / spread > gates.outlier_sigma)
+        if not outliers.any():
+            break
+        for i in np.flatnonzero(outliers):
+            reasons[i] = f"shape deviates from the other stars ({100 * dev[i]:.1f}% rms)"
+        active &= ~outliers
+
+    n_used = int(np.count_nonzero(active))
+    if n_used == 1:
+        warnings.warn(
+            "only one standard star is usable: its calibration passes through unchecked.",
+            KspecFluxcalWarning,
+            stacklevel=2,
+        )
+    shape = logc - gray[:, None]
+    use = active[:, None] & np.isfinite(shape)
+    if n_used >= 3:
+        med = np.nanmedian(np.where(use, shape, np.nan), axis=0)
+        scatter = _robust_sigma(np.where(use, shape, np.nan), axis=0)
+        scatter = np.maximum(scatter, np.sqrt(np.nanmedian(np.where(use, lvar, np.nan), axis=0)))
+        use &= np.abs(shape - med) <= sigma_clip * scatter
+    n_at = use.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(use, 1.0 / lvar, 0.0)
+        wsum = w.sum(axis=0)
+        if method == "weighted_mean":
+            mean = np.sum(w * np.where(use, shape, 0.0), axis=0) / wsum
+        else:
+            mean = np.nanmedian(np.where(use, shape, np.nan), axis=0)
+        formal = 1.0 / wsum
+        if method == "median":
+            formal = formal * np.pi / 2
+        resid2 = np.where(use, (shape - mean) ** 2, 0.0)
+        empirical = np.sum(w * resid2, axis=0) / wsum / np.maximum(n_at - 1, 1)
+    defined = n_at > 0
+    if use_smooth:
+        window = max(int(smooth_window), 3)
+        empirical = uniform_filter1d(np.where(defined, empirical, 0.0), window, mode="nearest")
+    var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
+
+    level = np.median(gray[active])
+    scale_err = np.array([v.meta.get("scale_error", 0.0) / v.meta.get("scale_factor", 1.0) or 0.0 for v in vectors])
+    scale_err = np.where(np.isfinite(scale_err), scale_err, 0.0)
+    var_level = (1.2533**2 if n_used > 2 else 1.0) * np.mean(scale_err[active] ** 2) / n_used
+
+    combined_log = mean + level
+    if smooth:
+        filled = np.interp(np.arange(mean.size), np.flatnonzero(defined), combined_log[defined])
+        filled = median_filter(filled, size=int(smooth_window), mode="nearest")
+        combined_log = np.where(defined, uniform_filter1d(filled, max(int(smooth_window) // 3, 1)), np.nan)
+    factor = np.exp(combined_log)
+    variance = factor**2 * (var_shape + var_level)
+    mask = ~defined | ~np.isfinite(factor)
+    factor = np.where(mask, np.nan, factor)
+    variance = np.where(mask, np.nan, variance)
+
+    residuals = []
+    per_star = []
+    for i, vec in enumerate(vectors):
+        meta = dict(vec.meta)
+        meta["used"] = bool(active[i])
+        meta["reject_reason"] = reasons[i]
+        meta["gray_factor"] = float(np.exp(gray[i] - level)) if np.isfinite(gray[i]) else None
+        per_star.append(_with_meta(vec, meta))
+        with np.errstate(invalid="ignore"):
+            residuals.append((np.exp(shape[i] - mean) - 1.0) * u.one)
+    used_res = np.array([r.value for r, a in zip(residuals, active) if a])
+    rms = float(np.sqrt(np.nanmean(used_res**2))) if n_used > 1 else np.nan
+    good_wave = wave.value[~mask]
+    metrics = [
+        {k: _plain(vec.meta.get(k)) for k in (
+            "star_name", "fiber_id", "teff", "logg", "feh", "alpha_m", "rv_kms", "ebv",
+            "scale_factor", "phot_rms", "chi2", "ndof", "snr_median", "used", "reject_reason", "gray_factor",
+        )}
+        for vec in per_star
+    ]
+    metrics += [
+        {"star_name": r.get("star_name"), "fiber_id": r.get("fiber_id"), "used": False,
+         "reject_reason": r.get("reject_reason")}
+        for r in prior
+    ]
+    summary = {
+        "n_stars_used": n_used,
+        "n_stars_rejected": int(n_star - n_used + len(prior)),
+        "rms_scatter": rms,
+        "wavelength_range": [float(good_wave.min()), float(good_wave.max())] if good_wave.size else None,
+        "per_star_metrics": metrics,
+        "method": method,
+        "representation": representation,
+        "smoothed": bool(smooth),
+        "gates": asdict(gates),
+    }
+    combined = CalibrationVector(
+        wavelength=wave,
+        cal_factor=factor * unit,
+        cal_variance=variance * unit**2,
+        mask=mask,
+        meta={"representation": representation, "n_stars_used": n_used, "method": method},
+    )
+    log.info("combined %d of %d standards; rms scatter %.2f%%", n_used, n_star, 100 * rms if rms == rms else 0)
+    return FluxCalibrationResult(combined, per_star, residuals, summary)
+
+
+def _with_meta(vec, meta):
+    return CalibrationVector(
+        vec.wavelength, vec.cal_factor, vec.cal_variance, vec.mask, vec.smooth_factor, vec.smooth_variance, meta
+    )
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _raise_none_left(vectors, reasons, prior):
+    lines = [f"{v.meta.get('star_name', i)} (fiber {v.meta.get('fiber_id')}): {r}" for i, (v, r) in enumerate(
+        zip(vectors, reasons))]
+    lines += [f"{r.get('star_name')} (fiber {r.get('fiber_id')}): {r.get('reject_reason')}" for r in prior]
+    raise CalibrationError(
+        "every standard star was rejected — " + "; ".join(lines)
+        + ". Relax the quality gates or check the standards' data."
+    )

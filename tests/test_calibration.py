@@ -1,0 +1,230 @@
+"""Photometric scaling, the smooth vector, combination across stars and application."""
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+
+from kspec_fluxcal.apply import apply_flux_calibration
+from kspec_fluxcal.calibration import fit_smooth_vector, scale_template_to_photometry
+from kspec_fluxcal.combine import QualityGates, combine_calibration_vectors
+from kspec_fluxcal.containers import FLAM, CalibrationVector, Photometry
+from kspec_fluxcal.exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
+
+BANDS = ["ps1_g", "ps1_r", "ps1_i", "ps1_z", "gaia_bp", "gaia_g", "gaia_rp", "2mass_j", "2mass_h", "2mass_ks"]
+# A(band)/E(B-V) of roughly these bands, only used to build test models
+K_BAND = np.array([3.6, 2.6, 1.9, 1.5, 3.3, 2.5, 1.8, 0.8, 0.5, 0.35])
+EBV_GRID = np.linspace(0, 0.5, 41)
+CAL_UNIT = FLAM / u.ct
+
+
+def _model(fnu0, k=K_BAND):
+    """Band fluxes of an unscaled model on the E(B-V) grid (n_bands, n_ebv)."""
+    return fnu0[:, None] * 10 ** (-0.4 * np.outer(k, EBV_GRID))
+
+
+def _observed(fnu0, scale, ebv, errors, rng=None, offsets=None):
+    mags = -2.5 * np.log10(scale * fnu0 * 10 ** (-0.4 * K_BAND * ebv) / 3631e-23)
+    if offsets is not None:
+        mags = mags + offsets
+    if rng is not None:
+        mags = mags + rng.normal(0, errors)
+    return Photometry(BANDS, mags, errors)
+
+
+@pytest.fixture
+def fnu0():
+    return np.linspace(1.0, 3.0, len(BANDS)) * 1e-3
+
+
+def test_scale_and_ebv_recovered(fnu0):
+    phot = _observed(fnu0, 2.5e-20, 0.07, np.full(len(BANDS), 0.01))
+    fit = scale_template_to_photometry(_model(fnu0), BANDS, phot, EBV_GRID)
+    assert fit.scale == pytest.approx(2.5e-20, rel=1e-3)
+    assert fit.ebv == pytest.approx(0.07, abs=1e-3)
+    assert fit.flagged_bands == []
+    assert max(abs(r) for r in fit.residuals.values()) < 1e-3
+
+
+def test_scale_errors_are_honest(fnu0):
+    rng = np.random.default_rng(3)
+    errors = np.full(len(BANDS), 0.02)
+    pulls_scale, pulls_ebv = [], []
+    for _ in range(200):
+        phot = _observed(fnu0, 1e-20, 0.05, errors, rng)
+        fit = scale_template_to_photometry(_model(fnu0), BANDS, phot, EBV_GRID, mag_floor=0.0)
+        pulls_scale.append((fit.scale - 1e-20) / fit.scale_error)
+        pulls_ebv.append((fit.ebv - 0.05) / fit.ebv_error)
+    assert 0.7 < np.std(pulls_scale) < 1.3
+    assert 0.7 < np.std(pulls_ebv) < 1.3
+
+
+def test_wrong_zero_point_is_flagged_not_dominant(fnu0):
+    errors = np.full(len(BANDS), 0.01)
+    errors[4:7] = 0.002  # Gaia's small errors
+    offsets = np.zeros(len(BANDS))
+    offsets[5] = 0.08  # a wrong zero point in Gaia G
+    phot = _observed(fnu0, 1e-20, 0.03, errors, offsets=offsets)
+    fit = scale_template_to_photometry(_model(fnu0), BANDS, phot, EBV_GRID)
+    assert fit.flagged_bands == ["gaia_g"]
+    assert fit.scale == pytest.approx(1e-20, rel=0.01)
+    assert fit.residuals["gaia_g"] == pytest.approx(-0.08, abs=0.01)
+
+
+def test_fixed_and_no_reddening(fnu0):
+    phot = _observed(fnu0, 1e-20, 0.1, np.full(len(BANDS), 0.01))
+    fixed = scale_template_to_photometry(_model(fnu0), BANDS, phot, EBV_GRID, ebv=0.1)
+    assert fixed.ebv == 0.1 and fixed.ebv_error == 0.0
+    assert fixed.scale == pytest.approx(1e-20, rel=1e-3)
+    none = scale_template_to_photometry(_model(fnu0), BANDS, phot, EBV_GRID, ebv=None, clip_sigma=np.inf)
+    assert none.ebv == 0.0
+    assert none.residual_rms > 0.05  # the reddening is then left in the residuals
+
+
+def test_bands_not_covered_are_left_out(fnu0):
+    model = _model(fnu0)
+    model[-3:] = np.nan  # the model stops before 2MASS
+    phot = _observed(fnu0, 1e-20, 0.02, np.full(len(BANDS), 0.01))
+    fit = scale_template_to_photometry(model, BANDS, phot, EBV_GRID)
+    assert not set(fit.used_bands) & {"2mass_j", "2mass_h", "2mass_ks"}
+    assert "2mass_j" not in fit.residuals
+    with pytest.raises(CalibrationError, match="photometric band"):
+        scale_template_to_photometry(model[:2], BANDS[:2], phot, EBV_GRID)
+
+
+def test_smooth_vector_recovers_truth_with_honest_errors():
+    rng = np.random.default_rng(5)
+    wave = np.linspace(3700, 9500, 3000)
+    truth = 1 + 0.3 * np.sin(wave / 900.0)
+    var = (0.02 * truth) ** 2
+    exclude = np.zeros(wave.size, bool)
+    exclude[1000:1100] = True  # a masked band is bridged
+    values = truth + rng.normal(0, np.sqrt(var))
+    values[1000:1100] = 50.0
+    smooth, svar, covered = fit_smooth_vector(wave, values, var, exclude, knot_spacing=250)
+    assert covered.all()
+    assert np.max(np.abs(smooth / truth - 1)) < 0.01
+    pulls = (smooth - truth) / np.sqrt(svar)
+    assert np.sqrt(np.mean(pulls**2)) < 2.0
+
+
+def _vector(wave, shape, gray, rng, noise=0.005, name="s", fid=0, **meta):
+    cal = gray * shape * (1 + rng.normal(0, noise, wave.size))
+    var = (noise * gray * shape) ** 2
+    info = dict(star_name=name, fiber_id=fid, scale_factor=1.0, scale_error=0.005, chi2=1000.0, ndof=1000)
+    info.update(meta)
+    return CalibrationVector(wave * u.AA, cal * CAL_UNIT, var * CAL_UNIT**2, meta=info)
+
+
+@pytest.mark.parametrize("n_stars", [3, 5, 9])
+def test_combination_removes_gray_and_rejects_an_outlier(n_stars):
+    rng = np.random.default_rng(n_stars)
+    wave = np.linspace(3700, 9500, 800)
+    shape = 1e-16 * (1 + 0.4 * ((wave - 6500) / 3000) ** 2)
+    grays = rng.uniform(1.0, 1.4, n_stars)
+    vectors = [_vector(wave, shape, g, rng, fid=i, name=f"s{i}") for i, g in enumerate(grays)]
+    tilted = shape * (wave / 6500) ** 0.5  # a star whose shape is wrong
+    vectors[1] = _vector(wave, tilted, grays[1], rng, fid=1, name="s1")
+    result = combine_calibration_vectors(vectors, representation="pixel")
+    meta = {m["fiber_id"]: m for m in result.summary["per_star_metrics"]}
+    assert meta[1]["used"] is False and "shape" in meta[1]["reject_reason"]
+    assert result.summary["n_stars_used"] == n_stars - 1
+    good = [g for i, g in enumerate(grays) if i != 1]
+    combined = result.combined_vector.cal_factor.value
+    level = np.median(combined / shape)
+    assert level == pytest.approx(np.median(good), rel=0.01)
+    assert np.max(np.abs(combined / (shape * level) - 1)) < 0.02
+
+
+def test_combination_is_order_invariant_and_median_works():
+    rng = np.random.default_rng(11)
+    wave = np.linspace(4000, 9000, 300)
+    shape = np.full(wave.size, 2e-16)
+    vectors = [_vector(wave, shape, g, rng, fid=i) for i, g in enumerate([1.0, 1.1, 1.2, 1.3])]
+    a = combine_calibration_vectors(vectors, representation="pixel")
+    b = combine_calibration_vectors(vectors[::-1], representation="pixel")
+    np.testing.assert_allclose(a.combined_vector.cal_factor, b.combined_vector.cal_factor, rtol=1e-12)
+    med = combine_calibration_vectors(vectors, method="median", representation="pixel")
+    assert np.all(med.combined_vector.cal_variance > a.combined_vector.cal_variance * 0.99)
+
+
+def test_one_star_passes_with_warning_and_none_is_an_error():
+    rng = np.random.default_rng(1)
+    wave = np.linspace(4000, 9000, 200)
+    vec = _vector(wave, np.full(wave.size, 1e-16), 1.0, rng)
+    with pytest.warns(KspecFluxcalWarning, match="only one standard"):
+        result = combine_calibration_vectors([vec], representation="pixel")
+    np.testing.assert_allclose(result.combined_vector.cal_factor, vec.cal_factor, rtol=1e-10)
+    with pytest.raises(CalibrationError, match="no standard-star"):
+        combine_calibration_vectors([], rejected=[{"star_name": "x", "reject_reason": "no match"}])
+
+
+def test_quality_gates_reject_with_reasons():
+    rng = np.random.default_rng(2)
+    wave = np.linspace(4000, 9000, 200)
+    shape = np.full(wave.size, 1e-16)
+    vectors = [
+        _vector(wave, shape, 1.0, rng, fid=0),
+        _vector(wave, shape, 1.0, rng, fid=1, chi2=1e6, ndof=100),
+        _vector(wave, shape, 1.0, rng, fid=2, phot_rms=0.3),
+        _vector(wave, shape, 1.0, rng, fid=3, on_edge={"teff": True}),
+        _vector(wave, shape, 1.0, rng, fid=4),
+    ]
+    result = combine_calibration_vectors(vectors, representation="pixel", gates=QualityGates())
+    reasons = {m["fiber_id"]: m["reject_reason"] for m in result.summary["per_star_metrics"]}
+    assert reasons[0] is None and reasons[4] is None
+    assert "score" in reasons[1] and "photometric" in reasons[2] and "edge" in reasons[3]
+    with pytest.raises(CalibrationError, match="every standard star was rejected"):
+        combine_calibration_vectors(vectors[1:4], representation="pixel")
+
+
+def _calibration(wave, factor, var, mask=None):
+    return CalibrationVector(wave * u.AA, factor * CAL_UNIT, var * CAL_UNIT**2, mask=mask)
+
+
+def test_apply_propagates_variance_and_flags_masked_pixels():
+    wave = np.linspace(4000, 9000, 50)
+    factor = np.linspace(1e-17, 3e-17, 50)
+    var_cal = (0.01 * factor) ** 2
+    mask = np.zeros(50, bool)
+    mask[10] = True
+    cal = _calibration(wave, factor, var_cal, mask)
+    counts = np.random.default_rng(0).uniform(100, 1000, (3, 50))
+    var = counts.copy()
+    flux, fvar = apply_flux_calibration(counts * u.ct, var * u.ct**2, cal, wavelength=wave * u.AA)
+    assert flux.unit.is_equivalent(FLAM)
+    expected = counts * factor
+    expected_var = var * factor**2 + counts**2 * var_cal
+    keep = ~mask
+    np.testing.assert_allclose(flux.to_value(FLAM)[:, keep], expected[:, keep], rtol=1e-12)
+    np.testing.assert_allclose(fvar.to_value(FLAM**2)[:, keep], expected_var[:, keep], rtol=1e-12)
+    assert np.all(np.isnan(flux[:, 10])) and np.all(np.isnan(fvar[:, 10]))
+    assert np.count_nonzero(flux.value == 0) == 0
+    flux_t, _ = apply_flux_calibration((counts * u.ct).T, (var * u.ct**2).T, cal, wavelength=wave * u.AA)
+    np.testing.assert_allclose(flux_t.T, flux, rtol=1e-12)
+
+
+def test_apply_honours_each_fibers_wavelengths_and_units():
+    wave = np.linspace(4000, 9000, 501)
+    cal = _calibration(wave, wave * 1e-20, np.zeros(501))
+    rows = wave[None, :] + np.array([[0.0], [3.0]])
+    counts = np.ones((2, 501))
+    flux, _ = apply_flux_calibration(counts * u.ct, counts * u.ct**2, cal, wavelength=rows * u.AA)
+    np.testing.assert_allclose(flux.value[1, :-1], rows[1, :-1] * 1e-20, rtol=1e-10)
+    assert np.isnan(flux.value[1, -1])  # beyond the calibration: undefined, not 0
+    with pytest.raises(u.UnitsError, match="not a flux density"):
+        apply_flux_calibration(counts * u.ct / u.s, counts * (u.ct / u.s) ** 2, cal, wavelength=rows * u.AA)
+    with pytest.raises(InputDataError, match="variance has shape"):
+        apply_flux_calibration(counts * u.ct, np.ones((2, 5)) * u.ct**2, cal, wavelength=rows * u.AA)
+
+
+def test_apply_roundtrip_recovers_counts():
+    wave = np.linspace(4000, 9000, 100)
+    factor = 1e-17 * (1 + wave / 9000)
+    cal = _calibration(wave, factor, np.zeros(100))
+    counts = np.random.default_rng(4).uniform(10, 100, (4, 100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flux, _ = apply_flux_calibration(counts, counts, cal, wavelength=wave)
+    np.testing.assert_allclose(flux.to_value(FLAM) / factor, counts, rtol=1e-12)
