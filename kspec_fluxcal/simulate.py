@@ -674,7 +674,8 @@ def default_throughput(wavelength):
     exposure and 1 Å pixels: Cal = h c / (A t Δλ λ η(λ)).
     """
     lam = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
-    eta = 0.32 * np.exp(-0.5 * ((lam - 6300.0) / 2600.0) ** 2) * (1 + 0.04 * np.sin(2 * np.pi * (lam - 3600.0) / 1900.0))
+    ripple = 1 + 0.04 * np.sin(2 * np.pi * (lam - 3600.0) / 1900.0)
+    eta = 0.32 * np.exp(-0.5 * ((lam - 6300.0) / 2600.0) ** 2) * ripple
     area_time = 1e4 * 600.0
     return _H * _C * 1e8 / (area_time * lam * eta)
 
