@@ -141,6 +141,6 @@ def update_calibration_header(header, calibration):
         header["FCALNSTR"] = (int(summary.get("n_stars_used", 0)), "standard stars used")
         rms = summary.get("rms_scatter")
         header["FCALRMS"] = (float(rms) if rms is not None and np.isfinite(rms) else -1.0,
-                             "fractional rms scatter between standards (-1: undefined)")
+                             "rms scatter between standards (-1: one)")
         header["FCALFORM"] = (summary.get("representation", "pixel"), "form of the applied vector")
     return header

@@ -277,12 +277,20 @@ def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0,
     lo, hi = x_used[0], x_used[-1]
     n_int = max(int((hi - lo) // knot_spacing), 0)
     interior = np.linspace(lo, hi, n_int + 2)[1:-1]
-    # keep only knots with data between them, so the design stays well-posed
+    # drop knots until every knot interval holds data, so the spline bridges gaps smoothly
     if interior.size:
-        counts = np.histogram(x_used, bins=np.concatenate([[lo], interior, [hi + 1e-9]]))[0]
-        keep = np.ones(interior.size, dtype=bool)
-        keep &= (counts[:-1] >= 4) | (counts[1:] >= 4)
+        edges = np.concatenate([[lo], interior, [hi]])
+        counts = np.histogram(x_used, bins=edges)[0]
+        keep = []
+        pending = 0
+        for k, n in enumerate(counts[:-1]):
+            pending += n
+            if pending >= 8:
+                keep.append(k)
+                pending = 0
         interior = interior[keep]
+        if interior.size and np.count_nonzero(x_used > interior[-1]) < 8:
+            interior = interior[:-1]
     degree = 3
     knots = np.concatenate([[lo] * (degree + 1), interior, [hi] * (degree + 1)])
     n_coef = knots.size - degree - 1
@@ -408,7 +416,6 @@ def compute_calibration_vector_for_star(
         "ndof": int(match.ndof),
         "good_fraction": float(np.count_nonzero(~bad) / bad.size),
         "snr_median": float(np.nanmedian(np.where(bad, np.nan, counts / np.sqrt(var)))),
-        "on_edge": dict(match.on_edge) if getattr(match, "on_edge", None) else {},
     }
     info.update(meta or {})
     if output_wavelength is not None:

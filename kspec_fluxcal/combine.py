@@ -174,6 +174,17 @@ def combine_calibration_vectors(
     if not active.any():
         _raise_none_left(vectors, reasons, prior)
 
+    with warnings.catch_warnings():
+        # pixels outside every star's coverage are all-NaN columns; they stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
+                        smooth_window, representation, gates)
+
+
+def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth, smooth_window,
+             representation, gates):
+    use_smooth = representation == "smooth"
+    n_star = len(vectors)
     gray = np.full(n_star, np.nan)
     for _ in range(3):
         ref = np.nanmedian(logc[active], axis=0)
@@ -226,8 +237,7 @@ def combine_calibration_vectors(
     var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
 
     level = np.median(gray[active])
-    scale_err = np.array([v.meta.get("scale_error", 0.0) / v.meta.get("scale_factor", 1.0) or 0.0 for v in vectors])
-    scale_err = np.where(np.isfinite(scale_err), scale_err, 0.0)
+    scale_err = np.array([_relative_scale_error(v.meta) for v in vectors])
     var_level = (1.2533**2 if n_used > 2 else 1.0) * np.mean(scale_err[active] ** 2) / n_used
 
     combined_log = mean + level
@@ -286,6 +296,14 @@ def combine_calibration_vectors(
     )
     log.info("combined %d of %d standards; rms scatter %.2f%%", n_used, n_star, 100 * rms if rms == rms else 0)
     return FluxCalibrationResult(combined, per_star, residuals, summary)
+
+
+def _relative_scale_error(meta):
+    """σ(scale)/scale of a star's photometric scale (0 when unknown)."""
+    err, scale = meta.get("scale_error"), meta.get("scale_factor")
+    if err is None or not scale or not np.isfinite(err / scale):
+        return 0.0
+    return float(err / scale)
 
 
 def _with_meta(vec, meta):

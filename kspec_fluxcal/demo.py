@@ -15,6 +15,7 @@ from astropy import units as u
 
 from .apply import calibration_on_grid
 from .cache import cache_dir
+from .masks import load_mask_regions
 from .pipeline import FluxcalConfig, apply_fluxcal
 
 __all__ = ["DemoReport", "compact_grid_folder", "calibration_accuracy", "run_demo"]
@@ -100,6 +101,7 @@ def run_demo(output="kspec_fluxcal_demo", templates=None, seed=7, n_standards=8)
     used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
     truth = exposure.truth
     level = np.median(truth["gray"][used]) if used else truth["reference_gray"]
-    accuracy = calibration_accuracy(run.result, truth["wavelength"], truth["system_calibration"] / level)
+    accuracy = calibration_accuracy(run.result, truth["wavelength"], truth["system_calibration"] / level,
+                                    exclude_regions=load_mask_regions("telluric_default"))
     accuracy["n_standards"] = n_standards
     return DemoReport(red_file=run.output, catalog=cat, figures=run.figures, accuracy=accuracy)

@@ -66,6 +66,25 @@ def _teff_window(photometry):
     return None
 
 
+def _refined_on_edge(match, grid):
+    """Which refined parameters sit on the grid's boundary (within a tenth of a step).
+
+    Refinement never leaves the grid, so a star beyond it ends on the
+    boundary; one between interior nodes does not, even when its best node
+    is an edge node.
+    """
+    edge = {}
+    for name in ("teff", "logg", "feh"):
+        nodes = np.unique(np.asarray(grid.params[name], dtype=float))
+        value = match.params.get(name)
+        if nodes.size < 2 or value is None:
+            edge[name] = False
+            continue
+        tol = 0.1 * np.min(np.diff(nodes))
+        edge[name] = bool(value <= nodes[0] + tol or value >= nodes[-1] - tol)
+    return edge
+
+
 def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, rejected=None):
     """Derive the calibration of one exposure from its standard stars.
 
@@ -119,7 +138,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
                 spectrum, match, grid, phot, mask_regions=regions,
                 extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
                 knot_spacing=options.knot_spacing, output_wavelength=out_wave,
-                meta={**ident, **star.meta, "teff_window": window,
+                meta={**ident, **star.meta, "teff_window": window, "on_edge": _refined_on_edge(match, grid),
                       "runner_up_score": float(match.runner_up_score),
                       "n_candidates": int(match.n_candidates)},
             )

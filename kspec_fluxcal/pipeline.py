@@ -266,17 +266,16 @@ def _standards(frame, catalog, config):
     if std_idx.size == 0:
         raise InputDataError("the frame has no standard-star fibers (FIBRES TYPE='C'); nothing to calibrate with.")
     matches = match_catalog_to_fibers(frame.fibres, catalog, max_sep=config.max_sep * u.arcsec, method=config.match)
-    by_fiber = {int(m["fiber"]): m for m in matches}
+    by_fiber = {int(m["FIBER"]): m for m in matches}
     stars, rejected = [], []
     names = frame.fibres["NAME"] if "NAME" in frame.fibres.colnames else [f"fiber{i}" for i in range(len(types))]
     for f in std_idx:
         name = str(names[f]).strip()
         ident = {"star_name": name, "fiber_id": int(f)}
         m = by_fiber.get(int(f))
-        if m is None or int(m["row"]) < 0:
-            reason = (m["reason"] if m is not None and "reason" in m.colnames and m["reason"] else
-                      "no catalogue row matched")
-            rejected.append({**ident, "reject_reason": str(reason)})
+        if m is None or not m["MATCHED"]:
+            reason = str(m["REASON"]) if m is not None and m["REASON"] else "no catalogue row matched"
+            rejected.append({**ident, "reject_reason": reason})
             continue
         counts, var = frame.counts[f], frame.variance[f]
         bad = ~np.isfinite(counts) | ~np.isfinite(var) | (var <= 0) | (counts <= 0)
@@ -285,9 +284,9 @@ def _standards(frame, catalog, config):
             continue
         spec = make_spectrum(frame.wavelength[f], np.where(bad, 1.0, counts), np.where(bad, 1.0, var),
                              mask=bad, flux_unit=frame.counts_unit)
-        phot = photometry_from_catalog_row(catalog[int(m["row"])])
+        phot = photometry_from_catalog_row(catalog[int(m["CATALOG_ROW"])])
         stars.append(StandardStar(spec, phot, name=name, fiber_id=int(f),
-                                  meta={"catalog_sep_arcsec": float(m["separation"])}))
+                                  meta={"catalog_sep_arcsec": float(m["SEPARATION"])}))
     return stars, rejected
 
 
@@ -341,16 +340,16 @@ def _output_hdulist(frame, flux, flux_var, result, config, grid_meta, library):
     header["FCALNSTR"] = (int(result.summary["n_stars_used"]), "standard stars used")
     rms = result.summary.get("rms_scatter")
     header["FCALRMS"] = (float(rms) if rms is not None and np.isfinite(rms) else -1.0,
-                         "fractional rms scatter between standards (-1: one star)")
-    header["FCALFORM"] = (result.summary.get("representation", "pixel"), "form of the FLUXCAL vector applied")
+                         "rms scatter between standards (-1: one)")
+    header["FCALFORM"] = (result.summary.get("representation", "pixel"), "form of the applied vector")
     header["FCALVER"] = (__version__, "kspec_fluxcal version")
-    header["FCALTPL"] = (str(Path(library.path).name)[:60], "template library folder")
-    header["FCALTFP"] = (str(library.fingerprint)[:60], "template library fingerprint")
+    header["FCALTPL"] = (str(Path(library.path).name)[:40], "template library folder")
+    header["FCALTFP"] = (str(library.fingerprint)[:40], "template library fingerprint")
     header["FCALMETR"] = (config.metric, "template-fit metric")
     header["FCALSMTH"] = (bool(config.smooth), "extra smoothing of the combined vector")
     header["FCALMTCH"] = (config.match, "catalogue matching")
     header["FCALEBV"] = (str(config.ebv), "reddening mode")
-    header["FCALFWHM"] = (str(grid_meta.get("lsf", ""))[:60], "instrument LSF used")
+    header["FCALFWHM"] = (str(grid_meta.get("lsf", ""))[:45], "instrument LSF")
     for line in _history(result):
         header.add_history(line)
     primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)

@@ -728,12 +728,20 @@ def _frame_wavelengths(rng, n_fib, wave_range, n_pix, jitter_pix):
 
 
 def _telluric_transmission(wavelength):
-    """A SYNTHETIC telluric transmission: the O₂ and H₂O bands as smooth troughs."""
+    """A SYNTHETIC telluric transmission: smooth troughs inside the default telluric regions.
+
+    Each band of ``telluric_default`` gets 1 − d·sin²(π(λ − a)/(b − a)) over
+    [a, b], so the absorption is confined to what the package masks.
+    """
+    from .masks import load_mask_regions
+
     lam = np.asarray(wavelength, float)
-    bands = ((6867.0, 15.0, 0.35), (6900.0, 25.0, 0.12), (7240.0, 60.0, 0.10), (7605.0, 12.0, 0.65),
-             (7640.0, 25.0, 0.25), (8220.0, 80.0, 0.08), (9050.0, 90.0, 0.25))
-    tau = sum(depth * np.exp(-0.5 * ((lam - c) / w) ** 2) for c, w, depth in bands)
-    return np.exp(-tau)
+    depths = (0.3, 0.15, 0.6, 0.1, 0.25, 0.3)
+    transmission = np.ones_like(lam)
+    for k, (a, b) in enumerate(load_mask_regions("telluric_default").to_value(u.AA)):
+        inside = (lam > a) & (lam < b)
+        transmission[inside] *= 1 - depths[k % len(depths)] * np.sin(np.pi * (lam[inside] - a) / (b - a)) ** 2
+    return transmission
 
 
 def _observe(native_wave, arriving_flux, fiber_wave, fwhm, fwhm_poly, native_resolution, calibration, gray):
