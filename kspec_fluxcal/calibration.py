@@ -54,6 +54,28 @@ class PhotometricScale:
     flagged_bands: list = field(default_factory=list)
     chi2: float = np.nan
     ndof: int = 0
+    covariance: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
+
+    def log_flux_variance(self, extinction_per_ebv):
+        """Variance of ln(scaled, reddened model flux) where A(λ)/E(B−V) = ``extinction_per_ebv``.
+
+        With magnitude offset μ = −2.5 log s and colour excess E,
+        δ ln F(λ) = −0.4 ln 10 (δμ + k(λ) δE); the anticorrelation of μ and E
+        keeps this small where the photometry constrains the flux best.
+        """
+        k = np.asarray(extinction_per_ebv, dtype=float)
+        c = self.covariance
+        return (0.4 * np.log(10)) ** 2 * (c[0, 0] + 2 * k * c[0, 1] + k**2 * c[1, 1])
+
+    @property
+    def gray_log_variance(self):
+        """Variance of ln F at the pivot k* = −V_μE/V_EE, where the photometry pins the flux best.
+
+        The rest of `log_flux_variance` is a tilt, 0.921²(k − k*)² V_EE.
+        """
+        c = self.covariance
+        pinned = c[0, 0] - (c[0, 1] ** 2 / c[1, 1] if c[1, 1] > 0 else 0.0)
+        return (0.4 * np.log(10)) ** 2 * max(pinned, 0.0)
 
     @property
     def residual_rms(self):
@@ -73,7 +95,7 @@ def scale_template_to_photometry(
     photometry,
     ebv_grid=None,
     ebv="fit",
-    mag_floor=0.01,
+    mag_floor=0.005,
     clip_sigma=3.0,
     min_bands=3,
 ):
@@ -167,6 +189,7 @@ def scale_template_to_photometry(
         flagged_bands=flagged,
         chi2=float(fit["chi2"]),
         ndof=int(fit["ndof"]),
+        covariance=fit["covariance"],
     )
 
 
@@ -226,18 +249,18 @@ def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
         fisher = jac.T @ (w[:, None] * jac)
         cov = np.linalg.pinv(fisher)
         offset, chi2_best = solve(e_best)
-        offset_err, ebv_err = np.sqrt(np.diag(cov))
         npar = 2
     else:
         e_best = grid[0] if fit_ebv or ebv is None else float(ebv)
         offset, chi2_best = solve(e_best)
-        offset_err, ebv_err = np.sqrt(1.0 / np.sum(w)), 0.0
+        cov = np.array([[1.0 / np.sum(w), 0.0], [0.0, 0.0]])
         npar = 1
     ndof = int(np.count_nonzero(use)) - npar
     if ndof > 0 and chi2_best / ndof > 1:
-        inflate = np.sqrt(chi2_best / ndof)
-        offset_err, ebv_err = offset_err * inflate, ebv_err * inflate
+        cov = cov * (chi2_best / ndof)
+    offset_err, ebv_err = np.sqrt(np.diag(cov))
     return {
+        "covariance": cov,
         "offset": float(offset),
         "offset_error": float(offset_err),
         "ebv": float(e_best),
@@ -374,8 +397,10 @@ def compute_calibration_vector_for_star(
     model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv)
     model_flux = u.Quantity(model, FLAM).to_value(FLAM)
     model_cont = u.Quantity(model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True), FLAM)
-    redden = 10.0 ** (-0.4 * phot_scale.ebv * extinction_per_ebv(wave, extinction, r_v))
+    k_ext = extinction_per_ebv(wave, extinction, r_v)
+    redden = 10.0 ** (-0.4 * phot_scale.ebv * k_ext)
     expected = phot_scale.scale * redden * model_flux
+    phot_var = phot_scale.log_flux_variance(k_ext)
 
     bad = np.asarray(spectrum.mask, dtype=bool) | ~np.isfinite(counts) | (counts <= 0)
     bad |= ~np.isfinite(var) | (var < 0) | ~np.isfinite(expected) | (expected <= 0)
@@ -383,8 +408,7 @@ def compute_calibration_vector_for_star(
         bad |= load_mask_array(wave * u.AA, mask_regions)
     with np.errstate(divide="ignore", invalid="ignore"):
         cal = np.where(bad, np.nan, expected / counts)
-        rel_scale = phot_scale.scale_error / phot_scale.scale
-        cal_var = np.where(bad, np.nan, cal**2 * (var / counts**2 + rel_scale**2))
+        cal_var = np.where(bad, np.nan, cal**2 * (var / counts**2 + phot_var))
         depth = 1.0 - model_flux / model_cont.to_value(FLAM)
     if np.count_nonzero(~bad) < 10:
         raise CalibrationError(
@@ -394,7 +418,7 @@ def compute_calibration_vector_for_star(
     smooth, smooth_var, covered = fit_smooth_vector(
         wave, cal, stat_var, bad | (depth > line_depth), knot_spacing=knot_spacing
     )
-    smooth_var = smooth_var + smooth**2 * rel_scale**2
+    smooth_var = smooth_var + smooth**2 * phot_var
     smooth = np.where(covered, smooth, np.nan)
     smooth_var = np.where(covered, smooth_var, np.nan)
 
@@ -407,6 +431,7 @@ def compute_calibration_vector_for_star(
         "rv_kms": float(u.Quantity(match.rv, u.km / u.s).value),
         "scale_factor": phot_scale.scale,
         "scale_error": phot_scale.scale_error,
+        "phot_log_variance": phot_scale.gray_log_variance,
         "ebv": phot_scale.ebv,
         "ebv_error": phot_scale.ebv_error,
         "band_residuals": dict(phot_scale.residuals),

@@ -35,8 +35,9 @@ class QualityGates:
 
     Attributes
     ----------
-    max_reduced_score : float
-        Largest template-fit score per degree of freedom.
+    max_line_misfit : float
+        Largest fractional misfit of the template to the star's lines,
+        √(max(χ²/ν − 1, 0)) / (S/N): independent of the S/N, unlike χ²/ν.
     max_phot_rms : float
         Largest rms (mag) of the photometric residuals.
     reject_on_edge : tuple of str
@@ -49,7 +50,7 @@ class QualityGates:
         Robust (MAD) threshold for a star whose shape deviates from the others.
     """
 
-    max_reduced_score: float = 25.0
+    max_line_misfit: float = 0.05
     max_phot_rms: float = 0.08
     reject_on_edge: tuple = ("teff", "feh")
     min_snr: float = 5.0
@@ -60,9 +61,11 @@ class QualityGates:
 def _gate(meta, gates):
     """Reason a star fails the gates, or None."""
     ndof = meta.get("ndof") or 0
-    chi2 = meta.get("chi2")
-    if chi2 is not None and ndof > 0 and chi2 / ndof > gates.max_reduced_score:
-        return f"template fit score/dof {chi2 / ndof:.1f} > {gates.max_reduced_score}"
+    chi2, snr = meta.get("chi2"), meta.get("snr_median")
+    if chi2 is not None and ndof > 0 and snr and np.isfinite(snr) and snr > 0:
+        misfit = np.sqrt(max(chi2 / ndof - 1.0, 0.0)) / snr
+        if misfit > gates.max_line_misfit:
+            return f"template misfit {100 * misfit:.1f}% of the continuum > {100 * gates.max_line_misfit:.1f}%"
     rms = meta.get("phot_rms")
     if rms is not None and np.isfinite(rms) and rms > gates.max_phot_rms:
         return f"photometric residual rms {rms:.3f} mag > {gates.max_phot_rms}"
@@ -203,6 +206,9 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
             reasons[i] = f"shape deviates from the other stars ({100 * dev[i]:.1f}% rms)"
         active &= ~outliers
 
+    gray_var = np.array([_gray_variance(v.meta) for v in vectors])
+    # the gray normalisation removes each star's gray error from its shape; it enters the level only
+    lvar = np.maximum(lvar - gray_var[:, None], 0.25 * lvar)
     n_used = int(np.count_nonzero(active))
     if n_used == 1:
         warnings.warn(
@@ -237,8 +243,7 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
     var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
 
     level = np.median(gray[active])
-    scale_err = np.array([_relative_scale_error(v.meta) for v in vectors])
-    var_level = (1.2533**2 if n_used > 2 else 1.0) * np.mean(scale_err[active] ** 2) / n_used
+    var_level = (1.2533**2 if n_used > 2 else 1.0) * np.mean(gray_var[active]) / n_used
 
     combined_log = mean + level
     if smooth:
@@ -298,12 +303,19 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
     return FluxCalibrationResult(combined, per_star, residuals, summary)
 
 
-def _relative_scale_error(meta):
-    """σ(scale)/scale of a star's photometric scale (0 when unknown)."""
+def _gray_variance(meta):
+    """Variance of ln(gray factor) of a star: its photometric flux-scale error.
+
+    ``phot_log_variance`` (the variance of the log model flux at the pivot
+    where the photometry pins it) when known, else (σ_scale/scale)², else 0.
+    """
+    value = meta.get("phot_log_variance")
+    if value is not None and np.isfinite(value):
+        return float(value)
     err, scale = meta.get("scale_error"), meta.get("scale_factor")
     if err is None or not scale or not np.isfinite(err / scale):
         return 0.0
-    return float(err / scale)
+    return float((err / scale) ** 2)
 
 
 def _with_meta(vec, meta):

@@ -41,7 +41,7 @@ class EngineOptions:
 
     metric: str = "chi2"
     ebv: object = "fit"
-    mag_floor: float = 0.01
+    mag_floor: float = 0.005
     mask_regions: object = "telluric_default"
     knot_spacing: float = 250.0
     representation: str = "smooth"

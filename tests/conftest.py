@@ -1,14 +1,22 @@
-"""Shared fixtures: the real reference data in ../shared/data.
+"""Shared fixtures: the real reference data in ../shared/data and synthetic data sets.
 
 Slow tests are marked ``@pytest.mark.slow`` and run with ``--run-slow``
 (pytest-skip-slow, installed with pytest-astropy).
 """
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """Keep every binary cache of the run out of the user's cache folder."""
+    if not os.environ.get("KSPEC_FLUXCAL_CACHE"):
+        os.environ["KSPEC_FLUXCAL_CACHE"] = tempfile.mkdtemp(prefix="kspec_fluxcal_test_cache_")
 
 
 def _shared(subdir):
@@ -36,7 +44,12 @@ def ck04_dir():
     return _shared("ck04models")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep every test's binary caches out of the user's cache folder."""
-    monkeypatch.setenv("KSPEC_FLUXCAL_CACHE", str(tmp_path_factory.getbasetemp() / "kspec_cache"))
+@pytest.fixture(scope="session")
+def synthetic_grid_dir(tmp_path_factory):
+    """A SYNTHETIC BOSZ-format grid at R = 10 000: Teff 5000–8000/250, log g 4.0 4.5, [M/H] −1…+0.5/0.5."""
+    from kspec_fluxcal.simulate import write_bosz_grid
+
+    dest = tmp_path_factory.mktemp("synthetic_bosz")
+    write_bosz_grid(dest, teffs=range(5000, 8001, 250), loggs=(4.0, 4.5), fehs=(-1.0, -0.5, 0.0, 0.5),
+                    resolution=10000, wave_range=(3000.0, 26000.0), layout="mast")
+    return dest

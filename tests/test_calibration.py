@@ -112,7 +112,8 @@ def test_smooth_vector_recovers_truth_with_honest_errors():
 def _vector(wave, shape, gray, rng, noise=0.005, name="s", fid=0, **meta):
     cal = gray * shape * (1 + rng.normal(0, noise, wave.size))
     var = (noise * gray * shape) ** 2
-    info = dict(star_name=name, fiber_id=fid, scale_factor=1.0, scale_error=0.005, chi2=1000.0, ndof=1000)
+    info = dict(star_name=name, fiber_id=fid, scale_factor=1.0, scale_error=0.005, chi2=1000.0, ndof=1000,
+                snr_median=100.0)
     info.update(meta)
     return CalibrationVector(wave * u.AA, cal * CAL_UNIT, var * CAL_UNIT**2, meta=info)
 
@@ -166,7 +167,7 @@ def test_quality_gates_reject_with_reasons():
     shape = np.full(wave.size, 1e-16)
     vectors = [
         _vector(wave, shape, 1.0, rng, fid=0),
-        _vector(wave, shape, 1.0, rng, fid=1, chi2=1e6, ndof=100),
+        _vector(wave, shape, 1.0, rng, fid=1, chi2=1e6, ndof=100),  # 10% misfit at S/N 100
         _vector(wave, shape, 1.0, rng, fid=2, phot_rms=0.3),
         _vector(wave, shape, 1.0, rng, fid=3, on_edge={"teff": True}),
         _vector(wave, shape, 1.0, rng, fid=4),
@@ -174,7 +175,7 @@ def test_quality_gates_reject_with_reasons():
     result = combine_calibration_vectors(vectors, representation="pixel", gates=QualityGates())
     reasons = {m["fiber_id"]: m["reject_reason"] for m in result.summary["per_star_metrics"]}
     assert reasons[0] is None and reasons[4] is None
-    assert "score" in reasons[1] and "photometric" in reasons[2] and "edge" in reasons[3]
+    assert "misfit" in reasons[1] and "photometric" in reasons[2] and "edge" in reasons[3]
     with pytest.raises(CalibrationError, match="every standard star was rejected"):
         combine_calibration_vectors(vectors[1:4], representation="pixel")
 
