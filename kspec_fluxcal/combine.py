@@ -168,10 +168,7 @@ def combine_calibration_vectors(
         representation = "smooth" if all(v.smooth_factor is not None for v in vectors) else "pixel"
     if representation not in ("smooth", "pixel"):
         raise InputDataError(f"representation must be 'smooth' or 'pixel'; got {representation!r}.")
-    use_smooth = representation == "smooth"
-    wave, unit, logc, lvar = _stack(vectors, use_smooth)
-    n_star = len(vectors)
-
+    wave, unit, logc, lvar = _stack(vectors, representation == "smooth")
     reasons = [_gate(v.meta, gates) for v in vectors]
     active = np.array([r is None for r in reasons])
     if not active.any():

@@ -61,7 +61,7 @@ def calibration_accuracy(result, truth_wavelength, truth_calibration, wave_range
                          exclude_regions=None):
     """Compare a combined calibration with the truth.
 
-    Returns a dict with the median and 95th percentile of |Cal/truth − 1| over
+    Returns a dict with the median and 95th percentile of abs(Cal/truth − 1) over
     unmasked pixels in ``wave_range`` (outside ``exclude_regions``), the level
     error (median ratio − 1) and the rms of the pulls (Cal − truth)/σ.
     """
@@ -93,7 +93,7 @@ def run_demo(output="kspec_fluxcal_demo", templates=None, seed=7, n_standards=8)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     templates = Path(templates) if templates else compact_grid_folder()
-    exposure = make_exposure(n_standards=n_standards, n_science=6, n_sky=2, n_pix=3000, fwhm=2.5,
+    exposure = make_exposure(n_standards=n_standards, n_science=6, n_sky=2, n_pix=6000, fwhm=2.5,
                              teff_range=(5300, 7700), logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=seed)
     red, cat = exposure.write(output, stem="demo")
     config = FluxcalConfig(catalog=cat, templates=templates, plots=output / "figures", force=True)

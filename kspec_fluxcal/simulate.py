@@ -707,7 +707,7 @@ class SimulatedExposure:
 
 
 def write_refcat_csv(table, path):
-    """Write a catalogue Table in the Refcat2 CSV layout (``, `` separated header)."""
+    """Write a catalogue Table in the Refcat2 CSV layout (header names separated by a comma and a space)."""
     cols = [c for c in _REFCAT_COLUMNS if c in table.colnames]
     lines = [", ".join(cols)]
     for row in table:

@@ -554,7 +554,7 @@ class TemplateLibrary:
 
         Distance is Euclidean in parameters scaled by `PARAMETER_SCALES`
         (250 K, 0.5 dex, 0.25 dex, 0.25 dex). With ``alpha_m=None`` [α/M] is
-        left out of the distance and ties go to the smallest |[α/M]|.
+        left out of the distance and ties go to the smallest abs([α/M]).
 
         Returns
         -------

@@ -296,13 +296,11 @@ BANDS = ("ps1_g", "ps1_r", "gaia_bp", "2mass_ks", "gaia_g", "sdss_u")  # the las
 
 
 @pytest.fixture(scope="module")
-def synthetic_grid(synthetic_dir, tmp_path_factory):
-    # module fixtures run before the function-scoped cache isolation of conftest: isolate here too
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KSPEC_FLUXCAL_CACHE", str(tmp_path_factory.getbasetemp() / "kspec_cache"))
-        lib = TemplateLibrary(synthetic_dir)
-        target = np.linspace(3650.0, 9750.0, 4000) * u.AA
-        grid = PreparedGrid.build(lib, target, 3.0, bands=BANDS, ebv_grid=np.linspace(0, 0.5, 6))
+def synthetic_grid(synthetic_dir):
+    # the test session's cache folder (conftest.pytest_configure) keeps this out of the user's cache
+    lib = TemplateLibrary(synthetic_dir)
+    target = np.linspace(3650.0, 9750.0, 4000) * u.AA
+    grid = PreparedGrid.build(lib, target, 3.0, bands=BANDS, ebv_grid=np.linspace(0, 0.5, 6))
     return lib, target, grid
 
 
