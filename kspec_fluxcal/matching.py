@@ -30,7 +30,7 @@ For many stars at once (`select_best_templates`):
    amplitude per template for all stars and templates with two matrix
    products. The Huber metric takes a few
    iteratively-reweighted steps, each still two matrix products: pixel
-   weights min(1, δ/|r|) from the residuals of the current best template
+   weights min(1, δ/abs(r)) from the residuals of the current best template
    are shared by all templates (the IRLS majoriser of the Huber loss: exact
    for that template, a tight upper bound for the others).
 5. The best node is refined between nodes: the χ² of trilinear
