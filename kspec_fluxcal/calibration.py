@@ -317,12 +317,13 @@ def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0,
     degree = 3
     knots = np.concatenate([[lo] * (degree + 1), interior, [hi] * (degree + 1)])
     n_coef = knots.size - degree - 1
-    design = BSpline.design_matrix(np.clip(wavelength, lo, hi), knots, degree).toarray()
+    design = BSpline.design_matrix(np.clip(wavelength, lo, hi), knots, degree).tocsr()  # 4 non-zeros a row
+    design_t = design.T.tocsr()
     use = good.copy()
     for _ in range(max_iter):
         w = np.where(use, 1.0 / np.where(use, variance, 1.0), 0.0)
-        a = design.T @ (w[:, None] * design)
-        b = design.T @ (w * np.where(use, values, 0.0))
+        a = (design_t @ design.multiply(w[:, None]).tocsr()).toarray()
+        b = design_t @ (w * np.where(use, values, 0.0))
         cov = np.linalg.pinv(a + 1e-12 * np.trace(a) / n_coef * np.eye(n_coef))
         coef = cov @ b
         model = design @ coef
@@ -333,7 +334,7 @@ def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0,
         use = new_use
     ndof = max(np.count_nonzero(use) - n_coef, 1)
     chi2_red = float(np.sum(np.where(use, (values - model) ** 2 / variance, 0.0)) / ndof)
-    var = np.einsum("ij,jk,ik->i", design, cov, design) * max(chi2_red, 1.0)
+    var = np.asarray(design.multiply(design @ cov).sum(axis=1)).ravel() * max(chi2_red, 1.0)
     covered = (wavelength >= lo) & (wavelength <= hi)
     return model, var, covered
 

@@ -323,6 +323,12 @@ def _field_quantity(value, unit, name, owner):
     """``value`` converted to ``unit``; plain arrays take ``unit``."""
     if not isinstance(value, u.Quantity):
         value = np.asarray(value, dtype=float) * u.Unit(unit)
+    if value.unit == unit:
+        return value
+    try:
+        return value.to(unit)
+    except u.UnitConversionError:
+        pass
     try:
         return value.to(unit, equivalencies=u.spectral_density(1 * u.AA))
     except u.UnitConversionError as exc:

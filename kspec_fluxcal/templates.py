@@ -19,6 +19,7 @@ Three jobs, in the order of the data flow:
 All wavelengths are in Å, in air.
 """
 
+import collections
 import gzip
 import json
 import logging
@@ -408,7 +409,8 @@ class TemplateLibrary:
             if len(found) > 1:
                 raise TemplateLibraryError(
                     f"{self.path} holds BOSZ models of several resolving powers ({', '.join(map(str, found))}); "
-                    "choose one with TemplateLibrary(path, resolution=R)."
+                    f"point to a folder of one of them (e.g. {self.path / f'r{found[-1]}'}) or choose one with "
+                    "TemplateLibrary(path, resolution=R)."
                 )
             return found[0]
         if int(resolution) not in bosz:
@@ -1088,6 +1090,23 @@ def _check_ebv_grid(ebv_grid):
 _PARAM_COLUMNS = ("teff", "logg", "feh", "alpha_m")
 
 
+_PREPARED_MEMO = collections.OrderedDict()
+_PREPARED_MEMO_SIZE = 4
+
+
+def _remember(key, grid):
+    """Keep the last few prepared grids of this process, so a set-up is opened once.
+
+    Their arrays are memory-mapped from the cache, so holding them is cheap,
+    and code that caches per grid object (matching) stays warm across exposures.
+    """
+    _PREPARED_MEMO[key] = grid
+    _PREPARED_MEMO.move_to_end(key)
+    while len(_PREPARED_MEMO) > _PREPARED_MEMO_SIZE:
+        _PREPARED_MEMO.popitem(last=False)
+    return grid
+
+
 class PreparedGrid:
     """A template grid prepared for one instrument set-up and one wavelength grid.
 
@@ -1313,11 +1332,14 @@ class PreparedGrid:
             extinction, float(r_v),
         )
         folder = cache_dir("prepared", key) if cache else None
+        if cache and key in _PREPARED_MEMO:
+            _PREPARED_MEMO.move_to_end(key)
+            return _PREPARED_MEMO[key]
         if cache:
             try:
                 grid = cls._load(folder, key)
                 log.info("prepared grid %s loaded from the cache", key)
-                return grid
+                return _remember(key, grid)
             except CacheError as exc:
                 if (folder / "index.json").exists():
                     log.warning("rebuilding the prepared grid %s: %s", key, exc)
@@ -1360,7 +1382,7 @@ class PreparedGrid:
         )
         if cache:
             grid._save(folder)
-        return grid
+        return _remember(key, grid) if cache else grid
 
     def _save(self, folder):
         arrays = {

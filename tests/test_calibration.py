@@ -158,6 +158,8 @@ def test_one_star_passes_with_warning_and_none_is_an_error():
         result = combine_calibration_vectors([vec], representation="pixel")
     np.testing.assert_allclose(result.combined_vector.cal_factor, vec.cal_factor, rtol=1e-10)
     with pytest.raises(CalibrationError, match="no standard-star"):
+        combine_calibration_vectors([])
+    with pytest.raises(CalibrationError, match="x .*no match"):
         combine_calibration_vectors([], rejected=[{"star_name": "x", "reject_reason": "no match"}])
 
 
