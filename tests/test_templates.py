@@ -348,6 +348,10 @@ def test_prepared_grid_band_fluxes(synthetic_grid):
 
 def test_prepared_grid_cache_and_subset(synthetic_grid, caplog):
     lib, target, grid = synthetic_grid
+    # within a process the same set-up gives the same object (per-grid caches stay warm) ...
+    assert PreparedGrid.build(lib, target, 3.0, bands=BANDS, ebv_grid=np.linspace(0, 0.5, 6)) is grid
+    # ... and a new process (no memo) loads it from the disk cache
+    templates._PREPARED_MEMO.clear()
     with caplog.at_level(logging.INFO, logger="kspec_fluxcal.templates"):
         again = PreparedGrid.build(lib, target, 3.0, bands=BANDS, ebv_grid=np.linspace(0, 0.5, 6))
     assert "loaded from the cache" in caplog.text
