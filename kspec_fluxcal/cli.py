@@ -4,12 +4,20 @@
 
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
+        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
+    kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
+    kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
+    kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
+        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
     kspec-fluxcal info
 
-Exit status 0 on success; otherwise a one-line reason on stderr and a
-non-zero status (tracebacks only with ``--debug``).
+Exit status 0 on success; otherwise one line on stderr and a non-zero
+status: 1 for an error (bad input, a failed write, or an internal error, which
+names the exception type), 130 when interrupted, 2 for a command-line usage
+error. Tracebacks only with ``--debug``. ``batch`` prints a summary table and
+exits with status 1 when any file failed (the others are calibrated).
 """
 
 import argparse
@@ -36,17 +44,47 @@ def build_parser():
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    cal = sub.add_parser("calibrate", parents=[common], help="flux-calibrate a RED file")
+    derive = argparse.ArgumentParser(add_help=False)
+    derive.add_argument("--templates", type=Path, help="BOSZ 2024 or ck04models folder")
+    derive.add_argument("--fwhm", type=float, help="instrument FWHM in Å (overrides SPECFWHM/FWHMPCn)")
+    derive.add_argument("--metric", choices=("chi2", "huber"), default="chi2")
+    derive.add_argument("--smooth", action="store_true", help="smooth the combined vector further")
+    derive.add_argument("--match", choices=("position", "order"), default="position")
+    derive.add_argument("--fallback", type=Path, metavar="NIGHT.fits",
+                        help="nightly calibration applied when the frame's own standards fall short")
+    derive.add_argument("--min-standards", type=int, default=1, metavar="N",
+                        help="fewest usable standards for a frame's own calibration (default 1)")
+    derive.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
+
+    cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
-    cal.add_argument("--catalog", required=True, type=Path, help="Refcat2 CSV of the field's standards")
-    cal.add_argument("--templates", type=Path, help="BOSZ 2024 or ck04models folder")
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--catalog", type=Path, help="Refcat2 CSV of the field's standards")
+    source.add_argument("--calibration", type=Path, metavar="FILE",
+                        help="apply this stored calibration (product or calibrated RED file) instead of deriving one")
     cal.add_argument("--output", type=Path, help="write the calibrated frame here")
-    cal.add_argument("--fwhm", type=float, help="instrument FWHM in Å (overrides SPECFWHM/FWHMPCn)")
-    cal.add_argument("--metric", choices=("chi2", "huber"), default="chi2")
-    cal.add_argument("--smooth", action="store_true", help="smooth the combined vector further")
-    cal.add_argument("--match", choices=("position", "order"), default="position")
     cal.add_argument("--plots", type=Path, help="folder for QC figures (PNG)")
-    cal.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
+    cal.add_argument("--save-calibration", type=Path, metavar="FILE",
+                     help="also write the calibration as a product (.fits or .ecsv)")
+
+    night = sub.add_parser("combine-night", parents=[common], help="combine calibration products of a night")
+    night.add_argument("products", type=Path, nargs="+", help="calibration products or calibrated RED files")
+    night.add_argument("-o", "--output", type=Path, required=True, help="the nightly product (.fits or .ecsv)")
+    night.add_argument("--outlier-sigma", type=float, default=5.0,
+                       help="robust sigma beyond which an exposure's shape is rejected (default 5)")
+
+    batch = sub.add_parser("batch", parents=[common, derive], help="calibrate many RED files on Dask")
+    batch.add_argument("red", type=Path, nargs="+", help="RED files (rewritten atomically unless --output-dir)")
+    cats = batch.add_mutually_exclusive_group(required=True)
+    cats.add_argument("--catalog", type=Path, help="one Refcat2 CSV for every file")
+    cats.add_argument("--catalog-dir", type=Path,
+                      help="folder of catalogues: <stem>.csv, <stem>_refcat.csv, or <stem without _red>_refcat.csv")
+    batch.add_argument("--output-dir", type=Path, help="write calibrated files here")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
+    batch.add_argument("--products", action="store_true",
+                       help="also write each calibration as <stem>_fluxcal.fits beside the calibrated file")
 
     demo = sub.add_parser("demo", parents=[common], help="calibrate a SYNTHETIC exposure end to end")
     demo.add_argument("--output", type=Path, default=Path("kspec_fluxcal_demo"))
@@ -68,17 +106,58 @@ def _configure_logging(args):
     log.setLevel(level)
 
 
-def _calibrate(args):
-    from .pipeline import FluxcalConfig, apply_fluxcal
+def _config(args, **extra):
+    from .pipeline import FluxcalConfig
 
-    config = FluxcalConfig(catalog=args.catalog, templates=args.templates, output=args.output, fwhm=args.fwhm,
-                           metric=args.metric, smooth=args.smooth, match=args.match, plots=args.plots,
-                           force=args.force)
+    return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
+                         match=args.match, force=args.force, fallback=args.fallback,
+                         min_standards=args.min_standards, **extra)
+
+
+def _calibrate(args):
+    from astropy.io import fits
+
+    from .pipeline import apply_fluxcal
+
+    config = _config(args, catalog=args.catalog, calibration=args.calibration, output=args.output,
+                     plots=args.plots, save_calibration=args.save_calibration)
     run = apply_fluxcal(args.red, config)
     summary = run.result.summary
-    print(f"{run.output}: calibrated with {summary['n_stars_used']} standard(s), "
-          f"{summary['n_stars_rejected']} rejected; rms scatter {summary['rms_scatter']:.4f}")
+    if args.calibration is not None:
+        print(f"{run.output}: calibrated with the stored calibration {args.calibration}")
+    elif fits.getheader(run.output).get("FCALFALL", False):
+        print(f"{run.output}: calibrated with the nightly calibration {args.fallback} (fallback)")
+    else:
+        print(f"{run.output}: calibrated with {summary['n_stars_used']} standard(s), "
+              f"{summary['n_stars_rejected']} rejected; rms scatter {summary['rms_scatter']:.4f}")
     return 0
+
+
+def _combine_night(args):
+    from .night import combine_night
+    from .products import save_calibration
+
+    night = combine_night(args.products, outlier_sigma=args.outlier_sigma)
+    save_calibration(night, args.output, overwrite=True)
+    s = night.summary
+    print(f"{args.output}: nightly calibration from {s['n_exposures_used']} of {s['n_exposures']} exposures; "
+          f"shape rms {s['rms_scatter']:.4f}, gray scatter {s['gray_scatter']:.4f}")
+    for e in s["per_exposure"]:
+        if not e["used"]:
+            print(f"  rejected {e['exposure']}: {e['reject_reason']}")
+    return 0
+
+
+def _batch(args):
+    from .batch import calibrate_batch, summary_table
+
+    records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
+                              scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
+                              products=args.products)
+    print("\n".join(summary_table(records).pformat(max_lines=-1, max_width=-1)))
+    counts = {s: sum(r.status == s for r in records) for s in ("ok", "failed", "skipped")}
+    print(f"{counts['ok']} calibrated, {counts['failed']} failed, {counts['skipped']} skipped")
+    return 1 if counts["failed"] else 0
 
 
 def _demo(args):
@@ -93,6 +172,8 @@ def _download(args):
 
     summary = download_subgrid(args.dest, resolution=args.resolution, force=args.force, dry_run=args.dry_run,
                                progress=not args.quiet)
+    if args.dry_run:
+        print("\n".join(summary.planned))
     print(summary)
     return 1 if summary.failed else 0
 
@@ -130,7 +211,8 @@ def _info(args):
     return 0
 
 
-COMMANDS = {"calibrate": _calibrate, "demo": _demo, "download-templates": _download, "info": _info}
+COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "batch": _batch, "demo": _demo,
+            "download-templates": _download, "info": _info}
 
 
 def main(argv=None):
@@ -140,13 +222,20 @@ def main(argv=None):
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("kspec-fluxcal: interrupted; no output was written.", file=sys.stderr)
+        print("kspec-fluxcal: interrupted; nothing partial was written.", file=sys.stderr)
         return 130
     except (KspecFluxcalError, OSError, ValueError) as exc:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
         print(f"kspec-fluxcal: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line; --debug shows the traceback
+        if args.debug:
+            raise
+        detail = ": ".join(filter(None, (type(exc).__name__, " ".join(str(exc).split()))))
+        print(f"kspec-fluxcal: internal error ({detail}); rerun with --debug for the traceback and report it.",
+              file=sys.stderr)
         return 1
 
 

@@ -178,3 +178,12 @@ def test_demo_reports_accuracy(tmp_path, capsys):
     assert "SYNTHETIC" in out and "median |error|" in out
     assert (tmp_path / "demo" / "demo_red.fits").is_file()
     assert len(list((tmp_path / "demo" / "figures").glob("*.png"))) >= 4
+
+
+def test_download_templates_dry_run_lists_the_subgrid(tmp_path, capsys):
+    assert main(["download-templates", "--dest", str(tmp_path / "bosz"), "--dry-run", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    urls = [line for line in lines if line.startswith("https://")]
+    assert len(urls) == 521 and len(set(urls)) == 521
+    assert sum("wave_r10000" in url for url in urls) == 1
+    assert not (tmp_path / "bosz").exists()
