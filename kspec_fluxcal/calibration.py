@@ -26,7 +26,11 @@ __all__ = [
     "PhotometricScale",
     "scale_template_to_photometry",
     "fit_smooth_vector",
+    "fit_smooth_vectors",
     "compute_calibration_vector_for_star",
+    "compute_calibration_vectors",
+    "smooth_calibration_vectors",
+    "PixelVector",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,73 +274,152 @@ def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
     }
 
 
-def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
-    """Weighted least-squares cubic B-spline through a per-pixel vector.
+def _interior_knots(x_used, lo, hi, knot_spacing, min_points=8):
+    """Interior knots about ``knot_spacing`` apart, each interval holding data of every star.
+
+    ``x_used`` is a list of the used wavelengths of each star; knots are
+    dropped until every interval holds at least ``min_points`` of each star's
+    samples, so the spline bridges gaps (telluric bands) smoothly.
+    """
+    n_int = max(int((hi - lo) // knot_spacing), 0)
+    interior = np.linspace(lo, hi, n_int + 2)[1:-1]
+    if not interior.size:
+        return interior
+    edges = np.concatenate([[lo], interior, [hi + 1e-9]])
+    counts = np.min([np.histogram(x, bins=edges)[0] for x in x_used], axis=0)
+    keep, pending = [], 0
+    for k, n in enumerate(counts[:-1]):
+        pending += n
+        if pending >= min_points:
+            keep.append(k)
+            pending = 0
+    interior = interior[keep]
+    while interior.size and min(np.count_nonzero(x > interior[-1]) for x in x_used) < min_points:
+        interior = interior[:-1]
+    return interior
+
+
+def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
+    """Weighted least-squares cubic B-splines through many per-pixel vectors at once.
+
+    All vectors share ``wavelength`` and one set of knots, so the design
+    matrix is built once; each star's normal matrix is assembled from the
+    band structure of the B-spline basis (4 non-zeros a row) and the small
+    systems are solved as one stack.
 
     Parameters
     ----------
-    wavelength : ndarray
+    wavelength : ndarray, shape (n_pix,)
         Å, increasing.
-    values, variance : ndarray
+    values, variance : ndarray, shape (n_star, n_pix)
         Per-pixel values and variances.
-    exclude : ndarray of bool
+    exclude : ndarray of bool, shape (n_star, n_pix)
         Pixels left out of the fit (lines, telluric bands, bad pixels).
     knot_spacing : float
         Interior knot spacing (Å).
     clip_sigma : float
         Symmetric iterative clipping of outliers (σ).
+    max_iter : int
+        Most clipping iterations.
 
     Returns
     -------
-    smooth, smooth_variance, covered : ndarray
-        The spline and its variance on ``wavelength`` (variance scaled by the
-        reduced χ² when that exceeds 1), and where it is defined (between the
+    smooth, smooth_variance, covered : ndarray, shape (n_star, n_pix)
+        The splines and their variances (scaled by each star's reduced χ²
+        when that exceeds 1), and where each is defined (between the star's
         first and last pixel used).
     """
-    good = ~exclude & np.isfinite(values) & np.isfinite(variance) & (variance > 0)
-    if np.count_nonzero(good) < 10:
+    wave = np.asarray(wavelength, dtype=float)
+    values = np.atleast_2d(values)
+    variance = np.atleast_2d(variance)
+    good = ~np.atleast_2d(exclude) & np.isfinite(values) & np.isfinite(variance) & (variance > 0)
+    if np.any(np.count_nonzero(good, axis=1) < 10):
         raise CalibrationError("fewer than 10 usable pixels for the smooth calibration vector.")
-    x_used = wavelength[good]
-    lo, hi = x_used[0], x_used[-1]
-    n_int = max(int((hi - lo) // knot_spacing), 0)
-    interior = np.linspace(lo, hi, n_int + 2)[1:-1]
-    # drop knots until every knot interval holds data, so the spline bridges gaps smoothly
-    if interior.size:
-        edges = np.concatenate([[lo], interior, [hi]])
-        counts = np.histogram(x_used, bins=edges)[0]
-        keep = []
-        pending = 0
-        for k, n in enumerate(counts[:-1]):
-            pending += n
-            if pending >= 8:
-                keep.append(k)
-                pending = 0
-        interior = interior[keep]
-        if interior.size and np.count_nonzero(x_used > interior[-1]) < 8:
-            interior = interior[:-1]
+    x_used = [wave[g] for g in good]
+    lo, hi = min(x[0] for x in x_used), max(x[-1] for x in x_used)
     degree = 3
-    knots = np.concatenate([[lo] * (degree + 1), interior, [hi] * (degree + 1)])
+    knots = np.concatenate([[lo] * (degree + 1), _interior_knots(x_used, lo, hi, knot_spacing), [hi] * (degree + 1)])
+    weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    xb, yb, wb = _bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
+    cov, coef, chi2_red = _spline_coefficients(np.clip(xb, lo, hi), yb, wb, knots, degree, clip_sigma, max_iter)
+    basis = BSpline.design_matrix(np.clip(wave, lo, hi), knots, degree).tocsr()
+    cols = basis.indices.reshape(wave.size, degree + 1)  # each row: degree + 1 consecutive basis functions
+    pair = basis.data.reshape(wave.size, degree + 1)
+    pair = pair[:, :, None] * pair[:, None, :]
+    model = (basis @ coef.T).T
+    local = cov[:, cols[:, :, None], cols[:, None, :]]  # (n_star, n_pix, 4, 4)
+    var = np.einsum("spab,pab->sp", local, pair) * np.maximum(chi2_red, 1.0)[:, None]
+    first = np.array([x[0] for x in x_used])[:, None]
+    last = np.array([x[-1] for x in x_used])[:, None]
+    return model, var, (wave >= first) & (wave <= last)
+
+
+_SMOOTH_FIT_POINTS = 3000
+"""Spline fits use at most about this many (binned) points: ample for knots every ~250 Å."""
+
+
+def _bin_weighted(x, y, w, factor):
+    """Inverse-variance weighted means of ``y`` (n_star, n_pix) in bins of ``factor`` pixels.
+
+    Returns the bin centres, the means and their weights (summed inverse
+    variances, 0 for empty bins); a trailing partial bin is kept.
+    """
+    if factor == 1:
+        return x, y, w
+    n = x.size
+    edges = np.arange(0, n, factor)
+    sum_w = np.add.reduceat(w, edges, axis=1)
+    sum_wy = np.add.reduceat(w * y, edges, axis=1)
+    centres = np.add.reduceat(x, edges) / np.diff(np.append(edges, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(sum_w > 0, sum_wy / sum_w, 0.0)
+    return centres, means, sum_w
+
+
+def _spline_coefficients(x, y, w, knots, degree, clip_sigma, max_iter):
+    """Clipped weighted least squares of B-spline coefficients for every row of ``y``.
+
+    Each row's normal matrix is assembled from the band structure of the
+    basis (``degree + 1`` non-zeros a row) with one `numpy.bincount`, and the
+    systems are solved as one stack. Returns (covariance, coefficients,
+    reduced χ²) per row.
+    """
     n_coef = knots.size - degree - 1
-    design = BSpline.design_matrix(np.clip(wavelength, lo, hi), knots, degree).tocsr()  # 4 non-zeros a row
-    design_t = design.T.tocsr()
+    basis = BSpline.design_matrix(x, knots, degree).tocsr()
+    cols = basis.indices.reshape(x.size, degree + 1)
+    vals = basis.data.reshape(x.size, degree + 1)
+    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
+    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
+    n_row = y.shape[0]
+    index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
+    good = w > 0
     use = good.copy()
     for _ in range(max_iter):
-        w = np.where(use, 1.0 / np.where(use, variance, 1.0), 0.0)
-        a = (design_t @ design.multiply(w[:, None]).tocsr()).toarray()
-        b = design_t @ (w * np.where(use, values, 0.0))
-        cov = np.linalg.pinv(a + 1e-12 * np.trace(a) / n_coef * np.eye(n_coef))
-        coef = cov @ b
-        model = design @ coef
-        z = np.abs(values - model) / np.sqrt(variance)
-        new_use = good & (z < clip_sigma)
+        wu = np.where(use, w, 0.0)
+        normal = np.bincount(index, weights=(wu[:, :, None] * pair[None]).ravel(),
+                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
+        rhs = (basis.T @ (wu * y).T).T
+        scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
+        cov = np.linalg.pinv(normal + 1e-12 * scale * np.eye(n_coef))
+        coef = np.einsum("sij,sj->si", cov, rhs)
+        resid = y - (basis @ coef.T).T
+        new_use = good & (np.abs(resid) * np.sqrt(w) < clip_sigma)
         if np.array_equal(new_use, use):
             break
         use = new_use
-    ndof = max(np.count_nonzero(use) - n_coef, 1)
-    chi2_red = float(np.sum(np.where(use, (values - model) ** 2 / variance, 0.0)) / ndof)
-    var = np.asarray(design.multiply(design @ cov).sum(axis=1)).ravel() * max(chi2_red, 1.0)
-    covered = (wavelength >= lo) & (wavelength <= hi)
-    return model, var, covered
+    ndof = np.maximum(np.count_nonzero(use, axis=1) - n_coef, 1)
+    chi2_red = np.sum(np.where(use, resid**2 * w, 0.0), axis=1) / ndof
+    return cov, coef, chi2_red
+
+
+def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
+    """Weighted least-squares cubic B-spline through one per-pixel vector.
+
+    Same as `fit_smooth_vectors` for a single vector (1-D arrays in and out).
+    """
+    smooth, var, covered = fit_smooth_vectors(wavelength, values[None], variance[None], exclude[None],
+                                              knot_spacing=knot_spacing, clip_sigma=clip_sigma, max_iter=max_iter)
+    return smooth[0], var[0], covered[0]
 
 
 def compute_calibration_vector_for_star(
@@ -385,6 +468,36 @@ def compute_calibration_vector_for_star(
         error), mask True where counts are non-finite, non-positive, masked
         or in ``mask_regions``, and the smooth B-spline form.
     """
+    pixels = _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta)
+    if output_wavelength is not None:
+        pixels = _on_grid(pixels, u.Quantity(output_wavelength, u.AA).to_value(u.AA))
+    return smooth_calibration_vectors([pixels], knot_spacing)[0]
+
+
+@dataclass
+class PixelVector:
+    """A star's per-pixel calibration before its smooth form is fitted (plain arrays).
+
+    ``cal`` and ``cal_var`` are the factor and its full variance, ``stat_var``
+    the part from the counts alone (what the smooth fit weighs with),
+    ``phot_var`` the variance of ln(model flux) from the photometric fit,
+    ``bad`` the mask (True = bad) and ``exclude`` the pixels kept out of the
+    smooth fit (strong lines), on ``wave`` (Å).
+    """
+
+    wave: np.ndarray
+    cal: np.ndarray
+    cal_var: np.ndarray
+    stat_var: np.ndarray
+    phot_var: np.ndarray
+    bad: np.ndarray
+    exclude: np.ndarray
+    unit: u.UnitBase
+    info: dict
+
+
+def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta):
+    """The per-pixel calibration of one standard on its own pixels."""
     from .masks import load_mask_array
     from .matching import model_spectrum
 
@@ -395,35 +508,24 @@ def compute_calibration_vector_for_star(
     if var is None:
         raise InputDataError("the standard-star spectrum has no variance; it is needed for the errors.")
     var = var.value
-    model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv)
-    model_flux = u.Quantity(model, FLAM).to_value(FLAM)
-    model_cont = u.Quantity(model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True), FLAM)
+    model_flux = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv).to_value(FLAM)
+    model_cont = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True).to_value(FLAM)
     k_ext = extinction_per_ebv(wave, extinction, r_v)
-    redden = 10.0 ** (-0.4 * phot_scale.ebv * k_ext)
-    expected = phot_scale.scale * redden * model_flux
+    expected = phot_scale.scale * 10.0 ** (-0.4 * phot_scale.ebv * k_ext) * model_flux
     phot_var = phot_scale.log_flux_variance(k_ext)
 
     bad = np.asarray(spectrum.mask, dtype=bool) | ~np.isfinite(counts) | (counts <= 0)
     bad |= ~np.isfinite(var) | (var < 0) | ~np.isfinite(expected) | (expected <= 0)
     if mask_regions is not None:
         bad |= load_mask_array(wave * u.AA, mask_regions)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cal = np.where(bad, np.nan, expected / counts)
-        cal_var = np.where(bad, np.nan, cal**2 * (var / counts**2 + phot_var))
-        depth = 1.0 - model_flux / model_cont.to_value(FLAM)
     if np.count_nonzero(~bad) < 10:
         raise CalibrationError(
             f"the standard has only {np.count_nonzero(~bad)} usable pixels; check its mask and counts."
         )
-    stat_var = np.where(bad, np.nan, cal**2 * var / np.where(bad, 1.0, counts) ** 2)
-    smooth, smooth_var, covered = fit_smooth_vector(
-        wave, cal, stat_var, bad | (depth > line_depth), knot_spacing=knot_spacing
-    )
-    smooth_var = smooth_var + smooth**2 * phot_var
-    smooth = np.where(covered, smooth, np.nan)
-    smooth_var = np.where(covered, smooth_var, np.nan)
-
-    unit = FLAM / spectrum.flux.unit
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cal = np.where(bad, np.nan, expected / counts)
+        stat_var = np.where(bad, np.nan, cal**2 * var / np.where(bad, 1.0, counts) ** 2)
+        depth = 1.0 - model_flux / model_cont
     info = {
         "teff": match.params.get("teff"),
         "logg": match.params.get("logg"),
@@ -444,37 +546,80 @@ def compute_calibration_vector_for_star(
         "snr_median": float(np.nanmedian(np.where(bad, np.nan, counts / np.sqrt(var)))),
     }
     info.update(meta or {})
-    if output_wavelength is not None:
-        return _resample_vector(wave, cal, cal_var, bad, smooth, smooth_var, unit, output_wavelength, info)
-    return CalibrationVector(
-        wavelength=wave * u.AA,
-        cal_factor=cal * unit,
-        cal_variance=cal_var * unit**2,
-        mask=bad,
-        smooth_factor=smooth * unit,
-        smooth_variance=smooth_var * unit**2,
-        meta=info,
-    )
+    return PixelVector(wave, cal, stat_var + cal**2 * phot_var, stat_var, phot_var, bad,
+                       ~(depth <= line_depth), FLAM / spectrum.flux.unit, info)
 
 
-def _resample_vector(wave, cal, cal_var, bad, smooth, smooth_var, unit, output_wavelength, info):
-    """Interpolate a vector onto another grid; a pixel touching a bad one is bad."""
-    out = u.Quantity(output_wavelength, u.AA).to_value(u.AA)
-    outside = (out < wave[0]) | (out > wave[-1])
-    near_bad = np.interp(out, wave, bad.astype(float)) > 0
-    out_bad = outside | near_bad
+def _on_grid(pixels, out):
+    """A `PixelVector` interpolated onto ``out`` (Å); a pixel touching a bad one is bad."""
+    wave = pixels.wave
+    bad = ((out < wave[0]) | (out > wave[-1]) | (np.interp(out, wave, pixels.bad.astype(float)) > 0))
 
     def interp(y):
-        return np.interp(out, wave, np.where(np.isfinite(y), y, 0.0))
+        return np.where(bad, np.nan, np.interp(out, wave, np.where(np.isfinite(y), y, 0.0)))
 
-    smooth_ok = np.isfinite(smooth)
-    s_bad = outside | (np.interp(out, wave, (~smooth_ok).astype(float)) > 0)
-    return CalibrationVector(
-        wavelength=out * u.AA,
-        cal_factor=np.where(out_bad, np.nan, interp(cal)) * unit,
-        cal_variance=np.where(out_bad, np.nan, interp(cal_var)) * unit**2,
-        mask=out_bad,
-        smooth_factor=np.where(s_bad, np.nan, interp(smooth)) * unit,
-        smooth_variance=np.where(s_bad, np.nan, interp(smooth_var)) * unit**2,
-        meta=info,
+    return PixelVector(out, interp(pixels.cal), interp(pixels.cal_var), interp(pixels.stat_var),
+                       np.interp(out, wave, pixels.phot_var), bad,
+                       np.interp(out, wave, pixels.exclude.astype(float)) > 0, pixels.unit, pixels.info)
+
+
+def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
+    """`CalibrationVector` objects from per-pixel vectors on one grid, smooth forms fitted together.
+
+    Parameters
+    ----------
+    pixel_vectors : list of `PixelVector`
+        On one wavelength grid (one star, or several put on a common grid).
+    knot_spacing : float
+        Knot spacing (Å) of the smooth B-spline form.
+
+    Returns
+    -------
+    list of `~kspec_fluxcal.containers.CalibrationVector`
+    """
+    wave = pixel_vectors[0].wave
+    cal = np.array([p.cal for p in pixel_vectors])
+    smooth, smooth_var, covered = fit_smooth_vectors(
+        wave, cal, np.array([p.stat_var for p in pixel_vectors]),
+        np.array([p.bad | p.exclude for p in pixel_vectors]), knot_spacing=knot_spacing,
     )
+    smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
+    vectors = []
+    for i, p in enumerate(pixel_vectors):
+        vectors.append(CalibrationVector(
+            wavelength=wave * u.AA,
+            cal_factor=p.cal * p.unit,
+            cal_variance=p.cal_var * p.unit**2,
+            mask=p.bad,
+            smooth_factor=np.where(covered[i], smooth[i], np.nan) * p.unit,
+            smooth_variance=np.where(covered[i], smooth_var[i], np.nan) * p.unit**2,
+            meta=p.info,
+        ))
+    return vectors
+
+
+def compute_calibration_vectors(spectra, matches, grid, phot_scales, output_wavelength, mask_regions=None,
+                                extinction="F99", r_v=3.1, knot_spacing=250.0, line_depth=0.1, metas=None):
+    """Calibration vectors of many standards on one grid, smooth forms fitted as one batch.
+
+    Parameters are those of `compute_calibration_vector_for_star`, one per
+    star in lists (``metas`` optional). Returns ``(vectors, failures)``:
+    the vectors of the stars that could be calibrated and, for the others,
+    ``(index, reason)`` pairs.
+    """
+    out = u.Quantity(output_wavelength, u.AA).to_value(u.AA)
+    metas = metas or [None] * len(spectra)
+    pixels, failures = [], []
+    for i, (spectrum, match, scale, meta) in enumerate(zip(spectra, matches, phot_scales, metas)):
+        try:
+            p = _on_grid(_pixel_vector(spectrum, match, grid, scale, mask_regions, extinction, r_v, line_depth,
+                                       meta), out)
+        except CalibrationError as exc:
+            failures.append((i, str(exc)))
+            continue
+        if np.count_nonzero(~(p.bad | p.exclude)) < 10:
+            failures.append((i, "fewer than 10 usable pixels on the calibration grid"))
+            continue
+        pixels.append(p)
+    vectors = smooth_calibration_vectors(pixels, knot_spacing) if pixels else []
+    return vectors, failures

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 
-from .calibration import compute_calibration_vector_for_star, scale_template_to_photometry
+from .calibration import compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
 from .exceptions import CalibrationError, KspecFluxcalError
@@ -85,6 +85,18 @@ def _refined_on_edge(match, grid):
     return edge
 
 
+def _reject(rejected, star, reason):
+    log.warning("standard %s (fiber %s) rejected: %s", star.name, star.fiber_id, reason)
+    rejected.append({"star_name": star.name, "fiber_id": int(star.fiber_id), "reject_reason": str(reason)})
+
+
+def _star_meta(star, match, window, grid):
+    """What a star's vector records about it besides the calibration itself."""
+    return {"star_name": star.name, "fiber_id": int(star.fiber_id), **star.meta, "teff_window": window,
+            "on_edge": _refined_on_edge(match, grid), "runner_up_score": float(match.runner_up_score),
+            "n_candidates": int(match.n_candidates)}
+
+
 def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, rejected=None):
     """Derive the calibration of one exposure from its standard stars.
 
@@ -122,31 +134,27 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     spectra = [validate_spectrum(star.spectrum, name=f"standard {star.name}") for star in stars]
     windows = [_teff_window(s.photometry) if options.use_teff_window else None for s in stars]
     log.info("matching %d standards against %d templates", len(stars), grid.n_templates)
-    matches = select_best_templates(
-        spectra, grid, teff_windows=windows, metric=options.metric, mask_regions=regions
-    )
-    vectors = []
-    for star, spectrum, match, window in zip(stars, spectra, matches, windows):
-        ident = {"star_name": star.name, "fiber_id": int(star.fiber_id)}
+    matches = select_best_templates(spectra, grid, teff_windows=windows, metric=options.metric,
+                                    mask_regions=regions)
+    phot_scales, calibratable = [], []
+    for i, (star, match) in enumerate(zip(stars, matches)):
         try:
-            band_fnu = np.tensordot(match.weights, grid.band_fnu, axes=(0, 0))
-            phot = scale_template_to_photometry(
-                band_fnu, grid.band_names, star.photometry, grid.ebv_grid,
-                ebv=options.ebv, mag_floor=options.mag_floor,
-            )
-            vec = compute_calibration_vector_for_star(
-                spectrum, match, grid, phot, mask_regions=regions,
-                extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
-                knot_spacing=options.knot_spacing, output_wavelength=out_wave,
-                meta={**ident, **star.meta, "teff_window": window, "on_edge": _refined_on_edge(match, grid),
-                      "runner_up_score": float(match.runner_up_score),
-                      "n_candidates": int(match.n_candidates)},
-            )
+            phot_scales.append(scale_template_to_photometry(
+                np.tensordot(match.weights, grid.band_fnu, axes=(0, 0)), grid.band_names, star.photometry,
+                grid.ebv_grid, ebv=options.ebv, mag_floor=options.mag_floor,
+            ))
         except CalibrationError as exc:
-            log.warning("standard %s (fiber %s) rejected: %s", star.name, star.fiber_id, exc)
-            rejected.append({**ident, "reject_reason": str(exc)})
+            _reject(rejected, star, exc)
             continue
-        vectors.append(vec)
+        calibratable.append(i)
+    vectors, failures = compute_calibration_vectors(
+        [spectra[i] for i in calibratable], [matches[i] for i in calibratable], grid, phot_scales, out_wave,
+        mask_regions=regions, extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
+        knot_spacing=options.knot_spacing,
+        metas=[_star_meta(stars[i], matches[i], windows[i], grid) for i in calibratable],
+    )
+    for k, reason in failures:
+        _reject(rejected, stars[calibratable[k]], reason)
     return combine_calibration_vectors(
         vectors,
         method=options.combine_method,
