@@ -320,6 +320,13 @@ def _normalised_vector(vec):
 # --------------------------------------------------------------------------- panel drawers
 
 
+def _form_label(vec):
+    """'smooth' or 'per pixel': which form of the calibration ``vec`` holds (or applies)."""
+    if vec.smooth_factor is not None or vec.meta.get("representation") == "smooth":
+        return "smooth"
+    return "per pixel"
+
+
 def _draw_combined(ax, vec):
     """Combined vector with its ±1σ band: smooth form solid, per-pixel form faint behind it."""
     wave = vec.wavelength.to_value(u.AA)
@@ -344,7 +351,7 @@ def _draw_combined(ax, vec):
         y,
         color="C0",
         linewidth=1.4,
-        label="smooth" if vec.smooth_factor is not None else "per pixel",
+        label=_form_label(vec),
         gid="combined",
     )
     ax.set_xlabel(_WAVELENGTH_LABEL)
@@ -867,7 +874,7 @@ def summarize_calibration(result):
         good = combined.wavelength[~combined.mask]
         wave_range = (good.min(), good.max()) if good.size else None
     rms = _percent(result.summary.get("rms_scatter"))
-    unit_form = "smooth form" if combined.smooth_factor is not None else "per pixel"
+    unit_form = "smooth form" if _form_label(combined) == "smooth" else "per pixel"
     items = [
         ("standard stars used", str(n_used)),
         ("standard stars rejected", str(n_rejected)),
