@@ -25,6 +25,7 @@ __all__ = [
     "make_spectrum",
     "validate_spectrum",
     "spectrum_variance",
+    "spectrum_arrays",
     "Photometry",
     "FilterCurve",
     "StellarTemplate",
@@ -196,6 +197,32 @@ def spectrum_variance(spectrum):
         f"uncertainty of type {type(unc).__name__} is not supported; use "
         "VarianceUncertainty, StdDevUncertainty or InverseVariance."
     )
+
+
+def spectrum_arrays(spectrum, mask_regions=None, name="spectrum"):
+    """Plain arrays of a spectrum for numerical work.
+
+    Returns
+    -------
+    wavelength, flux, variance, good : ndarray
+        Wavelengths (Å), flux and variance values (variance None when the
+        spectrum has none), and the usable pixels: not masked, finite flux,
+        finite positive variance, outside ``mask_regions`` ((n, 2) Å or a
+        mask name, see `kspec_fluxcal.masks.load_mask_array`).
+    """
+    from .masks import load_mask_array
+
+    spec = validate_spectrum(spectrum, name)
+    wave = spec.spectral_axis.to_value(u.AA)
+    flux = np.asarray(spec.flux.value, dtype=float)
+    var_q = spectrum_variance(spec)
+    var = None if var_q is None else np.asarray(var_q.value, dtype=float)
+    good = ~np.asarray(spec.mask, dtype=bool) & np.isfinite(flux)
+    if var is not None:
+        good &= np.isfinite(var) & (var > 0)
+    if mask_regions is not None:
+        good &= ~load_mask_array(wave, mask_regions)
+    return wave, flux, var, good
 
 
 @dataclass

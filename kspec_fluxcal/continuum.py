@@ -25,7 +25,7 @@ from scipy import ndimage, sparse
 from scipy.interpolate import BSpline
 from specutils import Spectrum
 
-from .containers import make_spectrum, spectrum_variance, validate_spectrum
+from .containers import make_spectrum, spectrum_arrays, spectrum_variance, validate_spectrum
 from .exceptions import InputDataError
 
 __all__ = [
@@ -53,37 +53,6 @@ def _angstrom(value, name):
     if not np.isfinite(value) or value <= 0:
         raise InputDataError(f"{name} must be a positive length in Å; got {value}.")
     return value
-
-
-def _region_mask(wavelength, mask_regions):
-    """Boolean array, True for wavelengths inside any of ``mask_regions``.
-
-    Parameters
-    ----------
-    wavelength : array_like
-        Wavelengths (Å).
-    mask_regions : `~astropy.units.Quantity` or array_like, shape (n, 2), or None
-        Closed intervals [start, end] (Å when plain numbers).
-
-    Returns
-    -------
-    ndarray of bool
-    """
-    wave = np.asarray(wavelength, dtype=float)
-    if mask_regions is None:
-        return np.zeros(wave.shape, dtype=bool)
-    if isinstance(mask_regions, u.Quantity):
-        mask_regions = mask_regions.to_value(u.AA)
-    regions = np.atleast_2d(np.asarray(mask_regions, dtype=float))
-    if regions.size == 0:
-        return np.zeros(wave.shape, dtype=bool)
-    if regions.ndim != 2 or regions.shape[1] != 2:
-        raise InputDataError(
-            f"mask_regions must have shape (n, 2) (start, end in Å); got {regions.shape}."
-        )
-    lo = regions.min(axis=1)
-    hi = regions.max(axis=1)
-    return np.any((wave[..., None] >= lo) & (wave[..., None] <= hi), axis=-1)
 
 
 def _interior_knots(x, good, spacing, order):
@@ -237,13 +206,7 @@ def fit_continuum(
     if method not in _METHODS:
         raise InputDataError(f"method must be one of {_METHODS}; got {method!r}.")
     spec = validate_spectrum(spectrum)
-    x = spec.spectral_axis.to_value(u.AA)
-    y = np.asarray(spec.flux.value, dtype=float)
-    var_q = spectrum_variance(spec)
-    var = None if var_q is None else np.asarray(var_q.value, dtype=float)
-    good = ~np.asarray(spec.mask, dtype=bool) & np.isfinite(y) & ~_region_mask(x, mask_regions)
-    if var is not None:
-        good &= np.isfinite(var) & (var > 0)
+    x, y, var, good = spectrum_arrays(spec, mask_regions)
     if degree is None:
         degree = 3 if method == "bspline" else 8
     degree = int(degree)

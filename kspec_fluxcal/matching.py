@@ -54,8 +54,8 @@ from scipy import fft as sfft
 from scipy.interpolate import make_interp_spline
 from specutils import Spectrum
 
-from .containers import FLAM, StellarTemplate, spectrum_variance, validate_spectrum
-from .continuum import _region_mask, smoothing_operator
+from .containers import FLAM, StellarTemplate, spectrum_arrays, validate_spectrum
+from .continuum import smoothing_operator
 from .exceptions import InputDataError
 
 __all__ = [
@@ -132,14 +132,7 @@ def doppler_factor(rv):
 
 def _star_arrays(spectrum, mask_regions, name):
     """(wavelength Å, flux, variance or None, good) of a spectrum."""
-    spec = validate_spectrum(spectrum, name)
-    wave = spec.spectral_axis.to_value(u.AA)
-    flux = np.asarray(spec.flux.value, dtype=float)
-    var_q = spectrum_variance(spec)
-    var = None if var_q is None else np.asarray(var_q.value, dtype=float)
-    good = ~np.asarray(spec.mask, dtype=bool) & np.isfinite(flux) & ~_region_mask(wave, mask_regions)
-    if var is not None:
-        good &= np.isfinite(var) & (var > 0)
+    wave, flux, var, good = spectrum_arrays(spectrum, mask_regions, name)
     if np.count_nonzero(good) < 10:
         raise InputDataError(
             f"{name} has only {np.count_nonzero(good)} usable pixels (mask, non-finite values and "
