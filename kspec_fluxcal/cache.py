@@ -73,9 +73,13 @@ def save_arrays(folder, arrays, meta=None):
             raise
         index["files"][name] = _checksum(target)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.part")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(index, fh)
-    os.replace(tmp, folder / "index.json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(index, fh)
+        os.replace(tmp, folder / "index.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_arrays(folder, mmap=True, verify=True):

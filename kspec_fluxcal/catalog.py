@@ -7,6 +7,7 @@ registry (`kspec_fluxcal.photometry`).
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from astropy import units as u
@@ -123,14 +124,24 @@ def load_standard_star_catalog(path):
     Raises
     ------
     CatalogError
-        The file is unreadable, ``RA``/``Dec`` or every photometric band is
-        missing, a value is not a number (row and column named), or RA/Dec
-        are out of range.
+        The file is missing, unreadable or holds no rows, ``RA``/``Dec`` or
+        every photometric band is missing, a value is not a number (row and
+        column named), or RA/Dec are out of range.
     """
+    if not Path(path).is_file():
+        raise CatalogError(f"catalogue {path} does not exist; give the field's Refcat2 CSV file.")
     try:
         table = Table.read(path, format="ascii.csv", guess=False, fast_reader=False)
     except (OSError, ValueError, IndexError) as exc:
-        raise CatalogError(f"cannot read catalogue {path}: {exc}. It must be a comma-separated file.") from exc
+        detail = str(exc).partition("\n")[0]
+        raise CatalogError(f"cannot read catalogue {path}: {detail}. It must be a comma-separated file.") from exc
+    if len(table.colnames) == 1:
+        raise CatalogError(
+            f"catalogue {path} has a single column ({table.colnames[0][:60]!r}); it must be comma-separated "
+            "with the Refcat2 columns (RA, Dec, g, dg, …)."
+        )
+    if len(table) == 0:
+        raise CatalogError(f"catalogue {path} holds no rows, only a header; it needs the field's standard stars.")
     for name in list(table.colnames):
         stripped = name.strip()
         if stripped != name:
@@ -271,6 +282,24 @@ def _fiber_coordinates(fibres):
     return coords
 
 
+def _check_coordinate_units(fiber_coords, catalog, limit):
+    """Raise CatalogError when the catalogue matches the fibres once its RA/Dec are read as radians or RA as hours."""
+    ra, dec = np.asarray(catalog["RA"], float), np.asarray(catalog["Dec"], float)
+    readings = []
+    if np.all(np.abs(ra) <= 2 * np.pi) and np.all(np.abs(dec) <= np.pi / 2):
+        readings.append(("RA and Dec look like radians", np.degrees(ra), np.degrees(dec)))
+    if np.all(ra < 24):
+        readings.append(("RA looks like hours", 15 * ra, dec))
+    for label, alt_ra, alt_dec in readings:
+        _, sep, _ = fiber_coords.match_to_catalog_sky(SkyCoord(alt_ra * u.deg, alt_dec * u.deg))
+        n = int(np.count_nonzero(sep.to_value(u.arcsec) <= limit))
+        if n:
+            raise CatalogError(
+                f"no standard fibre has a catalogue row within {limit:g} arcsec, but {n} of {len(sep)} do once "
+                f"the catalogue is converted: its {label}. Give RA and Dec in degrees."
+            )
+
+
 def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="position"):
     """Assign a catalogue row to every standard-star fibre (``TYPE == 'C'``).
 
@@ -293,6 +322,13 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
         ``CATALOG_ROW`` (−1 when unmatched), ``SEPARATION`` (arcsec, NaN when
         unknown), ``MATCHED`` and ``REASON`` (why a fibre is unmatched; empty
         when matched). When two fibres claim one row the nearer keeps it.
+
+    Raises
+    ------
+    CatalogError
+        No standard matches by position, but some would if the catalogue's
+        RA/Dec were read as radians or its RA as hours (the message says
+        which): the catalogue is in the wrong units.
     """
     if method not in ("position", "order"):
         raise CatalogError(f"method must be 'position' or 'order'; got {method!r}.")
@@ -336,6 +372,8 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
                     rows[k] = i
                 else:
                     reasons[k] = f"nearest catalogue row {i} is {s:.2f} arcsec away (> {limit:g} arcsec)"
+            if not np.any(rows >= 0):
+                _check_coordinate_units(here, catalog, limit)
         for k in np.flatnonzero(~has_coords):
             reasons[k] = "fibre has no RA/DEC"
         for row in np.unique(rows[rows >= 0]):

@@ -21,6 +21,7 @@ exits with status 1 when any file failed (the others are calibrated).
 """
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -151,6 +152,10 @@ def _combine_night(args):
 def _batch(args):
     from .batch import calibrate_batch, summary_table
 
+    if not args.verbose:  # the cluster's own INFO lines would drown the progress lines
+        with contextlib.suppress(ImportError):  # without it, calibrate_batch says what to install
+            import distributed  # noqa: F401 — it sets its loggers' levels when imported
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
                               scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
                               products=args.products)

@@ -17,6 +17,7 @@ __all__ = [
     "CacheError",
     "CalibrationError",
     "DownloadError",
+    "OutputWriteError",
     "KspecFluxcalWarning",
     "PartialBandpassWarning",
 ]
@@ -56,6 +57,14 @@ class CalibrationError(KspecFluxcalError):
 
 class DownloadError(KspecFluxcalError):
     """A download failed for good (after its retries)."""
+
+
+class OutputWriteError(KspecFluxcalError, OSError):
+    """An output file cannot be written (no permission, disk full, missing folder).
+
+    Raised after the temporary file is removed: nothing partial is left and an
+    input that was to be rewritten in place is unchanged.
+    """
 
 
 class KspecFluxcalWarning(AstropyUserWarning):

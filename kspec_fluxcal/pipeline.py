@@ -10,20 +10,38 @@ failure the input is untouched and nothing partial is left.
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from .apply import apply_flux_calibration
 from .combine import QualityGates
 from .containers import FluxCalibrationResult, make_spectrum
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
-from .exceptions import AlreadyCalibratedError, InputDataError, KspecFluxcalError, RedFileError
+from .exceptions import (
+    AlreadyCalibratedError,
+    CalibrationError,
+    InputDataError,
+    KspecFluxcalError,
+    OutputWriteError,
+    RedFileError,
+)
+from .products import (
+    calibration_for_frame,
+    calibration_provenance,
+    file_sha256,
+    header_exptime,
+    load_calibration,
+    set_card,
+)
+from .products import save_calibration as _save_product
 
 __all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal", "log_wavelength_grid"]
 
@@ -64,6 +82,29 @@ class FluxcalConfig:
         Reddening mode of the photometric fit.
     enabled : bool
         False skips the stage (kspecdr's ``CALIBFLUX``).
+    gates : `~kspec_fluxcal.combine.QualityGates`
+        Per-star quality thresholds.
+    calibration : str or Path, optional
+        A stored calibration (a product of `kspec_fluxcal.products`, a nightly
+        product or a calibrated RED file) to apply instead of deriving one; no
+        catalogue or templates are needed then. The header records it
+        (``FCALSRC``).
+    fallback : str or Path, optional
+        A nightly calibration (`kspec_fluxcal.night.combine_night`) applied
+        when the frame's own standards cannot calibrate it: the derivation
+        fails (`~kspec_fluxcal.CalibrationError`, e.g. no catalogue row
+        matches) or uses fewer than ``min_standards`` stars. The header
+        records it (``FCALFALL = T``, ``FCALSRC``, a ``HISTORY`` line). Its
+        absolute level is the median transparency of the night, not this
+        frame's; when 1 ≤ n < ``min_standards`` standards are usable, their
+        gray level rescales it (`kspec_fluxcal.night.rescale_nightly`).
+    min_standards : int
+        Fewest usable standards for a frame's own calibration; fewer raise
+        `~kspec_fluxcal.CalibrationError` unless ``fallback`` is given.
+    save_calibration : str or Path, optional
+        Also write the calibration as a product here (``.fits`` or ``.ecsv``;
+        see `kspec_fluxcal.products.save_calibration`), replacing an existing
+        file.
     """
 
     catalog: object = None
@@ -79,6 +120,10 @@ class FluxcalConfig:
     ebv: object = "fit"
     enabled: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
+    calibration: object = None
+    fallback: object = None
+    min_standards: int = 1
+    save_calibration: object = None
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -97,6 +142,11 @@ class FluxcalConfig:
             self.fwhm = float(self.fwhm)
             if not np.isfinite(self.fwhm) or self.fwhm <= 0:
                 raise InputDataError(f"fwhm must be a positive number of Å; got {self.fwhm}.")
+        if int(self.min_standards) != self.min_standards or self.min_standards < 1:
+            raise InputDataError(f"min_standards must be a whole number ≥ 1; got {self.min_standards!r}.")
+        self.min_standards = int(self.min_standards)
+        if self.calibration is not None and self.fallback is not None:
+            raise InputDataError("give either a stored calibration or a fallback, not both.")
 
     @classmethod
     def from_args(cls, args=None, **overrides):
@@ -143,7 +193,15 @@ class FluxcalRun:
     frame: RedFrame = None
 
 
+PLAUSIBLE_WAVELENGTHS = (1000.0, 30000.0)
+"""Range (Å) that a RED frame's wavelengths must lie in once converted; outside it their unit is wrong."""
+
+_DAMAGED_FITS = r"(?s).*(truncated|multiple of 2880)"
+"""astropy's warnings about a truncated or damaged FITS file (it reads on regardless)."""
+
+
 def _wavelength_unit(header, values):
+    """Unit of WAVELA and where it came from: its ``BUNIT``/``CUNIT1``, else a guess from the median value."""
     unit = header.get("BUNIT") or header.get("CUNIT1")
     if unit:
         try:
@@ -152,40 +210,58 @@ def _wavelength_unit(header, values):
             raise RedFileError(f"WAVELA has an unreadable unit '{unit}'; use Angstrom.") from exc
         if unit.physical_type != "length":
             raise RedFileError(f"WAVELA unit '{unit}' is not a wavelength; it must be in Angstrom.")
-        return unit
-    median = np.nanmedian(values)
+        return unit, "its header unit"
+    finite = values[np.isfinite(values)]
+    median = np.median(finite) if finite.size else np.nan
     if median < 10:
-        return u.micron
+        return u.micron, "guessed from the values, as WAVELA has no BUNIT"
     if median < 2000:
-        return u.nm
-    return u.AA
+        return u.nm, "guessed from the values, as WAVELA has no BUNIT"
+    return u.AA, "the default, as WAVELA has no BUNIT"
 
 
 def read_red_frame(path):
     """Read and validate a RED file.
 
-    Raises `~kspec_fluxcal.RedFileError` naming what is missing or inconsistent.
+    Wavelengths are converted to Å: ``WAVELA``'s ``BUNIT`` (or ``CUNIT1``)
+    gives their unit (Angstrom, nm, um …); without one the unit is guessed
+    from the median value — below 10 µm, below 2000 nm, else Å. Converted
+    wavelengths must lie within `PLAUSIBLE_WAVELENGTHS` (1000–30 000 Å), so a
+    wrong header unit is caught rather than calibrated.
+
+    Raises `~kspec_fluxcal.RedFileError` naming what is missing, damaged or
+    inconsistent (a truncated file, a missing extension, shapes that disagree,
+    wavelengths that are not finite, not increasing or implausible).
     """
     path = Path(path)
     if not path.is_file():
         raise RedFileError(f"RED file {path} does not exist.")
     try:
-        with fits.open(path, memmap=False) as hdul:
-            names = [h.name for h in hdul]
-            for ext in ("VARIANCE", "WAVELA", "FIBRES"):
-                if ext not in names:
-                    raise RedFileError(
-                        f"{path.name} has no {ext} extension; a RED file needs PRIMARY, VARIANCE, "
-                        "WAVELA and FIBRES (see the RED format page)."
-                    )
-            header = hdul[0].header.copy()
-            counts = _image(hdul[0], "PRIMARY", path)
-            variance = _image(hdul["VARIANCE"], "VARIANCE", path)
-            wave = np.asarray(hdul["WAVELA"].data, dtype=float)
-            wave_unit = _wavelength_unit(hdul["WAVELA"].header, wave)
-            fibres = Table.read(hdul["FIBRES"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_DAMAGED_FITS, category=AstropyUserWarning)
+            # opened here so that the file is closed even when astropy fails halfway through fits.open
+            with open(path, "rb") as handle, fits.open(handle, memmap=False) as hdul:
+                names = [h.name for h in hdul]
+                for ext in ("VARIANCE", "WAVELA", "FIBRES"):
+                    if ext not in names:
+                        raise RedFileError(
+                            f"{path.name} has no {ext} extension; a RED file needs PRIMARY, VARIANCE, "
+                            "WAVELA and FIBRES (see the RED format page)."
+                        )
+                if not isinstance(hdul["FIBRES"], (fits.BinTableHDU, fits.TableHDU)):
+                    raise RedFileError(f"FIBRES of {path.name} is not a table; it must be a binary table of fibers.")
+                header = hdul[0].header.copy()
+                counts = _image(hdul[0], "PRIMARY", path)
+                variance = _image(hdul["VARIANCE"], "VARIANCE", path)
+                wave = np.asarray(hdul["WAVELA"].data, dtype=float)
+                wave_unit, unit_source = _wavelength_unit(hdul["WAVELA"].header, wave)
+                fibres = Table.read(hdul["FIBRES"])
     except KspecFluxcalError:
         raise
+    except AstropyUserWarning as exc:
+        raise RedFileError(
+            f"{path.name} is truncated or damaged ({' '.join(str(exc).split())}); restore it from the reduction."
+        ) from exc
     except (OSError, TypeError, ValueError, IndexError, KeyError) as exc:
         raise RedFileError(f"{path.name} is not a readable FITS file ({exc}).") from exc
     if counts.ndim != 2:
@@ -207,6 +283,13 @@ def read_red_frame(path):
         raise RedFileError(f"WAVELA holds {np.count_nonzero(~finite)} non-finite wavelengths.")
     if np.any(np.diff(wave2d, axis=1) <= 0):
         raise RedFileError("WAVELA must increase along each fiber; this frame's wavelengths decrease somewhere.")
+    lo, hi = float(wave2d.min()), float(wave2d.max())
+    if lo < PLAUSIBLE_WAVELENGTHS[0] or hi > PLAUSIBLE_WAVELENGTHS[1]:
+        raise RedFileError(
+            f"WAVELA spans {lo:.6g}–{hi:.6g} Å when read in {wave_unit} ({unit_source}), outside the plausible "
+            f"{PLAUSIBLE_WAVELENGTHS[0]:.0f}–{PLAUSIBLE_WAVELENGTHS[1]:.0f} Å; set WAVELA's BUNIT to the unit of "
+            "its values (Angstrom, nm or um)."
+        )
     bunit = header.get("BUNIT", "ct")
     try:
         counts_unit = u.Unit(bunit or "ct")
@@ -264,7 +347,7 @@ def _standards(frame, catalog, config):
     types = np.char.strip(np.asarray(frame.fibres["TYPE"]).astype(str))
     std_idx = np.flatnonzero(types == "C")
     if std_idx.size == 0:
-        raise InputDataError("the frame has no standard-star fibers (FIBRES TYPE='C'); nothing to calibrate with.")
+        raise CalibrationError("the frame has no standard-star fibers (FIBRES TYPE='C'); nothing to calibrate with.")
     matches = match_catalog_to_fibers(frame.fibres, catalog, max_sep=config.max_sep * u.arcsec, method=config.match)
     by_fiber = {int(m["FIBER"]): m for m in matches}
     stars, rejected = [], []
@@ -275,12 +358,16 @@ def _standards(frame, catalog, config):
         m = by_fiber.get(int(f))
         if m is None or not m["MATCHED"]:
             reason = str(m["REASON"]) if m is not None and m["REASON"] else "no catalogue row matched"
+            log.warning("standard %s (fiber %d) rejected: %s", name, f, reason)
             rejected.append({**ident, "reject_reason": reason})
             continue
         counts, var = frame.counts[f], frame.variance[f]
         bad = ~np.isfinite(counts) | ~np.isfinite(var) | (var <= 0) | (counts <= 0)
         if np.count_nonzero(~bad) < 0.3 * bad.size:
-            rejected.append({**ident, "reject_reason": f"only {np.mean(~bad):.0%} of its pixels are usable"})
+            reason = (f"only {np.mean(~bad):.0%} of its pixels are usable (finite positive counts and variance; "
+                      "30% needed)")
+            log.warning("standard %s (fiber %d) rejected: %s", name, f, reason)
+            rejected.append({**ident, "reject_reason": reason})
             continue
         spec = make_spectrum(frame.wavelength[f], np.where(bad, 1.0, counts), np.where(bad, 1.0, var),
                              mask=bad, flux_unit=frame.counts_unit)
@@ -333,7 +420,7 @@ def _history(result):
     return lines
 
 
-def _output_hdulist(frame, flux, flux_var, result, config, grid_meta, library):
+def _output_hdulist(frame, flux, flux_var, result, config, origin):
     header = frame.header.copy()
     header["BUNIT"] = "erg / (Angstrom s cm2)"
     header["FLUXCAL"] = (True, "flux calibrated by kspec_fluxcal")
@@ -343,15 +430,28 @@ def _output_hdulist(frame, flux, flux_var, result, config, grid_meta, library):
                          "rms scatter between standards (-1: one)")
     header["FCALFORM"] = (result.summary.get("representation", "pixel"), "form of the applied vector")
     header["FCALVER"] = (__version__, "kspec_fluxcal version")
-    header["FCALTPL"] = (str(Path(library.path).name)[:40], "template library folder")
-    header["FCALTFP"] = (str(library.fingerprint)[:40], "template library fingerprint")
-    header["FCALMETR"] = (config.metric, "template-fit metric")
-    header["FCALSMTH"] = (bool(config.smooth), "extra smoothing of the combined vector")
-    header["FCALMTCH"] = (config.match, "catalogue matching")
-    header["FCALEBV"] = (str(config.ebv), "reddening mode")
-    header["FCALFWHM"] = (str(grid_meta.get("lsf", ""))[:45], "instrument LSF")
-    for line in _history(result):
-        header.add_history(line)
+    provenance = result.summary.get("provenance") or {}
+    for key in ("FCALSRC", "FCALNOWN", "FCALGRAY"):  # left by an earlier (forced) run
+        header.remove(key, ignore_missing=True, remove_all=True)
+    header["FCALTPL"] = (str(origin.get("template_library") or provenance.get("template_library") or "")[:40],
+                         "template library folder")
+    header["FCALTFP"] = (str(origin.get("template_fingerprint") or provenance.get("template_fingerprint") or "")[:40],
+                         "template library fingerprint")
+    header["FCALFALL"] = (bool(origin.get("fallback")), "nightly fallback calibration applied")
+    if origin.get("source"):
+        set_card(header, "FCALSRC", origin["source"], "calibration product applied")
+    if origin.get("fallback"):
+        header["FCALNOWN"] = (int(origin.get("n_own", 0)), "this frame's own usable standards")
+        if origin.get("gray") is not None:
+            header["FCALGRAY"] = (float(origin["gray"]), "gray rescaling of the nightly calibration")
+    if "lsf" in origin:
+        header["FCALMETR"] = (config.metric, "template-fit metric")
+        header["FCALSMTH"] = (bool(config.smooth), "extra smoothing of the combined vector")
+        header["FCALMTCH"] = (config.match, "catalogue matching")
+        header["FCALEBV"] = (str(config.ebv), "reddening mode")
+        header["FCALFWHM"] = (str(origin["lsf"])[:45], "instrument LSF")
+    for line in _history(result) if not origin.get("source") else origin.get("history", []):
+        header.add_history(_ascii(line))
     primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)
     variance = fits.ImageHDU(flux_var.astype(np.float32), name="VARIANCE")
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
@@ -360,16 +460,89 @@ def _output_hdulist(frame, flux, flux_var, result, config, grid_meta, library):
 
 
 def _write_atomic(hdus, target):
-    """Write ``hdus`` to a temporary file beside ``target``, then rename it over ``target``."""
+    """Write ``hdus`` to a temporary file beside ``target``, then rename it over ``target``.
+
+    Whatever stops the write (an OSError, an interrupt), the temporary file is
+    removed and ``target`` is untouched; an OSError becomes
+    `~kspec_fluxcal.OutputWriteError`.
+    """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
         fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write {target}: {exc.strerror or exc}; check that its folder exists, is writable and has "
+            "free space (nothing was written; the input is unchanged)."
+        ) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _derive(red_filename, frame, config, grid):
+    """The frame's calibration from its own standards, or the nightly fallback: (result, origin)."""
+    from .catalog import load_standard_star_catalog
+    from .templates import PreparedGrid
+
+    if config.catalog is None:
+        raise InputDataError("no standard-star catalogue given; pass --catalog CAT.csv (or --calibration FILE).")
+    catalog = load_standard_star_catalog(config.catalog)
+    fwhm, poly = _instrument_fwhm(config, frame.header)
+    library = _resolve_templates(config)
+    origin = {"template_library": Path(library.path).name, "template_fingerprint": library.fingerprint}
+    try:
+        stars, rejected = _standards(frame, catalog, config)
+        if grid is None:
+            common = log_wavelength_grid(frame.wavelength) * u.AA
+            grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
+        origin["lsf"] = grid.meta.get("lsf", "")
+        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)
+        result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
+    except CalibrationError as exc:
+        if config.fallback is None:
+            raise
+        return _fallback(frame, config, None, str(exc), origin)
+    n_used = int(result.summary["n_stars_used"])
+    if n_used < config.min_standards:
+        reason = f"only {n_used} usable standard(s), fewer than the minimum of {config.min_standards}"
+        if config.fallback is None:
+            raise CalibrationError(f"{reason}; give a nightly calibration as fallback or lower the minimum.")
+        return _fallback(frame, config, result, reason, origin)
+    options = {"metric": config.metric, "ebv": config.ebv, "smooth": config.smooth, "match": config.match,
+               "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates)}
+    result.summary["provenance"] = calibration_provenance(
+        red_filename, frame.header, file_sha256(red_filename), origin["template_library"],
+        origin["template_fingerprint"], options)
+    return result, origin
+
+
+def _ascii(text):
+    """``text`` with what FITS headers cannot hold replaced (dashes by '-', anything else by '?')."""
+    return text.replace("\u2014", "-").replace("\u2013", "-").encode("ascii", "replace").decode("ascii")
+
+
+def _fallback(frame, config, own, reason, origin):
+    """The nightly calibration for a frame whose standards fall short, rescaled by them when any is usable."""
+    from .night import rescale_nightly
+
+    source = Path(config.fallback)
+    nightly = calibration_for_frame(load_calibration(source), frame.counts_unit, header_exptime(frame.header))
+    n_own = int(own.summary["n_stars_used"]) if own is not None else 0
+    origin = {**origin, "source": source.name, "fallback": True, "n_own": n_own}
+    origin["history"] = [f"FCAL fallback: nightly calibration {source.name} applied because {reason}"]
+    if own is not None:
+        nightly = rescale_nightly(nightly, own)
+        origin["gray"] = nightly.summary["gray_rescale"]["factor"]
+        origin["history"].append(f"FCAL nightly calibration rescaled by {origin['gray']:.4f} to this frame's "
+                                 f"{n_own} usable standard(s)")
+        origin["history"] += _history(own)
+    log.warning("%s; applying the nightly calibration %s", reason, source.name)
+    return nightly, origin
 
 
 def apply_fluxcal(red_filename, config=None, grid=None):
@@ -383,15 +556,27 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         Options; dicts and objects (kspecdr's args) go through
         `FluxcalConfig.from_args`.
     grid : `~kspec_fluxcal.templates.PreparedGrid`, optional
-        A prepared grid to reuse (it must match the frame's set-up).
+        A prepared grid to reuse (it must match the frame's set-up and cover
+        its wavelengths).
 
     Returns
     -------
     `FluxcalRun`
-    """
-    from .catalog import load_standard_star_catalog
-    from .templates import PreparedGrid
+        ``result`` is the calibration applied: the frame's own (its
+        ``summary['provenance']`` filled, see
+        `kspec_fluxcal.products.calibration_provenance`), the stored one
+        (``config.calibration``) or the nightly one (``config.fallback``).
 
+    Notes
+    -----
+    With ``config.calibration`` the stored calibration is applied and nothing
+    is derived. Otherwise the frame's standards are used; when they fall short
+    (see ``FluxcalConfig.fallback`` and ``min_standards``) the nightly
+    calibration is applied instead and the header says so (``FCALFALL = T``,
+    ``FCALSRC``, ``FCALNOWN``, ``HISTORY``). A calibration per ct is converted
+    for a frame in ct/s (or back) with the exposure times
+    (`kspec_fluxcal.products.calibration_for_frame`).
+    """
     if not isinstance(config, FluxcalConfig):
         config = FluxcalConfig.from_args(config)
     red_filename = Path(red_filename)
@@ -400,23 +585,21 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         raise AlreadyCalibratedError(
             f"{red_filename.name} is flux calibrated already (FLUXCAL = T); use --force to calibrate it again."
         )
-    if config.catalog is None:
-        raise InputDataError("no standard-star catalogue given; pass --catalog CAT.csv.")
-    catalog = load_standard_star_catalog(config.catalog)
-    fwhm, poly = _instrument_fwhm(config, frame.header)
-    stars, rejected = _standards(frame, catalog, config)
-    library = _resolve_templates(config)
-    common = log_wavelength_grid(frame.wavelength) * u.AA
-    if grid is None:
-        grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
-    options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)
-    result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
+    if config.calibration is not None:
+        stored = Path(config.calibration)
+        result = load_calibration(stored)
+        prov = result.summary["provenance"]
+        origin = {"source": stored.name, "history": [
+            f"FCAL calibration {stored.name} applied (derived from {prov.get('red_file') or 'unknown'}, "
+            f"DATE-OBS {prov.get('date_obs') or 'unknown'}, kind {prov.get('kind')})"]}
+    else:
+        result, origin = _derive(red_filename, frame, config, grid)
+    result = calibration_for_frame(result, frame.counts_unit, header_exptime(frame.header))
     flux, flux_var = apply_flux_calibration(
         frame.counts * frame.counts_unit, frame.variance * frame.counts_unit**2, result,
         wavelength=frame.wavelength,
     )
-    primary, variance, products = _output_hdulist(frame, flux.value, flux_var.value, result, config,
-                                                  grid.meta, library)
+    primary, variance, products = _output_hdulist(frame, flux.value, flux_var.value, result, config, origin)
     with fits.open(red_filename, memmap=False) as hdul:
         kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "FLUXCAL", "FCALSTAR", "FCALVEC",
                                                               "FCALSUM")]
@@ -425,6 +608,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
             *[h for h in products if h.name in ("FCALVEC", "FCALSUM")]]
     _write_atomic(hdus, target)
     log.info("wrote %s (%d standards used)", target, result.summary["n_stars_used"])
+    if config.save_calibration:
+        _save_product(result, config.save_calibration, overwrite=True)
     figures = []
     if config.plots:
         from .qc import save_figures

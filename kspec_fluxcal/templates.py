@@ -36,6 +36,7 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from scipy import sparse
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.special import ndtr
@@ -203,20 +204,27 @@ def _read_bosz_model(path, wave_file, n_wave):
 
 
 def _read_ck04_file(path):
-    """(wavelength, {column name: flux}) of one CDBS ck04 FITS table."""
+    """(wavelength, {column name: flux}) of one CDBS ck04 FITS table.
+
+    astropy's warnings about the file (a damaged header, a truncated file) are
+    errors here: genuine CDBS files raise none.
+    """
     try:
-        with fits.open(path, memmap=False) as hdul:
-            data = hdul[1].data
-            wave = np.asarray(data["WAVELENGTH"], dtype=np.float64)
-            columns = {
-                name: np.asarray(data[name], dtype=np.float64)
-                for name in data.columns.names
-                if _CK04_GRAVITY_RE.match(name)
-            }
-    except (OSError, IndexError, KeyError, TypeError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            # opened here so that it is closed even when astropy fails halfway through fits.open
+            with open(path, "rb") as handle, fits.open(handle, memmap=False) as hdul:
+                data = hdul[1].data
+                wave = np.asarray(data["WAVELENGTH"], dtype=np.float64)
+                columns = {
+                    name: np.asarray(data[name], dtype=np.float64)
+                    for name in data.columns.names
+                    if _CK04_GRAVITY_RE.match(name)
+                }
+    except (OSError, IndexError, KeyError, TypeError, ValueError, AstropyUserWarning) as exc:
         raise TemplateLibraryError(
-            f"ck04 model file {path} is unreadable ({exc}); it must be a FITS table with a WAVELENGTH "
-            "column and flux columns g00…g50 in extension 1."
+            f"ck04 model file {path} is unreadable ({' '.join(str(exc).split())}); it must be a FITS table with a "
+            "WAVELENGTH column and flux columns g00…g50 in extension 1."
         ) from exc
     return wave, columns
 

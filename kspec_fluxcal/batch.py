@@ -1,0 +1,421 @@
+"""Batch reduction: many RED files calibrated in parallel on Dask.
+
+`calibrate_batch` (and ``kspec-fluxcal batch``) runs `~kspec_fluxcal.pipeline.apply_fluxcal`
+on every RED file of a night, one task per file, on a
+``distributed.LocalCluster`` of worker *processes* or on an existing
+``dask.distributed`` scheduler (e.g. ``tcp://host:8786``, a multi-node
+cluster whose nodes share the filesystem).
+
+* **One template preparation.** Frames taken with one set-up (instrument
+  FWHM) are calibrated against one prepared template grid, on a wavelength
+  grid uniform in ln λ that spans all of them. The driver prepares the grid of
+  the most common set-up once with `~kspec_fluxcal.templates.PreparedGrid.build`
+  before any task starts; it lands in the on-disk cache, and every worker's
+  own ``build`` of the same grid is a cache hit that memory-maps the cached
+  arrays, so the page cache holds one copy shared by all worker processes.
+  Frames with another set-up prepare theirs in their first task (cached for
+  the others). The cache folder is the driver's (``$KSPEC_FLUXCAL_CACHE`` or
+  the user cache): the tasks use it, so on a multi-node cluster it must be a
+  folder of the shared filesystem, at the same path on every node — as must
+  the template library and the RED files.
+* **Failures stay alone.** Every exception of a task becomes a failed record
+  with its reason; the other files complete.
+* **Re-runs skip finished files**: a file whose target (the file itself, or
+  its namesake in ``output_dir``) has ``FLUXCAL = T`` is skipped unless
+  ``force``.
+* **Catalogues** come from one file for all frames, a list or dict, or a
+  folder searched with `CATALOG_PATTERNS`.
+
+dask and distributed are an optional dependency (``pip install
+kspec_fluxcal[batch]``); they are imported when a batch runs.
+"""
+
+import logging
+import os
+import time
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from .cache import cache_dir
+from .exceptions import InputDataError, KspecFluxcalError
+from .pipeline import FluxcalConfig, _instrument_fwhm, _resolve_templates, read_red_frame
+
+__all__ = ["CATALOG_PATTERNS", "WORKER_ENV", "BatchRecord", "find_catalog", "dask_client", "calibrate_batch",
+           "summary_table"]
+
+log = logging.getLogger(__name__)
+
+CATALOG_PATTERNS = ("{stem}.csv", "{stem}_refcat.csv", "{base}_refcat.csv", "{base}.csv")
+"""Names tried, in order, for the catalogue of ``<stem>.fits`` in a catalogue folder.
+
+``{base}`` is the stem without a trailing ``_red`` (``night1_0042_red.fits`` →
+``night1_0042_refcat.csv``, the layout `kspec_fluxcal.simulate` writes).
+"""
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Environment of LocalCluster worker processes: one BLAS/OpenMP thread each.
+
+Each worker is a process running one task at a time; with N workers on N
+cores, BLAS threads in every worker would oversubscribe the cores (N × N
+threads) and run slower than one thread per process.
+"""
+
+
+@dataclass
+class BatchRecord:
+    """What happened to one RED file of a batch.
+
+    Attributes
+    ----------
+    file : str
+        The RED file.
+    status : {'ok', 'failed', 'skipped'}
+    output : str
+        The calibrated file ('' when none was written).
+    n_standards : int or None
+        Standards used.
+    rms : float or None
+        Fractional rms scatter between the standards.
+    seconds : float
+        Wall time of the task (s).
+    reason : str
+        Why it failed or was skipped; for a fallback, that the nightly
+        calibration was applied.
+    fallback : bool
+        The nightly fallback calibration was applied.
+    """
+
+    file: str
+    status: str
+    output: str = ""
+    n_standards: int = None
+    rms: float = None
+    seconds: float = 0.0
+    reason: str = ""
+    fallback: bool = False
+
+
+def _import_distributed():
+    try:
+        import dask
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise KspecFluxcalError(
+            "batch reduction needs dask and distributed; install them with "
+            "'pip install kspec_fluxcal[batch]' (or 'pip install \"dask[distributed]\"')."
+        ) from exc
+    return dask, Client, LocalCluster, as_completed
+
+
+def find_catalog(red_file, catalog_dir):
+    """The catalogue of ``red_file`` in ``catalog_dir``, by `CATALOG_PATTERNS`.
+
+    Raises
+    ------
+    InputDataError
+        None of the names exists (they are listed).
+    """
+    stem = Path(red_file).name.split(".")[0]
+    base = stem[:-4] if stem.endswith("_red") else stem
+    tried = []
+    for pattern in CATALOG_PATTERNS:
+        candidate = Path(catalog_dir) / pattern.format(stem=stem, base=base)
+        if candidate.is_file():
+            return candidate
+        if candidate.name not in tried:
+            tried.append(candidate.name)
+    raise InputDataError(f"no catalogue for {Path(red_file).name} in {catalog_dir} (tried {', '.join(tried)}).")
+
+
+def _catalogs_for(red_files, catalogs):
+    """One catalogue path (or an exception to report) per RED file."""
+    if catalogs is None:
+        return [None] * len(red_files)
+    if isinstance(catalogs, dict):
+        by_name = {Path(k).name: v for k, v in catalogs.items()}
+        return [Path(by_name[r.name]) if r.name in by_name else
+                InputDataError(f"no catalogue given for {r.name}.") for r in red_files]
+    if isinstance(catalogs, (list, tuple)):
+        if len(catalogs) != len(red_files):
+            raise InputDataError(f"{len(catalogs)} catalogues for {len(red_files)} RED files; give one per file.")
+        return [Path(c) for c in catalogs]
+    catalogs = Path(catalogs)
+    if catalogs.is_dir():
+        out = []
+        for red in red_files:
+            try:
+                out.append(find_catalog(red, catalogs))
+            except InputDataError as exc:
+                out.append(exc)
+        return out
+    return [catalogs] * len(red_files)
+
+
+def _setup(red_file, config):
+    """(FWHM key, ln λ start, ln λ end, ln λ step) of a frame, or None when it cannot be read here.
+
+    The frame is read and validated as the pipeline reads it. One that cannot be
+    read is left to its task, which fails with the reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the task reads it again and reports what is wrong
+            frame = read_red_frame(red_file)
+        fwhm, poly = _instrument_fwhm(config, frame.header)
+    except (OSError, ValueError, KspecFluxcalError):
+        return None
+    wave = frame.wavelength
+    step = float(np.median(np.diff(np.log(wave), axis=1)))
+    return (fwhm, tuple(poly) if poly else None), float(np.log(wave[:, 0].min())), float(
+        np.log(wave[:, -1].max())), step
+
+
+def _grid_specs(setups):
+    """Per set-up key, the shared target grid (Å) spanning all its frames with their median step."""
+    specs = {}
+    for key in {s[0] for s in setups if s is not None}:
+        group = [s for s in setups if s is not None and s[0] == key]
+        lo, hi = min(s[1] for s in group), max(s[2] for s in group)
+        step = float(np.median([s[3] for s in group]))
+        n = int(np.ceil((hi - lo) / step)) + 1
+        specs[key] = np.exp(np.linspace(lo, hi, n))
+    return specs
+
+
+def _calibrate_one(red_file, catalog, config, grid_wave, setup_key, cache_root):
+    """Task body: calibrate one file and return its record as a dict (never raises)."""
+    from .pipeline import apply_fluxcal
+    from .templates import PreparedGrid
+
+    start = time.perf_counter()
+    try:
+        # the driver's cache, so that the grid it prepared is a hit here (memory-mapped, not rebuilt)
+        os.environ["KSPEC_FLUXCAL_CACHE"] = str(cache_root)
+        grid = None
+        if grid_wave is not None:
+            fwhm, poly = setup_key
+            grid = PreparedGrid.build(config.templates, grid_wave, fwhm, fwhm_poly_coeffs=poly)
+        run = apply_fluxcal(red_file, replace(config, catalog=catalog), grid=grid)
+        summary = run.result.summary
+        with fits.open(run.output, memmap=True) as hdul:
+            fallback = bool(hdul[0].header.get("FCALFALL", False))
+        rms = summary.get("rms_scatter")
+        return asdict(BatchRecord(
+            file=str(red_file), status="ok", output=str(run.output), n_standards=int(summary["n_stars_used"]),
+            rms=float(rms) if rms is not None and np.isfinite(rms) else None,
+            seconds=time.perf_counter() - start, fallback=fallback,
+            reason="nightly fallback calibration applied" if fallback else ""))
+    except Exception as exc:  # noqa: BLE001 — every failure of one file becomes its record
+        reason = " ".join(str(exc).split())
+        if not isinstance(exc, KspecFluxcalError):
+            reason = f"{type(exc).__name__}: {reason}"
+        return asdict(BatchRecord(file=str(red_file), status="failed", seconds=time.perf_counter() - start,
+                                  reason=reason))
+
+
+def _is_calibrated(path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a damaged file is not a finished one
+            return bool(fits.getheader(path).get("FLUXCAL", False))
+    except (OSError, ValueError, IndexError, Warning):
+        return False
+
+
+@contextmanager
+def dask_client(workers=2, scheduler=None):
+    """A ``distributed.Client`` for batch work, closed (with its cluster) on exit.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes of a new ``LocalCluster`` (one thread each, one
+        BLAS thread each: `WORKER_ENV`; no dashboard).
+    scheduler : str, optional
+        Address of a running scheduler to connect to instead (waits up to
+        2 min for a worker).
+
+    Yields
+    ------
+    distributed.Client
+    """
+    dask, Client, LocalCluster, _ = _import_distributed()
+    if scheduler:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=120)
+            yield client
+        return
+    workers = int(workers)
+    if workers < 1:
+        raise InputDataError(f"workers must be at least 1; got {workers}.")
+    # BLAS/OpenMP read their thread counts when numpy is imported, which can happen before the Nanny's `env`
+    # is applied in the new process; "pre-spawn-environ" is set before the process starts, `env` after.
+    pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
+        # the scheduler's HTTP server always starts; on a free port (":0"), not the default 8787, which a second
+        # cluster would find taken (and warn); no dashboard on it
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               scheduler_kwargs={"dashboard": False}, env=dict(WORKER_ENV))
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None, output_dir=None, force=False,
+                    products=False):
+    """Calibrate many RED files in parallel on Dask.
+
+    Parameters
+    ----------
+    red_files : list of str or Path
+        The RED files.
+    catalogs : str, Path, list, dict or None
+        One Refcat2 CSV for every file; a folder, searched per file with
+        `CATALOG_PATTERNS`; a list (one per file) or a dict (file name →
+        catalogue). None only with ``config.calibration``.
+    config : `~kspec_fluxcal.pipeline.FluxcalConfig`, optional
+        Options of every file (``catalog``, ``output`` and ``force`` are set
+        per file).
+    workers : int
+        Worker processes of the LocalCluster (one thread each); ignored with
+        ``scheduler``.
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler
+        (``tcp://host:8786``); its workers must see the files, the template
+        library and the cache folder at the same paths.
+    output_dir : str or Path, optional
+        Write calibrated files here under their own names; default: rewrite
+        each file in place (atomically).
+    force : bool
+        Calibrate again files whose target has ``FLUXCAL = T``.
+    products : bool
+        Also write each calibration as a product ``<stem>_fluxcal.fits``
+        beside the calibrated file (for ``combine-night``).
+
+    Returns
+    -------
+    list of `BatchRecord`
+        One per RED file, in the order given.
+
+    Raises
+    ------
+    InputDataError
+        Bad batch options (no files, ``config.output`` or
+        ``config.save_calibration`` set, two files of one name with
+        ``output_dir``, a missing template library).
+    KspecFluxcalError
+        dask/distributed are not installed.
+    """
+    config = config if isinstance(config, FluxcalConfig) else FluxcalConfig.from_args(config)
+    if config.output is not None:
+        raise InputDataError("config.output names one file; a batch writes to output_dir (or in place).")
+    if config.save_calibration is not None:
+        raise InputDataError("config.save_calibration names one file; a batch writes one product per file with "
+                             "products=True.")
+    red_files = [Path(p).resolve() for p in red_files]
+    if not red_files:
+        raise InputDataError("no RED files given.")
+    names = Counter(r.name for r in red_files)
+    if output_dir is not None and max(names.values()) > 1:
+        dup = [n for n, c in names.items() if c > 1]
+        raise InputDataError(f"several RED files are named {', '.join(dup)}; they would overwrite each other in "
+                             "the output folder.")
+    if catalogs is None and config.calibration is None:
+        raise InputDataError("no catalogue given: pass a catalogue file, a folder of catalogues or a calibration.")
+    _import_distributed()
+    cats = _catalogs_for(red_files, catalogs)
+    if output_dir is not None:
+        output_dir = Path(output_dir).resolve()
+        output_dir.mkdir(parents=True, exist_ok=True)
+    # absolute paths: worker processes (on other nodes, too) need not share the driver's working folder
+    config = replace(config, **{name: Path(getattr(config, name)).resolve() for name in ("calibration", "fallback",
+                                                                                          "plots")
+                                if getattr(config, name) is not None})
+    if config.calibration is None:
+        config = replace(config, templates=_resolve_templates(config).path)
+
+    records, tasks = {}, []
+    for i, (red, cat) in enumerate(zip(red_files, cats)):
+        target = output_dir / red.name if output_dir is not None else red
+        if isinstance(cat, Exception):
+            records[i] = BatchRecord(file=str(red), status="failed", reason=str(cat))
+        elif not force and target.exists() and _is_calibrated(target):
+            records[i] = BatchRecord(file=str(red), status="skipped", output=str(target),
+                                     reason="calibrated already (FLUXCAL = T); --force calibrates it again")
+        else:
+            product = target.with_name(target.name.split(".")[0] + "_fluxcal.fits") if products else None
+            file_config = replace(config, output=None if output_dir is None else target, force=force,
+                                  save_calibration=product)
+            tasks.append((i, red, None if cat is None else cat.resolve(), file_config))
+    for i in sorted(records):
+        log.info("%s: %s (%s)", Path(records[i].file).name, records[i].status, records[i].reason)
+    if tasks:
+        _run(tasks, records, config, workers, scheduler)
+    return [records[i] for i in range(len(red_files))]
+
+
+def _run(tasks, records, config, workers, scheduler):
+    """Prepare the common grid, submit the tasks and collect their records as they complete."""
+    from .templates import PreparedGrid
+
+    _, _, _, as_completed = _import_distributed()
+    specs, setups = {}, [None] * len(tasks)
+    if config.calibration is None:
+        setups = [_setup(red, config) for _, red, _, _ in tasks]
+        specs = _grid_specs(setups)
+        counts = Counter(s[0] for s in setups if s is not None)
+        if counts:
+            key = counts.most_common(1)[0][0]
+            log.info("preparing the template grid for the common set-up of %d of %d frames (FWHM %s Å) once",
+                     counts[key], len(tasks), key[0] if key[0] is not None else key[1])
+            PreparedGrid.build(config.templates, specs[key], key[0], fwhm_poly_coeffs=key[1])
+    cache_root = cache_dir()
+    start = time.perf_counter()
+    with dask_client(workers, scheduler) as client:
+        futures = {}
+        for (i, red, cat, file_config), setup in zip(tasks, setups):
+            key = setup[0] if setup is not None else None
+            future = client.submit(_calibrate_one, red, cat, file_config, specs.get(key), key, cache_root,
+                                   key=f"kspec-fluxcal-{i}-{red.name}", pure=False)
+            futures[future] = (i, red)
+        for done, future in enumerate(as_completed(futures), 1):
+            i, red = futures[future]
+            try:
+                record = BatchRecord(**future.result())
+            except Exception as exc:  # noqa: BLE001 — a worker lost (killed, out of memory) fails its file only
+                record = BatchRecord(file=str(red), status="failed", reason=f"{type(exc).__name__}: {exc}")
+            records[i] = record
+            detail = (f"{record.n_standards} standards, rms {_pct(record.rms)}" if record.status == "ok"
+                      else record.reason)
+            log.info("[%d/%d] %s: %s in %.1f s (%s)", done, len(tasks), red.name, record.status, record.seconds,
+                     detail)
+    log.info("%d files in %.1f s", len(tasks), time.perf_counter() - start)
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def summary_table(records):
+    """The batch summary: one row per file (name, status, standards, rms, seconds, reason).
+
+    Returns
+    -------
+    `~astropy.table.Table`
+    """
+    table = Table()
+    table["file"] = [Path(r.file).name for r in records]
+    table["status"] = [r.status for r in records]
+    table["n_std"] = [-1 if r.n_standards is None else int(r.n_standards) for r in records]
+    table["rms_pct"] = [np.nan if r.rms is None else 100 * r.rms for r in records]
+    table["rms_pct"].format = ".2f"
+    table["seconds"] = [float(r.seconds) for r in records]
+    table["seconds"].format = ".1f"
+    table["reason"] = [r.reason for r in records]
+    return table

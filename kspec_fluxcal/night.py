@@ -1,0 +1,359 @@
+"""The nightly transfer function: the calibrations of a night's exposures combined.
+
+Each exposure's calibration is the instrument's throughput (shared by the
+night, slowly varying) times a gray factor of its own: transparency, seeing
+and aperture losses, and — for frames in counts — the exposure time. In
+ln(Cal) the gray factor is an additive constant, so `combine_night` puts
+every exposure's combined vector on one wavelength grid, removes each
+exposure's gray term (its median offset from the median exposure), rejects
+exposures whose *shape* deviates from the others (median/MAD statistics over
+the exposures, which work for 3–20 exposures) and averages the shapes.
+
+The absolute level of the nightly function is the **median** gray term of the
+exposures used: a frame calibrated with it gets the night's typical
+transparency, not its own. Its variance includes the exposure-to-exposure
+spread of the gray terms for that reason. When a frame has at least one usable
+standard, `rescale_nightly` fits that frame's own gray level (a single factor)
+and keeps the nightly shape.
+
+When every exposure's header gives its exposure time (``EXPTIME`` or
+``EXPOSED``, recorded in the products' provenance) and the vectors are per
+ct, they are converted to per (ct/s) first, so that exposure times do not enter
+the gray terms; `kspec_fluxcal.products.calibration_for_frame` converts back
+with the exposure time of the frame it is applied to. Airmass-dependent
+extinction is not modelled: it differs between exposures in shape, and the
+nightly shape is that of the typical airmass of the night.
+"""
+
+import logging
+import warnings
+
+import numpy as np
+from astropy import units as u
+from scipy.ndimage import uniform_filter1d
+
+from .apply import calibration_on_grid
+from .combine import MAD_TO_SIGMA
+from .containers import FLAM, CalibrationVector, FluxCalibrationResult, _jsonable
+from .exceptions import CalibrationError, InputDataError
+from .products import calibration_provenance, load_calibration
+
+__all__ = ["combine_night", "rescale_nightly"]
+
+log = logging.getLogger(__name__)
+
+_RATE_UNIT = FLAM / (u.ct / u.s)
+
+
+def _load(products):
+    results, names = [], []
+    for i, item in enumerate(products):
+        if isinstance(item, FluxCalibrationResult):
+            result = item
+            fallback_name = f"exposure{i + 1}"
+        else:
+            result = load_calibration(item)
+            fallback_name = str(getattr(item, "name", item))
+        prov = result.summary.get("provenance") or {}
+        results.append(result)
+        names.append(prov.get("red_file") or fallback_name)
+    return results, names
+
+
+def _common_unit(results):
+    """Vectors in one unit: per (ct/s) when the exposure times allow it, else the first vector's unit."""
+    vectors = [r.combined_vector for r in results]
+    exptimes = [(r.summary.get("provenance") or {}).get("exptime") for r in results]
+    per_rate = all(v.unit.is_equivalent(_RATE_UNIT) or (v.unit.is_equivalent(FLAM / u.ct) and t)
+                   for v, t in zip(vectors, exptimes))
+    target = _RATE_UNIT if per_rate else vectors[0].unit
+    out = []
+    for i, (vec, t) in enumerate(zip(vectors, exptimes)):
+        scale = 1.0
+        if per_rate and not vec.unit.is_equivalent(_RATE_UNIT):
+            scale = float(t) * u.s
+        elif not vec.unit.is_equivalent(target):
+            raise InputDataError(
+                f"exposure {i + 1}'s calibration is in '{vec.unit}', the first one's in '{target}', and their "
+                "exposure times are unknown; combine calibrations of frames in the same counts unit."
+            )
+        out.append(CalibrationVector(vec.wavelength, (vec.cal_factor * scale).to(target),
+                                     (vec.cal_variance * scale**2).to(target**2), vec.mask, meta=dict(vec.meta)))
+    return out, target, per_rate
+
+
+def _night_grid(vectors):
+    """The shared grid of the vectors, or a log-uniform grid over their union with the median step."""
+    first = vectors[0].wavelength.value
+    if all(v.wavelength.shape == first.shape and np.allclose(v.wavelength.value, first, rtol=1e-10, atol=0)
+           for v in vectors):
+        return first
+    lo, hi, steps = [], [], []
+    for v in vectors:
+        good = v.wavelength.value[~v.mask]
+        if good.size < 2:
+            continue
+        lo.append(good[0])
+        hi.append(good[-1])
+        steps.append(np.median(np.diff(np.log(v.wavelength.value))))
+    if not lo:
+        raise CalibrationError("no exposure has a defined calibration; nothing to combine.")
+    step = float(np.median(steps))
+    n = int(np.ceil(np.log(max(hi) / min(lo)) / step)) + 1
+    return np.exp(np.linspace(np.log(min(lo)), np.log(max(hi)), n))
+
+
+def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51):
+    """Combine the calibrations of a night's exposures into a nightly transfer function.
+
+    Parameters
+    ----------
+    products : list of `~kspec_fluxcal.containers.FluxCalibrationResult` or str or Path
+        The exposures' calibrations, or files `kspec_fluxcal.products.load_calibration`
+        reads (products or calibrated RED files).
+    wavelength : `~astropy.units.Quantity` or array_like, optional
+        Grid of the nightly function (Å, air). Default: the exposures' grid
+        when they share one, else a grid uniform in ln λ over the union of
+        their ranges with their median step.
+    outlier_sigma : float
+        An exposure whose rms shape deviation from the median shape exceeds
+        the median deviation by more than this many robust σ (MAD over the
+        exposures, floored at a quarter of the median deviation and at 0.1 %)
+        is rejected. Needs at least 3 exposures; with fewer none is rejected.
+    smooth_window : int
+        Pixels of the running mean applied to the empirical (scatter-based)
+        variance before it is compared with the formal one.
+
+    Returns
+    -------
+    `~kspec_fluxcal.containers.FluxCalibrationResult`
+        ``combined_vector``: exp(mean shape + median gray) in erg s⁻¹ cm⁻² Å⁻¹
+        per (ct/s) when every exposure time is known, else per the exposures'
+        counts unit. Its variance is the larger of the formal variance of the
+        weighted mean shape and the empirical scatter of the shapes (3 or
+        more exposures), plus the spread of the gray terms (the level of a
+        frame calibrated with the nightly function is uncertain by the night's
+        transparency variations). ``per_star_vectors``: one per exposure on
+        the nightly grid (meta ``exposure``, ``used``, ``reject_reason``,
+        ``gray_factor``), with each exposure's fractional shape residual.
+        ``summary``: ``n_exposures``, ``n_exposures_used``,
+        ``n_exposures_rejected``, ``per_exposure`` (also as
+        ``per_star_metrics``), ``n_stars_used`` (over the exposures used),
+        ``rms_scatter`` (of the exposures' shapes), ``gray_scatter`` (robust σ
+        of ln gray), ``level_error`` (σ of the median level), ``level_variance``
+        (the ln² term added to every pixel), ``exposure_times``, and the
+        provenance (``kind = 'night'``, every exposure's provenance).
+
+    Raises
+    ------
+    InputDataError
+        No products, or mixed counts units that cannot be converted.
+    CalibrationError
+        No exposure has a defined calibration on the grid.
+    """
+    products = list(products)
+    if not products:
+        raise InputDataError("no calibration products given; combine_night needs at least one exposure.")
+    results, names = _load(products)
+    vectors, unit, per_rate = _common_unit(results)
+    grid = _night_grid(vectors) if wavelength is None else u.Quantity(wavelength, u.AA).to_value(u.AA)
+    n_exp, n_pix = len(vectors), grid.size
+    logc = np.full((n_exp, n_pix), np.nan)
+    lvar = np.full((n_exp, n_pix), np.nan)
+    for i, vec in enumerate(vectors):
+        factor, var, bad = calibration_on_grid(vec, grid)
+        bad |= ~(factor > 0) | ~np.isfinite(var)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logc[i] = np.where(bad, np.nan, np.log(factor))
+            lvar[i] = np.where(bad, np.nan, var / factor**2)
+    reasons = [None if np.isfinite(row).any() else "calibration undefined on the nightly grid" for row in logc]
+    active = np.array([r is None for r in reasons])
+    if not active.any():
+        raise CalibrationError("no exposure has a defined calibration on the nightly grid; nothing to combine.")
+    with warnings.catch_warnings():
+        # pixels no exposure covers are all-NaN columns; they stay NaN and masked
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gray, shape, active, reasons = _separate_gray(logc, active, reasons, outlier_sigma)
+        return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
+                         outlier_sigma, smooth_window)
+
+
+def _separate_gray(logc, active, reasons, outlier_sigma):
+    """Per-exposure gray terms and shapes; exposures with deviant shapes rejected (iteratively)."""
+    for _ in range(5):
+        ref = np.nanmedian(logc[active], axis=0)
+        gray = np.nanmedian(logc - ref, axis=1)
+        shape = logc - gray[:, None]
+        med = np.nanmedian(shape[active], axis=0)
+        dev = np.sqrt(np.nanmean((shape - med) ** 2, axis=1))
+        if np.count_nonzero(active) < 3:
+            break
+        dev_med = np.median(dev[active])
+        spread = max(MAD_TO_SIGMA * np.median(np.abs(dev[active] - dev_med)), 0.25 * dev_med, 1e-3)
+        outliers = active & ((dev - dev_med) / spread > outlier_sigma)
+        if not outliers.any():
+            break
+        for i in np.flatnonzero(outliers):
+            reasons[i] = (f"shape deviates from the other exposures: {100 * dev[i]:.2f}% rms against a median "
+                          f"of {100 * dev_med:.2f}% (> {outlier_sigma:g} robust sigma)")
+            log.warning("exposure %d rejected: %s", i + 1, reasons[i])
+        active = active & ~outliers
+    return gray, shape, active, reasons
+
+
+def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
+              outlier_sigma, smooth_window):
+    n_used = int(np.count_nonzero(active))
+    use = active[:, None] & np.isfinite(shape) & (lvar > 0)
+    n_at = use.sum(axis=0)
+    w = np.where(use, 1.0 / np.where(use, lvar, 1.0), 0.0)
+    wsum = w.sum(axis=0)
+    defined = n_at > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.sum(w * np.where(use, shape, 0.0), axis=0) / wsum
+        formal = 1.0 / wsum
+        resid2 = np.where(use, (shape - mean) ** 2, 0.0)
+        empirical = np.sum(w * resid2, axis=0) / wsum / np.maximum(n_at - 1, 1)
+    empirical = uniform_filter1d(np.where(defined, empirical, 0.0), max(int(smooth_window), 1), mode="nearest")
+    var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
+
+    used_gray = gray[active]
+    level = float(np.median(used_gray))
+    if n_used >= 3:
+        gray_scatter = float(MAD_TO_SIGMA * np.median(np.abs(used_gray - level)))
+    elif n_used == 2:
+        gray_scatter = float(np.std(used_gray, ddof=1))
+    else:
+        gray_scatter = 0.0
+    level_error2 = (1.2533**2 if n_used > 2 else 1.0) * gray_scatter**2 / n_used
+    level_variance = gray_scatter**2 + level_error2
+
+    factor = np.exp(mean + level)
+    mask = ~defined | ~np.isfinite(factor)
+    variance = factor**2 * (var_shape + level_variance)
+    factor = np.where(mask, np.nan, factor)
+    variance = np.where(mask, np.nan, variance)
+
+    per_exposure, per_vectors, residuals = [], [], []
+    for i, (result, name) in enumerate(zip(results, names)):
+        prov = result.summary.get("provenance") or {}
+        entry = {
+            "star_name": name,
+            "exposure": name,
+            "fiber_id": None,
+            "used": bool(active[i]),
+            "reject_reason": reasons[i],
+            "gray_factor": float(np.exp(gray[i] - level)) if np.isfinite(gray[i]) else None,
+            "n_stars_used": int(result.summary.get("n_stars_used", 0)),
+            "rms_scatter": result.summary.get("rms_scatter"),
+            "date_obs": prov.get("date_obs"),
+        }
+        per_exposure.append(entry)
+        ok = np.isfinite(logc[i])
+        with np.errstate(invalid="ignore"):
+            per_vectors.append(CalibrationVector(
+                grid * u.AA, np.where(ok, np.exp(logc[i]), np.nan) * unit,
+                np.where(ok, lvar[i] * np.exp(2 * logc[i]), np.nan) * unit**2, ~ok, meta=dict(entry)))
+            residuals.append((np.exp(shape[i] - mean) - 1.0) * u.one)
+    used_res = np.array([r.value for r, a in zip(residuals, active) if a])
+    rms = float(np.sqrt(np.nanmean(used_res**2))) if n_used > 1 else np.nan
+    provenance = calibration_provenance(kind="night", options={"outlier_sigma": outlier_sigma,
+                                                               "smooth_window": smooth_window})
+    exposures = [_jsonable(r.summary.get("provenance") or {}) for r in results]
+    fingerprints = sorted({str(p.get("template_fingerprint")) for p in exposures if p.get("template_fingerprint")})
+    libraries = sorted({str(p.get("template_library")) for p in exposures if p.get("template_library")})
+    dates = sorted(str(p["date_obs"]) for p in exposures if p.get("date_obs"))
+    provenance.update({
+        "n_exposures": len(results),
+        "exposures": exposures,
+        "template_fingerprint": ",".join(fingerprints) or None,
+        "template_library": ",".join(libraries) or None,
+        "date_obs": dates[0] if dates else None,
+    })
+    good_wave = grid[~mask]
+    summary = {
+        "kind": "night",
+        "n_exposures": len(results),
+        "n_exposures_used": n_used,
+        "n_exposures_rejected": len(results) - n_used,
+        "per_exposure": per_exposure,
+        "per_star_metrics": per_exposure,
+        "n_stars_used": int(sum(e["n_stars_used"] for e in per_exposure if e["used"])),
+        "n_stars_rejected": 0,
+        "rms_scatter": rms,
+        "gray_scatter": gray_scatter,
+        "level_error": float(np.sqrt(level_error2)),
+        "level_variance": level_variance,
+        "exposure_times": "normalised (per ct/s)" if per_rate else "not normalised (unknown or frames in ct/s)",
+        "wavelength_range": [float(good_wave.min()), float(good_wave.max())] if good_wave.size else None,
+        "representation": "night",
+        "method": "weighted_mean",
+        "provenance": provenance,
+    }
+    combined = CalibrationVector(grid * u.AA, factor * unit, variance * unit**2, mask,
+                                 meta={"representation": "night", "n_exposures_used": n_used})
+    log.info("nightly calibration from %d of %d exposures; shape rms %.2f%%, gray scatter %.2f%%",
+             n_used, len(results), 100 * rms if rms == rms else 0.0, 100 * gray_scatter)
+    return FluxCalibrationResult(combined, per_vectors, residuals, summary)
+
+
+def rescale_nightly(nightly, frame_result):
+    """Rescale a nightly calibration to the gray level of a frame's own standards.
+
+    The nightly shape is kept; one factor (the median ratio of the frame's own
+    combined vector to the nightly one over their common unmasked pixels) sets
+    the level. Use it when a frame has too few standards for a calibration of
+    its own but at least one usable.
+
+    Parameters
+    ----------
+    nightly : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        From `combine_night` (any calibration works; for one that is not
+        nightly no level variance is removed).
+    frame_result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The frame's own calibration (in a unit convertible to the nightly one).
+
+    Returns
+    -------
+    `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The nightly result with the rescaled combined vector; the nightly
+        level variance (``summary['level_variance']``) is replaced by the
+        variance of the frame's level, and ``summary['gray_rescale']`` holds
+        ``factor``, ``log_variance`` and ``n_standards``.
+
+    Raises
+    ------
+    InputDataError
+        Units that do not convert, or no common unmasked pixel.
+    """
+    night = nightly.combined_vector
+    own = frame_result.combined_vector
+    try:
+        own_factor = own.cal_factor.to_value(night.unit)
+        own_var = own.cal_variance.to_value(night.unit**2)
+    except u.UnitConversionError as exc:
+        raise InputDataError(
+            f"the frame's calibration is in '{own.unit}', the nightly one in '{night.unit}'; they do not convert."
+        ) from exc
+    factor, _, bad = calibration_on_grid(night, own.wavelength)
+    ok = ~bad & ~own.mask & (own_factor > 0) & (factor > 0) & np.isfinite(own_var)
+    if not ok.any():
+        raise InputDataError("the frame's calibration and the nightly one share no unmasked wavelength.")
+    ratio = np.log(own_factor[ok] / factor[ok])
+    gray = float(np.median(ratio))
+    # the frame's level error is common to all its pixels, so the median does not average it down
+    gray_var = float(np.median(own_var[ok] / own_factor[ok] ** 2))
+    level_var = float(nightly.summary.get("level_variance") or 0.0)
+    scale = np.exp(gray)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_var = night.cal_variance.value / night.cal_factor.value**2
+        new_log_var = np.maximum(log_var - level_var, 0.0) + gray_var
+    new_factor = night.cal_factor * scale
+    new_var = np.where(night.mask, np.nan, new_log_var * new_factor.value**2) * night.unit**2
+    vector = CalibrationVector(night.wavelength, new_factor, new_var, night.mask, meta=dict(night.meta))
+    summary = dict(nightly.summary)
+    summary["level_variance"] = gray_var
+    summary["gray_rescale"] = {"factor": float(scale), "log_variance": gray_var,
+                               "n_standards": int(frame_result.summary.get("n_stars_used", 0))}
+    log.info("nightly calibration rescaled by %.4f to the frame's own standards", scale)
+    return FluxCalibrationResult(vector, list(nightly.per_star_vectors), list(nightly.per_star_residuals), summary)
