@@ -1,6 +1,7 @@
 """Tests of kspec_fluxcal.photometry: magnitudes, the filter registry and synthetic photometry."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +249,33 @@ def test_teff_missing_band_and_out_of_range():
         ph.estimate_teff_from_color(_photometry(2.5))
     with pytest.raises(InputDataError, match="method"):
         ph.estimate_teff_from_color(_photometry(0.8), method="u_g")
+    with pytest.raises(InputDataError, match="ps1_r"):
+        ph.estimate_teff_from_color(Photometry(["ps1_g"], [12.0], [0.01]), method="g_r")
+    with pytest.raises(InputDataError, match="outside"):
+        ph.estimate_teff_from_color(Photometry(["ps1_g", "ps1_r"], [13.5, 12.0], [0.01, 0.01]), method="g_r")
+
+
+def test_teff_from_g_r_inverts_the_shipped_relation():
+    fehs, teffs, colors = ph._g_r_relation()
+    solar = int(np.flatnonzero(fehs == 0.0)[0])
+    for k in (2, 6, 10):
+        phot = Photometry(["ps1_g", "ps1_r"], [12.0 + colors[solar, k], 12.0], [0.005, 0.005])
+        teff, (low, high) = ph.estimate_teff_from_color(phot, method="g_r", feh=0.0)
+        assert teff == pytest.approx(teffs[k], abs=1.0)
+        assert low < teff < high and high - teff > teff - low  # reddening allowance on the hot side
+
+
+def test_shipped_g_r_table_is_reproducible(ck04_dir):
+    """The package's PS1 g−r table is what color_teff_table makes from the Castelli–Kurucz models."""
+    from astropy.table import Table
+
+    from kspec_fluxcal.templates import TemplateLibrary
+
+    made = ph.color_teff_table(TemplateLibrary(ck04_dir))
+    shipped = Table.read(Path(ph.__file__).with_name("data") / ph._G_R_TABLE, format="ascii.ecsv")
+    np.testing.assert_array_equal(made["teff"], shipped["teff"])
+    np.testing.assert_array_equal(made["feh"], shipped["feh"])
+    np.testing.assert_allclose(made["color"], shipped["color"], atol=1e-4)
 
 
 CALSPEC_STARS = {
@@ -289,3 +317,6 @@ def test_calspec_synthetic_magnitudes_and_teff(calspec_dir, stem):
         phot = Photometry([bands[pair[0]], bands[pair[1]]], mags[list(pair)], [0.01, 0.01])
         _, (low, high) = ph.estimate_teff_from_color(phot)
         assert low < teff_true < high
+    _, (low, high) = ph.estimate_teff_from_color(Photometry(["ps1_g", "ps1_r"], mags[5:7], [0.01, 0.01]),
+                                                 method="g_r")
+    assert low < teff_true < high
