@@ -38,15 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _grid_folder(path):
-    from kspec_fluxcal.simulate import write_bosz_grid
-
-    path = Path(path)
-    if not (path / "README.txt").is_file():
-        print(f"writing the SYNTHETIC 520-model grid into {path} (once) ...")
-        write_bosz_grid(path, resolution=10000, subgrid=True)
-    return path
+from common import DEFAULT_GRID, synthetic_subgrid
 
 
 def _warm_worker():
@@ -97,7 +89,7 @@ def _batch(reds, folder, config, workers, out, warm, repeat=1):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default=Path(tempfile.gettempdir()) / "kspec_bench_bosz_r10000")
+    parser.add_argument("--grid", default=DEFAULT_GRID)
     parser.add_argument("--exposures", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="warm batches per worker count (best is kept)")
     parser.add_argument("--keep", type=Path, help="write the exposures here and keep them (default: a temp folder)")
@@ -112,7 +104,7 @@ def main():
     from kspec_fluxcal.simulate import make_exposure
     from kspec_fluxcal.templates import TemplateLibrary
 
-    grid = _grid_folder(args.grid)
+    grid = synthetic_subgrid(args.grid)
     TemplateLibrary(grid).load_grid()  # the library's binary cache (benchmarked in bench_templates.py)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="kspec_bench_batch_"))
     folder.mkdir(parents=True, exist_ok=True)

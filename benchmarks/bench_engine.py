@@ -27,22 +27,15 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
+from common import DEFAULT_GRID, synthetic_subgrid
 
 from kspec_fluxcal.apply import apply_flux_calibration
 from kspec_fluxcal.catalog import load_standard_star_catalog, match_catalog_to_fibers, photometry_from_catalog_row
 from kspec_fluxcal.containers import make_spectrum
 from kspec_fluxcal.engine import StandardStar, derive_flux_calibration
 from kspec_fluxcal.pipeline import log_wavelength_grid, read_red_frame
-from kspec_fluxcal.simulate import make_exposure, write_bosz_grid
+from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
-
-
-def _grid_folder(path):
-    path = Path(path)
-    if not (path / "README.txt").is_file():
-        print(f"writing the SYNTHETIC 520-model grid into {path} (once) ...")
-        write_bosz_grid(path, resolution=10000, subgrid=True)
-    return path
 
 
 def _standards(frame, catalog):
@@ -58,13 +51,13 @@ def _standards(frame, catalog):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default=Path(tempfile.gettempdir()) / "kspec_bench_bosz_r10000")
+    parser.add_argument("--grid", default=DEFAULT_GRID)
     parser.add_argument("--fibers", type=int, default=300, help="fibers the calibration is applied to")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("KSPEC_FLUXCAL_CACHE", str(Path(tempfile.gettempdir()) / "kspec_bench_cache"))
 
-    library = TemplateLibrary(_grid_folder(args.grid))
+    library = TemplateLibrary(synthetic_subgrid(args.grid))
     library.load_grid()
     folder = Path(tempfile.mkdtemp())
     exposure = make_exposure(n_standards=20, n_science=0, n_sky=0, n_pix=12000, fwhm=2.0, seed=3,

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import DEFAULT_GRID, synthetic_subgrid
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
 
 TARGET = (3600.0, 9800.0, 12000)
@@ -93,7 +95,7 @@ def _run(name, grid, cache):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", type=Path, default=Path(tempfile.gettempdir()) / "kspec_bench_bosz_r10000")
+    parser.add_argument("--grid", type=Path, default=DEFAULT_GRID)
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -102,13 +104,7 @@ def main(argv=None):
         print(json.dumps(_phase(args.phase, args.grid)))
         return 0
 
-    if not any(args.grid.rglob("*_resam.txt.gz")):
-        from kspec_fluxcal.simulate import write_bosz_grid
-
-        print(f"writing the SYNTHETIC 520-model R = 10 000 grid into {args.grid} ...", flush=True)
-        t0 = time.perf_counter()
-        write_bosz_grid(args.grid, resolution=10000, subgrid=True)
-        print(f"  written in {time.perf_counter() - t0:.1f} s")
+    synthetic_subgrid(args.grid)
 
     cache = args.cache or Path(tempfile.mkdtemp(prefix="kspec_bench_cache_"))
     try:
