@@ -22,7 +22,7 @@ from scipy.ndimage import median_filter, uniform_filter1d
 from .containers import CalibrationVector, FluxCalibrationResult
 from .exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
 
-__all__ = ["QualityGates", "combine_calibration_vectors", "MAD_TO_SIGMA"]
+__all__ = ["QualityGates", "combine_calibration_vectors", "separate_gray_terms", "MAD_TO_SIGMA"]
 
 log = logging.getLogger(__name__)
 
@@ -199,23 +199,9 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
              representation, gates):
     use_smooth = representation == "smooth"
     n_star = len(vectors)
-    gray = np.full(n_star, np.nan)
-    for _ in range(3):
-        ref = _nanmedian0(logc[active])
-        gray = np.nanmedian(logc - ref, axis=1)
-        shape = logc - gray[:, None]
-        med = _nanmedian0(shape[active])
-        dev = np.sqrt(np.nanmean((shape - med) ** 2, axis=1))
-        if np.count_nonzero(active) < 3:
-            break
-        dev_med = np.median(dev[active])
-        spread = max(MAD_TO_SIGMA * np.median(np.abs(dev[active] - dev_med)), 0.25 * dev_med, 1e-3)
-        outliers = active & ((dev - dev_med) / spread > gates.outlier_sigma)
-        if not outliers.any():
-            break
-        for i in np.flatnonzero(outliers):
-            reasons[i] = f"shape deviates from the other stars ({100 * dev[i]:.1f}% rms)"
-        active &= ~outliers
+    gray, shape, active, outliers = separate_gray_terms(logc, active, gates.outlier_sigma)
+    for i, dev, _ in outliers:
+        reasons[i] = f"shape deviates from the other stars ({100 * dev:.1f}% rms)"
 
     gray_var = np.array([_gray_variance(v.meta) for v in vectors])
     # the gray normalisation removes each star's gray error from its shape; it enters the level only
@@ -312,6 +298,58 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
     )
     log.info("combined %d of %d standards; rms scatter %.2f%%", n_used, n_star, 100 * rms if rms == rms else 0)
     return FluxCalibrationResult(combined, per_star, residuals, summary)
+
+
+def separate_gray_terms(logc, active, outlier_sigma, max_iter=5):
+    """Split ln(calibration) rows into a gray term each and a shape; reject deviant shapes.
+
+    Each row's gray term is its median offset from the median row; a row
+    whose shape deviates (rms against the median shape) by more than
+    ``outlier_sigma`` robust σ from the other rows' deviations is rejected,
+    and the split is repeated without it. The robust σ is the MAD of the
+    deviations, floored at a quarter of their median and at 0.1 %, so that
+    3–10 nearly identical rows do not reject each other.
+
+    Parameters
+    ----------
+    logc : ndarray, shape (n_rows, n_pix)
+        ln of the calibration vectors (NaN where undefined), one row per star
+        or exposure, on one wavelength grid.
+    active : ndarray of bool, shape (n_rows,)
+        Rows that take part (others get terms but never set the reference).
+    outlier_sigma : float
+        Rejection threshold (robust σ).
+    max_iter : int
+        Most rejection rounds.
+
+    Returns
+    -------
+    gray : ndarray, shape (n_rows,)
+        ln gray term of each row.
+    shape : ndarray, shape (n_rows, n_pix)
+        ``logc`` minus the gray terms.
+    active : ndarray of bool
+        ``active`` less the rejected rows.
+    rejected : list of (int, float, float)
+        (row, its rms deviation, the median deviation) of each rejected row.
+    """
+    active = np.array(active, dtype=bool)
+    rejected = []
+    for _ in range(max_iter):
+        ref = _nanmedian0(logc[active])
+        gray = np.nanmedian(logc - ref, axis=1)
+        shape = logc - gray[:, None]
+        dev = np.sqrt(np.nanmean((shape - _nanmedian0(shape[active])) ** 2, axis=1))
+        if np.count_nonzero(active) < 3:
+            break
+        dev_med = np.median(dev[active])
+        spread = max(MAD_TO_SIGMA * np.median(np.abs(dev[active] - dev_med)), 0.25 * dev_med, 1e-3)
+        outliers = active & ((dev - dev_med) / spread > outlier_sigma)
+        if not outliers.any():
+            break
+        rejected += [(int(i), float(dev[i]), float(dev_med)) for i in np.flatnonzero(outliers)]
+        active &= ~outliers
+    return gray, shape, active, rejected
 
 
 def _gray_variance(meta):

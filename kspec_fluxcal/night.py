@@ -33,7 +33,7 @@ from astropy import units as u
 from scipy.ndimage import uniform_filter1d
 
 from .apply import calibration_on_grid
-from .combine import MAD_TO_SIGMA
+from .combine import MAD_TO_SIGMA, separate_gray_terms
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, _jsonable
 from .exceptions import CalibrationError, InputDataError
 from .products import calibration_provenance, load_calibration
@@ -173,32 +173,13 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
     with warnings.catch_warnings():
         # pixels no exposure covers are all-NaN columns; they stay NaN and masked
         warnings.simplefilter("ignore", RuntimeWarning)
-        gray, shape, active, reasons = _separate_gray(logc, active, reasons, outlier_sigma)
-        return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
-                         outlier_sigma, smooth_window)
-
-
-def _separate_gray(logc, active, reasons, outlier_sigma):
-    """Per-exposure gray terms and shapes; exposures with deviant shapes rejected (iteratively)."""
-    for _ in range(5):
-        ref = np.nanmedian(logc[active], axis=0)
-        gray = np.nanmedian(logc - ref, axis=1)
-        shape = logc - gray[:, None]
-        med = np.nanmedian(shape[active], axis=0)
-        dev = np.sqrt(np.nanmean((shape - med) ** 2, axis=1))
-        if np.count_nonzero(active) < 3:
-            break
-        dev_med = np.median(dev[active])
-        spread = max(MAD_TO_SIGMA * np.median(np.abs(dev[active] - dev_med)), 0.25 * dev_med, 1e-3)
-        outliers = active & ((dev - dev_med) / spread > outlier_sigma)
-        if not outliers.any():
-            break
-        for i in np.flatnonzero(outliers):
-            reasons[i] = (f"shape deviates from the other exposures: {100 * dev[i]:.2f}% rms against a median "
+        gray, shape, active, outliers = separate_gray_terms(logc, active, outlier_sigma)
+        for i, dev, dev_med in outliers:
+            reasons[i] = (f"shape deviates from the other exposures: {100 * dev:.2f}% rms against a median "
                           f"of {100 * dev_med:.2f}% (> {outlier_sigma:g} robust sigma)")
             log.warning("exposure %d rejected: %s", i + 1, reasons[i])
-        active = active & ~outliers
-    return gray, shape, active, reasons
+        return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
+                         outlier_sigma, smooth_window)
 
 
 def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
