@@ -36,6 +36,8 @@ log = logging.getLogger("kspec_fluxcal")
 
 def build_parser():
     """The argument parser of ``kspec-fluxcal``."""
+    from .download_bosz import add_download_arguments
+
     parser = argparse.ArgumentParser(prog="kspec-fluxcal", description="Flux calibration of KSPEC RED frames.")
     parser.add_argument("--version", action="version", version=f"kspec_fluxcal {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -91,11 +93,8 @@ def build_parser():
     demo.add_argument("--output", type=Path, default=Path("kspec_fluxcal_demo"))
     demo.add_argument("--templates", type=Path, help="use this library instead of the compact synthetic grid")
 
-    dl = sub.add_parser("download-templates", parents=[common], help="download the BOSZ 2024 subgrid")
-    dl.add_argument("--dest", type=Path, default=Path("data") / "bosz2024")
-    dl.add_argument("--resolution", type=int, default=10000)
-    dl.add_argument("--dry-run", action="store_true", help="list the URLs only")
-    dl.add_argument("--force", action="store_true", help="download existing files again")
+    add_download_arguments(sub.add_parser("download-templates", parents=[common],
+                                          help="download the BOSZ 2024 subgrid"))
 
     sub.add_parser("info", parents=[common], help="version, filters, template libraries, cache")
     return parser
@@ -173,14 +172,9 @@ def _demo(args):
 
 
 def _download(args):
-    from .download_bosz import download_subgrid
+    from .download_bosz import run_download
 
-    summary = download_subgrid(args.dest, resolution=args.resolution, force=args.force, dry_run=args.dry_run,
-                               progress=not args.quiet)
-    if args.dry_run:
-        print("\n".join(summary.planned))
-    print(summary)
-    return 1 if summary.failed else 0
+    return run_download(args)
 
 
 def _info(args):

@@ -628,11 +628,8 @@ def download_subgrid(
     return summary
 
 
-def _build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m kspec_fluxcal.download_bosz",
-        description="Download the 520-model BOSZ 2024 subgrid used by kspec_fluxcal from MAST.",
-    )
+def add_download_arguments(parser):
+    """Add the downloader's options to ``parser`` (shared with ``kspec-fluxcal download-templates``)."""
     parser.add_argument("--dest", default="data/bosz2024",
                         help="destination folder (MAST layout inside); default: %(default)s")
     parser.add_argument("--resolution", type=int, default=10000, choices=BOSZ_RESOLUTIONS,
@@ -643,8 +640,29 @@ def _build_parser():
                         help="extra attempts after a transient failure; default: %(default)s")
     parser.add_argument("--dry-run", action="store_true", help="list the URLs to fetch and download nothing")
     parser.add_argument("--force", action="store_true", help="download files that are already present too")
-    parser.add_argument("--quiet", action="store_true", help="no progress display, warnings and errors only")
     return parser
+
+
+def run_download(args):
+    """Download as ``args`` (from `add_download_arguments`, plus ``quiet``) ask; return the exit status.
+
+    A dry run prints the URLs. Raises `~kspec_fluxcal.DownloadError` or
+    `~kspec_fluxcal.InputDataError` when the download cannot start.
+    """
+    summary = download_subgrid(
+        args.dest,
+        resolution=args.resolution,
+        base_url=args.base_url,
+        workers=args.workers,
+        retries=args.retries,
+        force=args.force,
+        dry_run=args.dry_run,
+        progress=not args.quiet,
+    )
+    if args.dry_run:
+        print("\n".join(summary.planned))
+    print(summary)
+    return 0 if summary.success else 1
 
 
 def main(argv=None):
@@ -661,28 +679,21 @@ def main(argv=None):
         0 when no file failed (files missing from the archive are reported
         but do not fail the run), 1 otherwise.
     """
-    args = _build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m kspec_fluxcal.download_bosz",
+        description="Download the 520-model BOSZ 2024 subgrid used by kspec_fluxcal from MAST.",
+    )
+    add_download_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress display, warnings and errors only")
+    args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         level = logging.WARNING if args.quiet else logging.INFO
         logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     try:
-        summary = download_subgrid(
-            args.dest,
-            resolution=args.resolution,
-            base_url=args.base_url,
-            workers=args.workers,
-            retries=args.retries,
-            force=args.force,
-            dry_run=args.dry_run,
-            progress=not args.quiet,
-        )
+        return run_download(args)
     except (DownloadError, InputDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        for url in summary.planned:
-            print(url)
-    return 0 if summary.success else 1
 
 
 if __name__ == "__main__":
