@@ -646,7 +646,8 @@ def add_download_arguments(parser):
 def run_download(args):
     """Download as ``args`` (from `add_download_arguments`, plus ``quiet``) ask; return the exit status.
 
-    A dry run prints the URLs. Raises `~kspec_fluxcal.DownloadError` or
+    A dry run prints the URLs on standard output and its summary on standard
+    error. Raises `~kspec_fluxcal.DownloadError` or
     `~kspec_fluxcal.InputDataError` when the download cannot start.
     """
     summary = download_subgrid(
@@ -661,7 +662,7 @@ def run_download(args):
     )
     if args.dry_run:
         print("\n".join(summary.planned))
-    print(summary)
+    print(summary, file=sys.stderr if args.dry_run else sys.stdout)
     return 0 if summary.success else 1
 
 
