@@ -19,6 +19,7 @@ from astropy.table import Table
 from specutils import Spectrum
 
 from .exceptions import InputDataError
+from .wavelength import as_wavelength
 
 __all__ = [
     "FLAM",
@@ -35,38 +36,6 @@ __all__ = [
 
 FLAM = u.erg / (u.s * u.cm**2 * u.AA)
 """Flux density unit of calibrated spectra: erg s⁻¹ cm⁻² Å⁻¹."""
-
-
-def _as_wavelength(value, name):
-    """Return ``value`` as a float64 array in Å, checking it is a wavelength.
-
-    Plain arrays are taken as Å. nm and µm are converted; pixels, frequencies
-    and other units raise `~kspec_fluxcal.InputDataError`.
-    """
-    if isinstance(value, u.Quantity):
-        if value.unit == u.pix or value.unit.physical_type != "length":
-            raise InputDataError(
-                f"{name} has unit '{value.unit}', which is not a wavelength; "
-                "give wavelengths in Å, nm or µm (a pixel axis needs a wavelength "
-                "solution first)."
-            )
-        value = value.to_value(u.AA)
-    arr = np.asarray(value, dtype=float)
-    if arr.ndim != 1 or arr.size < 2:
-        raise InputDataError(
-            f"{name} must be a 1-D array of at least 2 wavelengths; got shape {arr.shape}."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise InputDataError(
-            f"{name} holds {np.count_nonzero(~np.isfinite(arr))} non-finite values; "
-            "every wavelength must be finite."
-        )
-    if np.any(np.diff(arr) <= 0):
-        raise InputDataError(
-            f"{name} must increase strictly; reverse decreasing arrays (and their "
-            "fluxes) before building the spectrum."
-        )
-    return arr
 
 
 def _as_quantity(value, unit, name):
@@ -108,7 +77,7 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
     >>> spec.spectral_axis.unit, spec.mask.any()
     (Unit("Angstrom"), np.False_)
     """
-    wave = _as_wavelength(wavelength, "wavelength")
+    wave = as_wavelength(wavelength, "wavelength")
     flux = _as_quantity(flux, flux_unit, "flux")
     if flux.shape != wave.shape:
         raise InputDataError(
@@ -162,7 +131,7 @@ def validate_spectrum(spectrum, name="spectrum"):
         raise InputDataError(
             f"{name} must hold one spectrum (1-D flux); got flux shape {spectrum.flux.shape}."
         )
-    wave = _as_wavelength(spectrum.spectral_axis.view(u.Quantity), f"{name}.spectral_axis")
+    wave = as_wavelength(spectrum.spectral_axis.view(u.Quantity), f"{name}.spectral_axis")
     variance = spectrum_variance(spectrum)
     mask = spectrum.mask if spectrum.mask is not None else None
     if (
@@ -386,7 +355,7 @@ class StellarTemplate:
     resolution: float = None
 
     def __post_init__(self):
-        self.wavelength = _as_wavelength(self.wavelength, "StellarTemplate.wavelength") * u.AA
+        self.wavelength = as_wavelength(self.wavelength, "StellarTemplate.wavelength") * u.AA
         self.flux = _field_quantity(self.flux, FLAM, "flux", "StellarTemplate")
         if self.continuum is None:
             raise InputDataError("StellarTemplate.continuum is required (use the flux if unknown).")
@@ -474,7 +443,7 @@ class CalibrationVector:
 
     def __post_init__(self):
         owner = "CalibrationVector"
-        self.wavelength = _as_wavelength(self.wavelength, f"{owner}.wavelength") * u.AA
+        self.wavelength = as_wavelength(self.wavelength, f"{owner}.wavelength") * u.AA
         n = self.wavelength.shape
         if not isinstance(self.cal_factor, u.Quantity):
             raise InputDataError(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 
-from .containers import _as_wavelength, validate_spectrum
+from .containers import as_wavelength, validate_spectrum
 from .exceptions import InputDataError
 
 __all__ = [
@@ -144,7 +144,7 @@ def load_mask_array(wavelength, regions):
     -------
     numpy.ndarray of bool
     """
-    wave = _as_wavelength(wavelength, "wavelength")
+    wave = as_wavelength(wavelength, "wavelength")
     arr = _as_regions(regions)
     mask = np.zeros(wave.size, dtype=bool)
     for start, end in arr:
@@ -196,7 +196,7 @@ def mask_coverage_fraction(wavelength, regions):
     >>> mask_coverage_fraction(np.linspace(6000, 8000, 101), [[6500, 7000]] * u.AA)
     0.25
     """
-    wave = _as_wavelength(wavelength, "wavelength")
+    wave = as_wavelength(wavelength, "wavelength")
     lo, hi = wave[0], wave[-1]
     arr = combine_regions(regions).to_value(u.AA)
     covered = np.clip(arr[:, 1], lo, hi) - np.clip(arr[:, 0], lo, hi)

@@ -1,0 +1,169 @@
+"""Wavelengths: validation, air ↔ vacuum, and grids uniform in ln λ.
+
+Inside the package wavelengths are in Å **in air** (IAU convention: air
+above 2000 Å, vacuum below). Vacuum inputs (CALSPEC spectra, filter curves)
+are converted explicitly with `vacuum_to_air`, never silently.
+"""
+
+import numpy as np
+from astropy import units as u
+
+from .exceptions import InputDataError
+
+__all__ = ["as_wavelength", "vacuum_to_air", "air_to_vacuum", "log_uniform_grid", "common_log_grid"]
+
+
+def as_wavelength(value, name="wavelength"):
+    """Return ``value`` as a float64 array in Å, checking it is an increasing 1-D wavelength grid.
+
+    Plain arrays are taken as Å. nm and µm are converted; pixels, frequencies
+    and other units raise `~kspec_fluxcal.InputDataError`.
+    """
+    if isinstance(value, u.Quantity):
+        if value.unit == u.pix or value.unit.physical_type != "length":
+            raise InputDataError(
+                f"{name} has unit '{value.unit}', which is not a wavelength; "
+                "give wavelengths in Å, nm or µm (a pixel axis needs a wavelength "
+                "solution first)."
+            )
+        value = value.to_value(u.AA)
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim != 1 or arr.size < 2:
+        raise InputDataError(
+            f"{name} must be a 1-D array of at least 2 wavelengths; got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InputDataError(
+            f"{name} holds {np.count_nonzero(~np.isfinite(arr))} non-finite values; "
+            "every wavelength must be finite."
+        )
+    if np.any(np.diff(arr) <= 0):
+        raise InputDataError(
+            f"{name} must increase strictly; reverse decreasing arrays (and their "
+            "fluxes) before building the spectrum."
+        )
+    return arr
+
+
+def as_wavelength_quantity(value, name="wavelength"):
+    """``value`` as a wavelength `~astropy.units.Quantity` of any shape (plain numbers are Å)."""
+    if isinstance(value, u.Quantity):
+        if value.unit.physical_type != "length":
+            raise InputDataError(f"{name} has unit '{value.unit}', which is not a wavelength.")
+        return value
+    return np.asarray(value, dtype=float) * u.AA
+
+
+AIR_VACUUM_LIMIT = 2000.0
+"""Below this wavelength (Å) air and vacuum wavelengths are the same (IAU convention)."""
+
+
+def _refraction_index(vac_aa):
+    from specutils.utils.wcs_utils import refraction_index
+
+    return refraction_index(vac_aa * u.AA, method="Morton2000")
+
+
+def vacuum_to_air(wavelength):
+    """Vacuum → air wavelengths (Morton 2000, ApJS 130, 403, eq. 8, via specutils).
+
+    Wavelengths below 2000 Å are returned unchanged (IAU convention). A grid
+    crossing 2000 Å therefore steps back by ≈0.65 Å there and may stop
+    increasing; trim such grids to ≥ 2000 Å first.
+
+    Parameters
+    ----------
+    wavelength : `~astropy.units.Quantity` or array_like
+        Vacuum wavelengths (plain numbers are Å).
+
+    Returns
+    -------
+    `~astropy.units.Quantity`
+        Air wavelengths in the unit of the input (Å for plain numbers).
+
+    Examples
+    --------
+    >>> vacuum_to_air(6564.61 * u.AA)  # Hα
+    <Quantity 6562.79... Angstrom>
+    """
+    wave = as_wavelength_quantity(wavelength, "wavelength")
+    vac = np.atleast_1d(wave.to_value(u.AA)).astype(float)
+    air = vac.copy()
+    sel = np.isfinite(vac) & (vac >= AIR_VACUUM_LIMIT)
+    if np.any(sel):
+        air[sel] = vac[sel] / _refraction_index(vac[sel])
+    air = air.reshape(np.shape(wave.value))
+    return (air * u.AA).to(wave.unit)
+
+
+def air_to_vacuum(wavelength):
+    """Air → vacuum wavelengths, the inverse of `vacuum_to_air` to ≲1e-12.
+
+    Solves λ_vac = λ_air · n(λ_vac) by fixed-point iteration with the Morton
+    (2000) index; results below 2000 Å (vacuum) are left unchanged.
+
+    Parameters
+    ----------
+    wavelength : `~astropy.units.Quantity` or array_like
+        Air wavelengths (plain numbers are Å).
+
+    Returns
+    -------
+    `~astropy.units.Quantity`
+        Vacuum wavelengths in the unit of the input (Å for plain numbers).
+
+    Examples
+    --------
+    >>> air_to_vacuum(6562.79 * u.AA)
+    <Quantity 6564.60... Angstrom>
+    """
+    wave = as_wavelength_quantity(wavelength, "wavelength")
+    air = np.atleast_1d(wave.to_value(u.AA)).astype(float)
+    vac = air.copy()
+    sel = np.isfinite(air) & (air >= AIR_VACUUM_LIMIT / 1.001)
+    if np.any(sel):
+        guess = air[sel] * _refraction_index(air[sel])
+        for _ in range(4):
+            guess = air[sel] * _refraction_index(guess)
+        vac[sel] = np.where(guess >= AIR_VACUUM_LIMIT, guess, air[sel])
+    vac = vac.reshape(np.shape(wave.value))
+    return (vac * u.AA).to(wave.unit)
+
+
+def log_uniform_grid(start, stop, step, include_stop=False):
+    """Wavelengths (Å) uniform in ln λ from ``start`` towards ``stop``.
+
+    Parameters
+    ----------
+    start, stop : float
+        First wavelength and the upper end (Å).
+    step : float
+        Step in ln λ.
+    include_stop : bool, optional
+        False: the step is exactly ``step`` and the grid ends at the last
+        point ≤ ``stop``. True: the grid runs from ``start`` to ``stop``
+        inclusive with the fewest points whose step does not exceed ``step``.
+
+    Examples
+    --------
+    >>> log_uniform_grid(4000.0, 4001.0, 1e-4).round(3).tolist()
+    [4000.0, 4000.4, 4000.8]
+    >>> log_uniform_grid(4000.0, 4001.0, 1e-4, include_stop=True).size
+    4
+    """
+    span = np.log(stop / start)
+    if include_stop:
+        return np.exp(np.linspace(np.log(start), np.log(stop), int(np.ceil(span / step - 1e-9)) + 1))
+    return start * np.exp(step * np.arange(int(np.floor(span / step + 1e-9)) + 1))
+
+
+def common_log_grid(wavelengths):
+    """A grid uniform in ln λ spanning every row of ``wavelengths`` (Å) with their median ln λ step.
+
+    ``wavelengths`` is a sequence of increasing arrays (fibers of a frame,
+    frames of a night); the grid runs from the smallest first to the largest
+    last wavelength.
+    """
+    rows = [np.asarray(w, dtype=float) for w in wavelengths]
+    step = float(np.median(np.concatenate([np.diff(np.log(w)) for w in rows])))
+    return log_uniform_grid(min(w[0] for w in rows), max(w[-1] for w in rows), step, include_stop=True)
