@@ -11,6 +11,8 @@ from astropy import units as u
 
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult
 from .exceptions import InputDataError
+from .io.header import update_calibration_header
+from .wavelength import interpolate_masked
 
 __all__ = ["apply_flux_calibration", "calibration_on_grid", "update_calibration_header"]
 
@@ -22,19 +24,12 @@ def calibration_on_grid(calibration, wavelength):
     pixel that touches a masked sample of the vector, or lies outside it, is
     masked.
     """
-    wave_cal = calibration.wavelength.to_value(u.AA)
-    factor = calibration.cal_factor.value
-    variance = calibration.cal_variance.value
-    bad = calibration.mask | ~np.isfinite(factor) | ~np.isfinite(variance)
     wave = u.Quantity(wavelength, u.AA).to_value(u.AA)
-    flat = wave.ravel()
-    with np.errstate(invalid="ignore"):
-        out_factor = np.interp(flat, wave_cal, np.where(bad, 0.0, factor))
-        out_var = np.interp(flat, wave_cal, np.where(bad, 0.0, variance))
-        out_bad = np.interp(flat, wave_cal, bad.astype(float)) > 0
-    out_bad |= (flat < wave_cal[0]) | (flat > wave_cal[-1]) | ~np.isfinite(flat)
-    shape = wave.shape
-    return out_factor.reshape(shape), out_var.reshape(shape), out_bad.reshape(shape)
+    bad = calibration.mask | ~np.isfinite(calibration.cal_factor.value) | ~np.isfinite(calibration.cal_variance.value)
+    (factor, variance), out_bad = interpolate_masked(wave, calibration.wavelength.to_value(u.AA),
+                                                     [calibration.cal_factor.value, calibration.cal_variance.value],
+                                                     bad)
+    return factor, variance, out_bad
 
 
 def apply_flux_calibration(spectra, variance, calibration, wavelength=None, update_header=None, counts_unit=None):
@@ -130,17 +125,3 @@ def _fiber_wavelengths(wavelength, calibration, shape):
             f"a shared wavelength axis of {wave.size} samples fits neither axis of spectra {shape}."
         )
     return wave
-
-
-def update_calibration_header(header, calibration):
-    """Write the calibration keywords of DESIGN.md into a FITS header."""
-    header["FLUXCAL"] = (True, "flux calibrated by kspec_fluxcal")
-    header["BUNIT"] = (FLAM.to_string(), "calibrated flux density")
-    if isinstance(calibration, FluxCalibrationResult):
-        summary = calibration.summary
-        header["FCALNSTR"] = (int(summary.get("n_stars_used", 0)), "standard stars used")
-        rms = summary.get("rms_scatter")
-        header["FCALRMS"] = (float(rms) if rms is not None and np.isfinite(rms) else -1.0,
-                             "rms scatter between standards (-1: one)")
-        header["FCALFORM"] = (summary.get("representation", "pixel"), "form of the applied vector")
-    return header

@@ -45,7 +45,7 @@ from astropy.table import Table
 
 from .cache import cache_dir
 from .exceptions import InputDataError, KspecFluxcalError
-from .pipeline import FluxcalConfig, _instrument_fwhm, _resolve_templates, read_red_frame
+from .pipeline import FluxcalConfig, instrument_fwhm, resolve_template_library, read_red_frame
 
 __all__ = ["CATALOG_PATTERNS", "WORKER_ENV", "BatchRecord", "find_catalog", "dask_client", "calibrate_batch",
            "summary_table"]
@@ -168,7 +168,7 @@ def _setup(red_file, config):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the task reads it again and reports what is wrong
             frame = read_red_frame(red_file)
-        fwhm, poly = _instrument_fwhm(config, frame.header)
+        fwhm, poly = instrument_fwhm(config, frame.header)
     except (OSError, ValueError, KspecFluxcalError):
         return None
     wave = frame.wavelength
@@ -338,7 +338,7 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
                                                                                           "plots")
                                 if getattr(config, name) is not None})
     if config.calibration is None:
-        config = replace(config, templates=_resolve_templates(config).path)
+        config = replace(config, templates=resolve_template_library(config).path)
 
     records, tasks = {}, []
     for i, (red, cat) in enumerate(zip(red_files, cats)):

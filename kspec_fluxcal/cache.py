@@ -10,13 +10,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import platformdirs
 
 from .exceptions import CacheError
+from .io.atomic import atomic_output, write_bytes_atomic
 
 __all__ = ["cache_dir", "fingerprint", "save_arrays", "load_arrays"]
 
@@ -63,23 +63,10 @@ def save_arrays(folder, arrays, meta=None):
     index = {"meta": meta or {}, "files": {}}
     for name, array in arrays.items():
         target = folder / f"{name}.npy"
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(array))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(target) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array))
         index["files"][name] = _checksum(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.part")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(index, fh)
-        os.replace(tmp, folder / "index.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(folder / "index.json", json.dumps(index).encode())
 
 
 def load_arrays(folder, mmap=True, verify=True):
@@ -115,10 +102,8 @@ def _file_states(folder):
 
 def stamp_verified(folder):
     """Record the state of a cache entry whose checksums are known to be right."""
-    tmp = folder / "verified.json.part"
     try:
-        tmp.write_text(json.dumps(_file_states(folder)))
-        os.replace(tmp, folder / "verified.json")
+        write_bytes_atomic(folder / "verified.json", json.dumps(_file_states(folder)).encode())
     except OSError as exc:  # a read-only cache: every load then verifies the checksums
         log.debug("cannot stamp the cache entry %s as verified: %s", folder, exc)
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy import units as u
-from scipy.interpolate import BSpline
 
 from .containers import FLAM, CalibrationVector, Photometry, spectrum_variance, validate_spectrum
 from .exceptions import CalibrationError, InputDataError
 from .extinction import extinction_per_ebv
+from .photometry.ab import ab_mag_of_fnu_values
+from .splines import bspline_basis, fit_bspline_rows, interior_knots
+from .wavelength import interpolate_masked
 
 __all__ = [
     "PhotometricScale",
@@ -34,10 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-AB_ZEROPOINT_FNU = 3631e-23
-"""f_ν of an AB magnitude of zero, erg s⁻¹ cm⁻² Hz⁻¹ (Oke & Gunn 1983)."""
-
 
 @dataclass
 class PhotometricScale:
@@ -86,11 +84,6 @@ class PhotometricScale:
         """rms (mag) of the residuals of the bands used in the fit."""
         vals = np.array([self.residuals[b] for b in self.used_bands])
         return float(np.sqrt(np.mean(vals**2))) if vals.size else np.nan
-
-
-def _model_band_mags(band_fnu):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -2.5 * np.log10(np.asarray(band_fnu, float) / AB_ZEROPOINT_FNU)
 
 
 def scale_template_to_photometry(
@@ -159,7 +152,7 @@ def scale_template_to_photometry(
             j = photometry.filter_names.index(name)
             if valid[j]:
                 obs_mag[i], obs_err[i] = photometry.magnitudes[j], photometry.mag_errors[j]
-    model_mag = _model_band_mags(fnu)
+    model_mag = ab_mag_of_fnu_values(fnu)
     usable = np.isfinite(obs_mag) & np.all(np.isfinite(model_mag), axis=1)
     if np.count_nonzero(usable) < min_bands:
         raise CalibrationError(
@@ -274,31 +267,6 @@ def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
     }
 
 
-def _interior_knots(x_used, lo, hi, knot_spacing, min_points=8):
-    """Interior knots about ``knot_spacing`` apart, each interval holding data of every star.
-
-    ``x_used`` is a list of the used wavelengths of each star; knots are
-    dropped until every interval holds at least ``min_points`` of each star's
-    samples, so the spline bridges gaps (telluric bands) smoothly.
-    """
-    n_int = max(int((hi - lo) // knot_spacing), 0)
-    interior = np.linspace(lo, hi, n_int + 2)[1:-1]
-    if not interior.size:
-        return interior
-    edges = np.concatenate([[lo], interior, [hi + 1e-9]])
-    counts = np.min([np.histogram(x, bins=edges)[0] for x in x_used], axis=0)
-    keep, pending = [], 0
-    for k, n in enumerate(counts[:-1]):
-        pending += n
-        if pending >= min_points:
-            keep.append(k)
-            pending = 0
-    interior = interior[keep]
-    while interior.size and min(np.count_nonzero(x > interior[-1]) for x in x_used) < min_points:
-        interior = interior[:-1]
-    return interior
-
-
 def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
     """Weighted least-squares cubic B-splines through many per-pixel vectors at once.
 
@@ -338,11 +306,11 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
     x_used = [wave[g] for g in good]
     lo, hi = min(x[0] for x in x_used), max(x[-1] for x in x_used)
     degree = 3
-    knots = np.concatenate([[lo] * (degree + 1), _interior_knots(x_used, lo, hi, knot_spacing), [hi] * (degree + 1)])
+    interior = interior_knots(x_used, lo, hi, knot_spacing, min_points=8)
     weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
     xb, yb, wb = _bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
-    cov, coef, chi2_red = _spline_coefficients(np.clip(xb, lo, hi), yb, wb, knots, degree, clip_sigma, max_iter)
-    basis = BSpline.design_matrix(np.clip(wave, lo, hi), knots, degree).tocsr()
+    cov, coef, chi2_red = fit_bspline_rows(xb, yb, wb, interior, degree, lo, hi, clip_sigma, max_iter)
+    basis = bspline_basis(wave, interior, degree, lo, hi)
     cols = basis.indices.reshape(wave.size, degree + 1)  # each row: degree + 1 consecutive basis functions
     pair = basis.data.reshape(wave.size, degree + 1)
     pair = pair[:, :, None] * pair[:, None, :]
@@ -374,42 +342,6 @@ def _bin_weighted(x, y, w, factor):
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(sum_w > 0, sum_wy / sum_w, 0.0)
     return centres, means, sum_w
-
-
-def _spline_coefficients(x, y, w, knots, degree, clip_sigma, max_iter):
-    """Clipped weighted least squares of B-spline coefficients for every row of ``y``.
-
-    Each row's normal matrix is assembled from the band structure of the
-    basis (``degree + 1`` non-zeros a row) with one `numpy.bincount`, and the
-    systems are solved as one stack. Returns (covariance, coefficients,
-    reduced χ²) per row.
-    """
-    n_coef = knots.size - degree - 1
-    basis = BSpline.design_matrix(x, knots, degree).tocsr()
-    cols = basis.indices.reshape(x.size, degree + 1)
-    vals = basis.data.reshape(x.size, degree + 1)
-    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
-    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
-    n_row = y.shape[0]
-    index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
-    good = w > 0
-    use = good.copy()
-    for _ in range(max_iter):
-        wu = np.where(use, w, 0.0)
-        normal = np.bincount(index, weights=(wu[:, :, None] * pair[None]).ravel(),
-                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
-        rhs = (basis.T @ (wu * y).T).T
-        scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
-        cov = np.linalg.pinv(normal + 1e-12 * scale * np.eye(n_coef))
-        coef = np.einsum("sij,sj->si", cov, rhs)
-        resid = y - (basis @ coef.T).T
-        new_use = good & (np.abs(resid) * np.sqrt(w) < clip_sigma)
-        if np.array_equal(new_use, use):
-            break
-        use = new_use
-    ndof = np.maximum(np.count_nonzero(use, axis=1) - n_coef, 1)
-    chi2_red = np.sum(np.where(use, resid**2 * w, 0.0), axis=1) / ndof
-    return cov, coef, chi2_red
 
 
 def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
@@ -552,15 +484,11 @@ def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r
 
 def _on_grid(pixels, out):
     """A `PixelVector` interpolated onto ``out`` (Å); a pixel touching a bad one is bad."""
-    wave = pixels.wave
-    bad = ((out < wave[0]) | (out > wave[-1]) | (np.interp(out, wave, pixels.bad.astype(float)) > 0))
-
-    def interp(y):
-        return np.where(bad, np.nan, np.interp(out, wave, np.where(np.isfinite(y), y, 0.0)))
-
-    return PixelVector(out, interp(pixels.cal), interp(pixels.cal_var), interp(pixels.stat_var),
-                       np.interp(out, wave, pixels.phot_var), bad,
-                       np.interp(out, wave, pixels.exclude.astype(float)) > 0, pixels.unit, pixels.info)
+    (cal, cal_var, stat_var), bad = interpolate_masked(out, pixels.wave, [pixels.cal, pixels.cal_var,
+                                                                         pixels.stat_var], pixels.bad)
+    return PixelVector(out, np.where(bad, np.nan, cal), np.where(bad, np.nan, cal_var),
+                       np.where(bad, np.nan, stat_var), np.interp(out, pixels.wave, pixels.phot_var), bad,
+                       np.interp(out, pixels.wave, pixels.exclude.astype(float)) > 0, pixels.unit, pixels.info)
 
 
 def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):

@@ -21,14 +21,19 @@ from scipy.ndimage import median_filter, uniform_filter1d
 
 from .containers import CalibrationVector, FluxCalibrationResult
 from .exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
+from .stats import (
+    MAD_TO_SIGMA,
+    MEDIAN_VARIANCE_FACTOR,
+    combine_shapes,
+    nanmedian_columns,
+    robust_sigma_columns,
+    row_nanmean,
+    row_nanmedian,
+)
 
-__all__ = ["QualityGates", "combine_calibration_vectors", "separate_gray_terms", "MAD_TO_SIGMA"]
+__all__ = ["QualityGates", "combine_calibration_vectors", "separate_gray_terms"]
 
 log = logging.getLogger(__name__)
-
-MAD_TO_SIGMA = 1.482602218505602
-"""σ of a normal distribution per unit of its median absolute deviation."""
-
 
 @dataclass
 class QualityGates:
@@ -105,25 +110,6 @@ def _stack(vectors, smooth):
     return wave, unit, np.array(logs), np.array(lvars)
 
 
-def _nanmedian0(x):
-    """Median over axis 0 ignoring NaN (NaN where a column has no value).
-
-    Sorting sends NaN to the end, so each column's median sits at the middle
-    of its finite count: much faster than `numpy.nanmedian` on (stars, pixels).
-    """
-    srt = np.sort(x, axis=0)
-    n = np.sum(np.isfinite(x), axis=0)
-    lo = np.take_along_axis(srt, np.maximum((n - 1) // 2, 0)[None, :], axis=0)[0]
-    hi = np.take_along_axis(srt, np.maximum(n // 2, 0)[None, :], axis=0)[0]
-    return np.where(n > 0, 0.5 * (lo + hi), np.nan)
-
-
-def _robust_sigma(x, floor=0.0):
-    """MAD-based σ over axis 0 (stars), ignoring NaN."""
-    mad = _nanmedian0(np.abs(x - _nanmedian0(x)))
-    return np.maximum(MAD_TO_SIGMA * mad, floor)
-
-
 def combine_calibration_vectors(
     vectors,
     method="weighted_mean",
@@ -188,11 +174,8 @@ def combine_calibration_vectors(
     if not active.any():
         _raise_none_left(vectors, reasons, prior)
 
-    with warnings.catch_warnings():
-        # pixels outside every star's coverage are all-NaN columns; they stay NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
-                        smooth_window, representation, gates)
+    return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
+                    smooth_window, representation, gates)
 
 
 def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth, smooth_window,
@@ -216,31 +199,17 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
     shape = logc - gray[:, None]
     use = active[:, None] & np.isfinite(shape)
     if n_used >= 3:
-        med = _nanmedian0(np.where(use, shape, np.nan))
-        scatter = _robust_sigma(np.where(use, shape, np.nan))
-        scatter = np.maximum(scatter, np.sqrt(_nanmedian0(np.where(use, lvar, np.nan))))
-        use &= np.abs(shape - med) <= sigma_clip * scatter
-    n_at = use.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(use, 1.0 / lvar, 0.0)
-        wsum = w.sum(axis=0)
-        if method == "weighted_mean":
-            mean = np.sum(w * np.where(use, shape, 0.0), axis=0) / wsum
-        else:
-            mean = _nanmedian0(np.where(use, shape, np.nan))
-        formal = 1.0 / wsum
-        if method == "median":
-            formal = formal * np.pi / 2
-        resid2 = np.where(use, (shape - mean) ** 2, 0.0)
-        empirical = np.sum(w * resid2, axis=0) / wsum / np.maximum(n_at - 1, 1)
+        med = nanmedian_columns(np.where(use, shape, np.nan))
+        scatter = robust_sigma_columns(np.where(use, shape, np.nan))
+        scatter = np.maximum(scatter, np.sqrt(nanmedian_columns(np.where(use, lvar, np.nan))))
+        with np.errstate(invalid="ignore"):
+            use &= np.abs(shape - med) <= sigma_clip * scatter
+    mean, var_shape, n_at = combine_shapes(shape, lvar, use, method,
+                                           smooth_window=max(int(smooth_window), 3) if use_smooth else None)
     defined = n_at > 0
-    if use_smooth:
-        window = max(int(smooth_window), 3)
-        empirical = uniform_filter1d(np.where(defined, empirical, 0.0), window, mode="nearest")
-    var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
 
     level = np.median(gray[active])
-    var_level = (1.2533**2 if n_used > 2 else 1.0) * np.mean(gray_var[active]) / n_used
+    var_level = (MEDIAN_VARIANCE_FACTOR if n_used > 2 else 1.0) * np.mean(gray_var[active]) / n_used
 
     combined_log = mean + level
     if smooth:
@@ -336,10 +305,10 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5):
     active = np.array(active, dtype=bool)
     rejected = []
     for _ in range(max_iter):
-        ref = _nanmedian0(logc[active])
-        gray = np.nanmedian(logc - ref, axis=1)
+        ref = nanmedian_columns(logc[active])
+        gray = row_nanmedian(logc - ref)
         shape = logc - gray[:, None]
-        dev = np.sqrt(np.nanmean((shape - _nanmedian0(shape[active])) ** 2, axis=1))
+        dev = np.sqrt(row_nanmean((shape - nanmedian_columns(shape[active])) ** 2))
         if np.count_nonzero(active) < 3:
             break
         dev_med = np.median(dev[active])

@@ -26,7 +26,6 @@ __all__ = [
     "make_spectrum",
     "validate_spectrum",
     "spectrum_variance",
-    "spectrum_arrays",
     "Photometry",
     "FilterCurve",
     "StellarTemplate",
@@ -166,32 +165,6 @@ def spectrum_variance(spectrum):
         f"uncertainty of type {type(unc).__name__} is not supported; use "
         "VarianceUncertainty, StdDevUncertainty or InverseVariance."
     )
-
-
-def spectrum_arrays(spectrum, mask_regions=None, name="spectrum"):
-    """Plain arrays of a spectrum for numerical work.
-
-    Returns
-    -------
-    wavelength, flux, variance, good : ndarray
-        Wavelengths (Å), flux and variance values (variance None when the
-        spectrum has none), and the usable pixels: not masked, finite flux,
-        finite positive variance, outside ``mask_regions`` ((n, 2) Å or a
-        mask name, see `kspec_fluxcal.masks.load_mask_array`).
-    """
-    from .masks import load_mask_array
-
-    spec = validate_spectrum(spectrum, name)
-    wave = spec.spectral_axis.to_value(u.AA)
-    flux = np.asarray(spec.flux.value, dtype=float)
-    var_q = spectrum_variance(spec)
-    var = None if var_q is None else np.asarray(var_q.value, dtype=float)
-    good = ~np.asarray(spec.mask, dtype=bool) & np.isfinite(flux)
-    if var is not None:
-        good &= np.isfinite(var) & (var > 0)
-    if mask_regions is not None:
-        good &= ~load_mask_array(wave, mask_regions)
-    return wave, flux, var, good
 
 
 @dataclass
@@ -502,7 +475,7 @@ class CalibrationVector:
         if self.smooth_factor is not None:
             table["SMOOTH_FACTOR"] = self.smooth_factor
             table["SMOOTH_VARIANCE"] = self.smooth_variance
-        table.meta["CALMETA"] = json.dumps(_jsonable(self.meta))
+        table.meta["CALMETA"] = json.dumps(jsonable(self.meta))
         return table
 
     @classmethod
@@ -522,16 +495,16 @@ class CalibrationVector:
         )
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Convert numpy scalars/arrays and Quantities inside ``obj`` for JSON."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, u.Quantity):
-        return {"value": _jsonable(obj.value), "unit": obj.unit.to_string()}
+        return {"value": jsonable(obj.value), "unit": obj.unit.to_string()}
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -589,7 +562,7 @@ class FluxCalibrationResult:
             hdu.name = "FCALVEC"
             hdu.ver = i + 1
             hdus.append(hdu)
-        summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(_jsonable(self.summary))]}))
+        summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(jsonable(self.summary))]}))
         summary.name = "FCALSUM"
         hdus.append(summary)
         return hdus

@@ -20,13 +20,16 @@ import logging
 
 import numpy as np
 from astropy import units as u
+from astropy.stats import mad_std, sigma_clip
 from numpy.polynomial import legendre
 from scipy import ndimage, sparse
-from scipy.interpolate import BSpline
 from specutils import Spectrum
 
-from .containers import make_spectrum, spectrum_arrays, spectrum_variance, validate_spectrum
+from .containers import make_spectrum, spectrum_variance, validate_spectrum
 from .exceptions import InputDataError
+from .masks import spectrum_arrays
+from .splines import bspline_basis, interior_knots, normal_covariance
+from .stats import MEDIAN_VARIANCE_FACTOR
 
 __all__ = [
     "fit_continuum",
@@ -38,8 +41,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAD_TO_SIGMA = 1.4826
 _METHODS = ("bspline", "polynomial", "running_median")
+
+
+def _zero(data, axis=None):
+    """Centre of the clipping: the residuals are measured from the continuum itself."""
+    return 0.0
 
 
 def _angstrom(value, name):
@@ -55,36 +62,6 @@ def _angstrom(value, name):
     return value
 
 
-def _interior_knots(x, good, spacing, order):
-    """Interior knots about every ``spacing`` Å, skipping spans without data.
-
-    A knot is kept only when at least ``order + 1`` good pixels lie between it
-    and the previous kept knot (and the last span to the end of the axis has as
-    many), so every B-spline has data under it (Schoenberg–Whitney).
-    """
-    n_int = max(int(round((x[-1] - x[0]) / spacing)) - 1, 0)
-    candidates = np.linspace(x[0], x[-1], n_int + 2)[1:-1]
-    x_good = x[good]
-    cum = np.searchsorted(x_good, candidates)
-    n_good = x_good.size
-    need = order + 1
-    kept, prev = [], 0
-    for knot, count in zip(candidates, cum):
-        if count - prev >= need:
-            kept.append(knot)
-            prev = count
-    while kept and n_good - prev < need:
-        kept.pop()
-        prev = int(np.searchsorted(x_good, kept[-1])) if kept else 0
-    return np.asarray(kept)
-
-
-def _bspline_basis(x, interior, order):
-    """Sparse (n_pix, n_coef) B-spline design matrix with clamped end knots at the axis ends."""
-    t = np.concatenate([np.full(order + 1, x[0]), interior, np.full(order + 1, x[-1])])
-    return sparse.csr_array(BSpline.design_matrix(x, t, order))
-
-
 def _legendre_basis(x, degree):
     """Sparse-wrapped Legendre design matrix on the axis mapped to [-1, 1]."""
     z = 2.0 * (x - x[0]) / (x[-1] - x[0]) - 1.0
@@ -92,24 +69,15 @@ def _legendre_basis(x, degree):
 
 
 def _weighted_lsq(basis, w):
-    """Normal-equation factors of a weighted linear least-squares fit.
-
-    Returns ``(cov, bw)``: ``cov = (BᵀWB)⁻¹`` (the coefficient covariance when
-    ``w`` are inverse variances) and ``bw = WB`` (sparse), so that the
-    coefficients of data ``y`` are ``cov @ (bw.T @ y)``.
-    """
-    bw = sparse.diags_array(w) @ basis
-    normal = (basis.T @ bw).toarray()
+    """(BᵀWB)⁻¹ and WB of a weighted linear fit; a singular system is an `InputDataError` that says what to do."""
     try:
-        np.linalg.cholesky(normal)  # raises unless positive definite
+        return normal_covariance(basis, w)
     except np.linalg.LinAlgError as exc:
         raise InputDataError(
             f"the continuum fit is singular: {basis.shape[1]} coefficients but only "
             f"{np.count_nonzero(w)} usable pixels in places; increase knot_spacing (or lower "
             "degree) or unmask more pixels."
         ) from exc
-    cov = np.linalg.inv(normal)
-    return cov, bw
 
 
 def _linear_fit(basis, y, w, scale_by_residuals):
@@ -139,11 +107,11 @@ def _running_median(x, y, var, used, window):
     size += 1 - size % 2
     med = ndimage.median_filter(ys, size=size, mode="nearest")
     if var is None:
-        vs = np.full(xs.size, (_MAD_TO_SIGMA * np.median(np.abs(ys - med))) ** 2)
+        vs = np.full(xs.size, mad_std(ys - med) ** 2)
     else:
         vs = var[used]
     mean_var = ndimage.uniform_filter1d(vs, size=size, mode="nearest")
-    return np.interp(x, xs, med), np.interp(x, xs, 0.5 * np.pi * mean_var / size)
+    return np.interp(x, xs, med), np.interp(x, xs, MEDIAN_VARIANCE_FACTOR * mean_var / size)
 
 
 def fit_continuum(
@@ -230,9 +198,9 @@ def fit_continuum(
     n_iter = 0
     while True:
         if method == "bspline":
-            interior = _interior_knots(x, used, spacing, degree)
+            interior = interior_knots([x[used]], x[0], x[-1], spacing, degree + 1)
             if "knots" not in extra or not np.array_equal(interior, extra["knots"].value):
-                basis = _bspline_basis(x, interior, degree)
+                basis = bspline_basis(x, interior, degree)
                 extra["knots"] = interior * u.AA
         if method == "running_median":
             cont, cvar = _running_median(x, y, var, used, width)
@@ -241,10 +209,11 @@ def fit_continuum(
         if n_iter >= max_iter:
             break
         resid = (y - cont) / sigma
-        scale = _MAD_TO_SIGMA * np.median(np.abs(resid[used] - np.median(resid[used])))
-        if not scale > 0:
+        _, low, high = sigma_clip(resid[used], sigma_lower=lower_sigma, sigma_upper=upper_sigma, maxiters=1,
+                                  cenfunc=_zero, stdfunc="mad_std", return_bounds=True)
+        if not high > 0:
             break
-        new_used = good & (resid > -lower_sigma * scale) & (resid < upper_sigma * scale)
+        new_used = good & (resid > low) & (resid < high)
         if np.array_equal(new_used, used) or np.count_nonzero(new_used) < min_good:
             break
         used = new_used
@@ -429,8 +398,8 @@ def smoothing_operator(wavelength, knot_spacing=150 * u.AA, weights=None, degree
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
     if w.shape != x.shape or np.any(~np.isfinite(w)) or np.any(w < 0):
         raise InputDataError("weights must be finite, non-negative and have one value per pixel.")
-    interior = _interior_knots(x, w > 0, _angstrom(knot_spacing, "knot_spacing"), degree)
-    basis = _bspline_basis(x, interior, degree)
+    interior = interior_knots([x[w > 0]], x[0], x[-1], _angstrom(knot_spacing, "knot_spacing"), degree + 1)
+    basis = bspline_basis(x, interior, degree)
     cov, bw = _weighted_lsq(basis, w)
     projector = np.asarray((bw @ cov).T)
     return SmoothingOperator(x, basis, projector, interior)

@@ -10,8 +10,9 @@ fetches the 520-model subgrid used by kspec_fluxcal (Teff 5000–8000 K in
 beside the metallicity folders (``<dest>/r<R>/bosz2024_wave_r<R>.txt``).
 
 Downloads run concurrently, are retried with exponential back-off on
-transient failures and are written atomically (``name.part`` then
-``os.replace``), so an interrupted run never leaves a truncated model behind.
+transient failures and are written atomically
+(`kspec_fluxcal.io.atomic.atomic_output`), so an interrupted run never leaves
+a truncated model behind.
 
 Run it as ``python -m kspec_fluxcal.download_bosz --dest data/bosz2024``.
 """
@@ -19,7 +20,6 @@ Run it as ``python -m kspec_fluxcal.download_bosz --dest data/bosz2024``.
 import argparse
 import http.client
 import logging
-import os
 import sys
 import time
 import urllib.error
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .exceptions import DownloadError, InputDataError
+from .io.atomic import atomic_output
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -403,22 +404,21 @@ _TRANSIENT = (
 )
 
 
-def _fetch_once(url, target, part, timeout):
-    """Stream one URL into ``part`` and move it onto ``target``."""
+def _fetch_once(url, target, timeout):
+    """Stream one URL into ``target`` atomically (a truncated body leaves nothing behind)."""
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     received = 0
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response, atomic_output(target) as part:
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
         with open(part, "wb") as handle:
             while chunk := response.read(_CHUNK):
                 handle.write(chunk)
                 received += len(chunk)
-    if expected is not None and received != expected:
-        raise _TruncatedBody(f"received {received} of {expected} bytes")
-    if received == 0:
-        raise _TruncatedBody("the server sent an empty body")
-    os.replace(part, target)
+        if expected is not None and received != expected:
+            raise _TruncatedBody(f"received {received} of {expected} bytes")
+        if received == 0:
+            raise _TruncatedBody("the server sent an empty body")
 
 
 def _download_one(urls, target, retries, backoff, timeout):
@@ -428,7 +428,6 @@ def _download_one(urls, target, retries, backoff, timeout):
     404/410 and `_FetchFailed` for any other failure (after the retries when
     the failure is transient).
     """
-    part = target.with_name(target.name + ".part")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -437,7 +436,7 @@ def _download_one(urls, target, retries, backoff, timeout):
     for url in urls:
         for attempt in range(retries + 1):
             try:
-                _fetch_once(url, target, part, timeout)
+                _fetch_once(url, target, timeout)
                 return
             except urllib.error.HTTPError as exc:
                 exc.close()
@@ -451,8 +450,6 @@ def _download_one(urls, target, retries, backoff, timeout):
                 error = exc
             except OSError as exc:
                 raise _FetchFailed(f"cannot write {target}: {exc}") from exc
-            finally:
-                part.unlink(missing_ok=True)
             if attempt < retries:
                 delay = backoff * 2**attempt
                 log.debug("%s: %s; retrying in %.2f s", url, error, delay)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 
-from .containers import as_wavelength, validate_spectrum
+from .containers import make_spectrum, spectrum_variance, validate_spectrum
+from .wavelength import as_wavelength
 from .exceptions import InputDataError
 
 __all__ = [
@@ -166,8 +167,6 @@ def apply_mask_regions(spectrum, regions):
     `~specutils.Spectrum`
         Same flux, uncertainty and meta; mask = old mask OR regions.
     """
-    from .containers import make_spectrum, spectrum_variance
-
     spectrum = validate_spectrum(spectrum)
     wave = spectrum.spectral_axis.to_value(u.AA)
     mask = np.asarray(spectrum.mask, dtype=bool) | load_mask_array(wave, regions)
@@ -201,3 +200,27 @@ def mask_coverage_fraction(wavelength, regions):
     arr = combine_regions(regions).to_value(u.AA)
     covered = np.clip(arr[:, 1], lo, hi) - np.clip(arr[:, 0], lo, hi)
     return float(np.sum(covered) / (hi - lo))
+
+
+def spectrum_arrays(spectrum, mask_regions=None, name="spectrum"):
+    """Plain arrays of a spectrum for numerical work.
+
+    Returns
+    -------
+    wavelength, flux, variance, good : ndarray
+        Wavelengths (Å), flux and variance values (variance None when the
+        spectrum has none), and the usable pixels: not masked, finite flux,
+        finite positive variance, outside ``mask_regions`` ((n, 2) Å or a
+        mask name, see `load_mask_array`).
+    """
+    spec = validate_spectrum(spectrum, name)
+    wave = spec.spectral_axis.to_value(u.AA)
+    flux = np.asarray(spec.flux.value, dtype=float)
+    var_q = spectrum_variance(spec)
+    var = None if var_q is None else np.asarray(var_q.value, dtype=float)
+    good = ~np.asarray(spec.mask, dtype=bool) & np.isfinite(flux)
+    if var is not None:
+        good &= np.isfinite(var) & (var > 0)
+    if mask_regions is not None:
+        good &= ~load_mask_array(wave, mask_regions)
+    return wave, flux, var, good

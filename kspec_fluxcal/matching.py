@@ -50,13 +50,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 from astropy.constants import c as _speed_of_light
+from astropy.stats import mad_std
 from scipy import fft as sfft
 from scipy.interpolate import make_interp_spline
 from specutils import Spectrum
 
-from .containers import FLAM, StellarTemplate, spectrum_arrays, validate_spectrum
+from .containers import FLAM, StellarTemplate, validate_spectrum
 from .continuum import smoothing_operator
 from .exceptions import InputDataError
+from .masks import spectrum_arrays
 
 __all__ = [
     "doppler_factor",
@@ -837,7 +839,7 @@ def _rest_frame_normalised(data, stars, rv):
         var_s = var / cont**2
     for i in np.flatnonzero(~np.any(np.isfinite(var_s) & ok, axis=1)):
         diff = np.diff(s[i, ok[i]])
-        sigma = max(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0), 1e-4)
+        sigma = max(mad_std(diff) / np.sqrt(2.0), 1e-4)
         var_s[i] = sigma**2
     ok &= np.isfinite(var_s) & (var_s > 0)
     w = np.where(ok, 1.0 / np.where(ok, var_s, 1.0), 0.0)

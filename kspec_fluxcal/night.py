@@ -26,17 +26,17 @@ nightly shape is that of the typical airmass of the night.
 """
 
 import logging
-import warnings
 
 import numpy as np
 from astropy import units as u
-from scipy.ndimage import uniform_filter1d
 
 from .apply import calibration_on_grid
-from .combine import MAD_TO_SIGMA, separate_gray_terms
-from .containers import FLAM, CalibrationVector, FluxCalibrationResult, _jsonable
+from .combine import separate_gray_terms
+from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
 from .exceptions import CalibrationError, InputDataError
 from .products import calibration_provenance, load_calibration
+from .stats import MAD_TO_SIGMA, MEDIAN_VARIANCE_FACTOR, combine_shapes
+from .wavelength import log_uniform_grid
 
 __all__ = ["combine_night", "rescale_nightly"]
 
@@ -98,9 +98,7 @@ def _night_grid(vectors):
         steps.append(np.median(np.diff(np.log(v.wavelength.value))))
     if not lo:
         raise CalibrationError("no exposure has a defined calibration; nothing to combine.")
-    step = float(np.median(steps))
-    n = int(np.ceil(np.log(max(hi) / min(lo)) / step)) + 1
-    return np.exp(np.linspace(np.log(min(lo)), np.log(max(hi)), n))
+    return log_uniform_grid(min(lo), max(hi), float(np.median(steps)), include_stop=True)
 
 
 def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51):
@@ -170,33 +168,21 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
     active = np.array([r is None for r in reasons])
     if not active.any():
         raise CalibrationError("no exposure has a defined calibration on the nightly grid; nothing to combine.")
-    with warnings.catch_warnings():
-        # pixels no exposure covers are all-NaN columns; they stay NaN and masked
-        warnings.simplefilter("ignore", RuntimeWarning)
-        gray, shape, active, outliers = separate_gray_terms(logc, active, outlier_sigma)
-        for i, dev, dev_med in outliers:
-            reasons[i] = (f"shape deviates from the other exposures: {100 * dev:.2f}% rms against a median "
-                          f"of {100 * dev_med:.2f}% (> {outlier_sigma:g} robust sigma)")
-            log.warning("exposure %d rejected: %s", i + 1, reasons[i])
-        return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
-                         outlier_sigma, smooth_window)
+    gray, shape, active, outliers = separate_gray_terms(logc, active, outlier_sigma)
+    for i, dev, dev_med in outliers:
+        reasons[i] = (f"shape deviates from the other exposures: {100 * dev:.2f}% rms against a median "
+                      f"of {100 * dev_med:.2f}% (> {outlier_sigma:g} robust sigma)")
+        log.warning("exposure %d rejected: %s", i + 1, reasons[i])
+    return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
+                     outlier_sigma, smooth_window)
 
 
 def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
               outlier_sigma, smooth_window):
     n_used = int(np.count_nonzero(active))
-    use = active[:, None] & np.isfinite(shape) & (lvar > 0)
-    n_at = use.sum(axis=0)
-    w = np.where(use, 1.0 / np.where(use, lvar, 1.0), 0.0)
-    wsum = w.sum(axis=0)
+    use = active[:, None] & np.isfinite(shape)
+    mean, var_shape, n_at = combine_shapes(shape, lvar, use, smooth_window=max(int(smooth_window), 1))
     defined = n_at > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.sum(w * np.where(use, shape, 0.0), axis=0) / wsum
-        formal = 1.0 / wsum
-        resid2 = np.where(use, (shape - mean) ** 2, 0.0)
-        empirical = np.sum(w * resid2, axis=0) / wsum / np.maximum(n_at - 1, 1)
-    empirical = uniform_filter1d(np.where(defined, empirical, 0.0), max(int(smooth_window), 1), mode="nearest")
-    var_shape = np.where(n_at >= 3, np.maximum(formal, empirical), formal)
 
     used_gray = gray[active]
     level = float(np.median(used_gray))
@@ -206,7 +192,7 @@ def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, s
         gray_scatter = float(np.std(used_gray, ddof=1))
     else:
         gray_scatter = 0.0
-    level_error2 = (1.2533**2 if n_used > 2 else 1.0) * gray_scatter**2 / n_used
+    level_error2 = (MEDIAN_VARIANCE_FACTOR if n_used > 2 else 1.0) * gray_scatter**2 / n_used
     level_variance = gray_scatter**2 + level_error2
 
     factor = np.exp(mean + level)
@@ -240,7 +226,7 @@ def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, s
     rms = float(np.sqrt(np.nanmean(used_res**2))) if n_used > 1 else np.nan
     provenance = calibration_provenance(kind="night", options={"outlier_sigma": outlier_sigma,
                                                                "smooth_window": smooth_window})
-    exposures = [_jsonable(r.summary.get("provenance") or {}) for r in results]
+    exposures = [jsonable(r.summary.get("provenance") or {}) for r in results]
     fingerprints = sorted({str(p.get("template_fingerprint")) for p in exposures if p.get("template_fingerprint")})
     libraries = sorted({str(p.get("template_library")) for p in exposures if p.get("template_library")})
     dates = sorted(str(p["date_obs"]) for p in exposures if p.get("date_obs"))

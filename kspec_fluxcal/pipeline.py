@@ -9,7 +9,6 @@ failure the input is untouched and nothing partial is left.
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,13 +32,14 @@ from .exceptions import (
     OutputWriteError,
     RedFileError,
 )
+from .io.atomic import atomic_output
+from .io.header import set_card, update_calibration_header
 from .products import (
     calibration_for_frame,
     calibration_provenance,
     file_sha256,
     header_exptime,
     load_calibration,
-    set_card,
 )
 from .products import save_calibration as _save_product
 
@@ -312,7 +312,12 @@ def log_wavelength_grid(wave2d):
     return np.exp(np.linspace(np.log(lo), np.log(hi), n))
 
 
-def _instrument_fwhm(config, header):
+def instrument_fwhm(config, header):
+    """(FWHM in Å or None, FWHM polynomial coefficients or None) of a frame: ``config.fwhm``, else the header.
+
+    The header's ``SPECFWHM`` (Å) or ``FWHMPC0``, ``FWHMPC1`` … (FWHM(λ) = Σ c_k λ^k, Å).
+    Raises `~kspec_fluxcal.InputDataError` when neither is known.
+    """
     if config.fwhm is not None:
         return config.fwhm, None
     poly = []
@@ -327,7 +332,8 @@ def _instrument_fwhm(config, header):
     return (float(fwhm) if fwhm is not None else None), (poly or None)
 
 
-def _resolve_templates(config):
+def resolve_template_library(config):
+    """The `~kspec_fluxcal.templates.TemplateLibrary` of ``config.templates``, else $KSPEC_FLUXCAL_TEMPLATES, else data/bosz2024."""
     from .templates import TemplateLibrary
 
     folder = config.templates or os.environ.get(TEMPLATES_ENV) or Path("data") / "bosz2024"
@@ -422,13 +428,7 @@ def _history(result):
 
 def _output_hdulist(frame, flux, flux_var, result, config, origin):
     header = frame.header.copy()
-    header["BUNIT"] = "erg / (Angstrom s cm2)"
-    header["FLUXCAL"] = (True, "flux calibrated by kspec_fluxcal")
-    header["FCALNSTR"] = (int(result.summary["n_stars_used"]), "standard stars used")
-    rms = result.summary.get("rms_scatter")
-    header["FCALRMS"] = (float(rms) if rms is not None and np.isfinite(rms) else -1.0,
-                         "rms scatter between standards (-1: one)")
-    header["FCALFORM"] = (result.summary.get("representation", "pixel"), "form of the applied vector")
+    update_calibration_header(header, result)
     header["FCALVER"] = (__version__, "kspec_fluxcal version")
     provenance = result.summary.get("provenance") or {}
     for key in ("FCALSRC", "FCALNOWN", "FCALGRAY"):  # left by an earlier (forced) run
@@ -467,21 +467,14 @@ def _write_atomic(hdus, target):
     `~kspec_fluxcal.OutputWriteError`.
     """
     target = Path(target)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
-        fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
-        os.replace(tmp, target)
-        tmp = None
+        with atomic_output(target) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
     except OSError as exc:
         raise OutputWriteError(
             f"cannot write {target}: {exc.strerror or exc}; check that its folder exists, is writable and has "
             "free space (nothing was written; the input is unchanged)."
         ) from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _derive(red_filename, frame, config, grid):
@@ -492,8 +485,8 @@ def _derive(red_filename, frame, config, grid):
     if config.catalog is None:
         raise InputDataError("no standard-star catalogue given; pass --catalog CAT.csv (or --calibration FILE).")
     catalog = load_standard_star_catalog(config.catalog)
-    fwhm, poly = _instrument_fwhm(config, frame.header)
-    library = _resolve_templates(config)
+    fwhm, poly = instrument_fwhm(config, frame.header)
+    library = resolve_template_library(config)
     origin = {"template_library": Path(library.path).name, "template_fingerprint": library.fingerprint}
     try:
         stars, rejected = _standards(frame, catalog, config)

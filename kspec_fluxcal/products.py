@@ -26,8 +26,6 @@ when complete.
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -38,8 +36,10 @@ from astropy.table import Table
 from astropy.time import Time
 
 from . import __version__
-from .containers import FLAM, CalibrationVector, FluxCalibrationResult, _jsonable
+from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
 from .exceptions import InputDataError
+from .io.atomic import atomic_output
+from .io.header import set_card, write_summary_cards
 
 __all__ = [
     "PROVENANCE_KEYWORDS",
@@ -47,7 +47,6 @@ __all__ = [
     "file_sha256",
     "header_exptime",
     "calibration_provenance",
-    "set_card",
     "save_calibration",
     "load_calibration",
     "calibration_for_frame",
@@ -138,19 +137,8 @@ def calibration_provenance(red_file=None, header=None, red_sha256=None, template
         "exptime": header_exptime(header),
         "template_library": template_library,
         "template_fingerprint": template_fingerprint,
-        "options": _jsonable(options or {}),
+        "options": jsonable(options or {}),
     }
-
-
-def set_card(header, key, value, comment=""):
-    """Set ``header[key]``, shortening (or dropping) the comment so the card fits in 80 characters.
-
-    Strings longer than 68 characters become long-string (``CONTINUE``) cards.
-    """
-    if isinstance(value, str) and len(value) <= 68:
-        room = 80 - 10 - max(len(value.replace("'", "''")) + 2, 20) - 3
-        comment = comment[:room] if room > 0 else ""
-    header[key] = (value, comment)
 
 
 def _is_fits(path):
@@ -161,7 +149,7 @@ def _is_fits(path):
 def _with_provenance(result, provenance):
     summary = dict(result.summary)
     if provenance is not None:
-        summary["provenance"] = _jsonable(provenance)
+        summary["provenance"] = jsonable(provenance)
     return FluxCalibrationResult(result.combined_vector, list(result.per_star_vectors),
                                  list(result.per_star_residuals), summary)
 
@@ -174,20 +162,10 @@ def _product_hdulist(result):
         value = prov.get(name)
         if value is not None:
             set_card(header, key, value, comment)
-    header["FCALNSTR"] = (int(result.summary.get("n_stars_used", 0)), "standard stars used")
-    rms = result.summary.get("rms_scatter")
-    header["FCALRMS"] = (float(rms) if rms is not None and np.isfinite(rms) else -1.0,
-                         "rms scatter between standards (-1: one)")
+    write_summary_cards(header, result.summary)
     header["FCALUNIT"] = (result.combined_vector.unit.to_string(), "unit of the calibration factor")
     header["COMMENT"] = "kspec_fluxcal calibration product; FCALSUM holds the summary and provenance (JSON)"
     return hdus
-
-
-def _atomic_target(path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    return Path(tmp)
 
 
 def save_calibration(result, path, provenance=None, overwrite=False):
@@ -229,20 +207,15 @@ def save_calibration(result, path, provenance=None, overwrite=False):
     if path.exists() and not overwrite:
         raise InputDataError(f"calibration product {path} exists already; remove it or allow overwriting.")
     result = _with_provenance(result, provenance)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_output(path) as tmp:
         if ecsv:
             table = result.combined_vector.to_table()
-            table.meta["SUMMARY"] = json.dumps(_jsonable(result.summary))
+            table.meta["SUMMARY"] = json.dumps(jsonable(result.summary))
             table.meta["comments"] = ["kspec_fluxcal calibration product (combined vector); "
                                       "SUMMARY holds the summary and provenance (JSON)"]
             table.write(tmp, format="ascii.ecsv", overwrite=True)
         else:
             _product_hdulist(result).writeto(tmp, overwrite=True, checksum=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("wrote the calibration product %s", path)
     return path
 

@@ -31,6 +31,7 @@ from .download_bosz import (
     wave_grid_filename,
 )
 from .exceptions import InputDataError
+from .io.atomic import write_bytes_atomic
 
 __all__ = [
     "SyntheticGrid",
@@ -430,15 +431,6 @@ def _format_table(columns, digits):
     return chars.T.tobytes()
 
 
-def _write_atomic(path, data):
-    part = path.with_name(path.name + ".part")
-    try:
-        part.write_bytes(data)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-
-
 _README = """SYNTHETIC stellar template grid -- NOT real BOSZ models
 =======================================================
 
@@ -571,7 +563,7 @@ def write_bosz_grid(
 
     wave = bosz_wave_grid(resolution, wave_range)
     wave_file = res_dir / wave_grid_filename(resolution)
-    _write_atomic(wave_file, _format_table([wave], 7))
+    write_bytes_atomic(wave_file, _format_table([wave], 7))
 
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
@@ -590,7 +582,7 @@ def write_bosz_grid(
             wave, p.teff, p.logg, p.feh, p.alpha_m, resolution=resolution
         )
         text = _format_table([flux / (4.0 * np.pi), continuum / (4.0 * np.pi)], 4)
-        _write_atomic(path, gzip.compress(text, compresslevel=1, mtime=0))
+        write_bytes_atomic(path, gzip.compress(text, compresslevel=1, mtime=0))
 
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         for future in [pool.submit(write_model, p, path) for p, path in zip(params, paths)]:
@@ -788,10 +780,11 @@ def _catalog_row(objid, ra, dec, mags_ab, rng, teff, sentinel_bands=()):
 
 def _band_mags(native_wave, flux):
     from .photometry import REGISTERED_BANDS, band_flux_matrix
+    from .photometry.ab import ab_mag_of_fnu_values
 
     names = [b for b in REGISTERED_BANDS if b in {v[0] for v in _REFCAT_BANDS.values()}]
     fnu = band_flux_matrix(native_wave, names) @ flux
-    return {n: -2.5 * np.log10(f / 3631e-23) for n, f in zip(names, fnu)}
+    return dict(zip(names, ab_mag_of_fnu_values(fnu)))
 
 
 def _red_hdulist(counts, variance, wave2d, types, names, ras, decs, mags, fwhm, fwhm_poly, bunit):

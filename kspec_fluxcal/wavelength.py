@@ -10,7 +10,14 @@ from astropy import units as u
 
 from .exceptions import InputDataError
 
-__all__ = ["as_wavelength", "vacuum_to_air", "air_to_vacuum", "log_uniform_grid", "common_log_grid"]
+__all__ = [
+    "as_wavelength",
+    "vacuum_to_air",
+    "air_to_vacuum",
+    "log_uniform_grid",
+    "common_log_grid",
+    "interpolate_masked",
+]
 
 
 def as_wavelength(value, name="wavelength"):
@@ -167,3 +174,42 @@ def common_log_grid(wavelengths):
     rows = [np.asarray(w, dtype=float) for w in wavelengths]
     step = float(np.median(np.concatenate([np.diff(np.log(w)) for w in rows])))
     return log_uniform_grid(min(w[0] for w in rows), max(w[-1] for w in rows), step, include_stop=True)
+
+
+def interpolate_masked(wave_out, wave_in, arrays, bad):
+    """Linear interpolation of masked samples onto other wavelengths.
+
+    Parameters
+    ----------
+    wave_out : array_like
+        Target wavelengths (Å), any shape.
+    wave_in : ndarray, shape (n,)
+        Increasing sample wavelengths (Å).
+    arrays : sequence of ndarray, shape (n,)
+        Values at ``wave_in``.
+    bad : ndarray of bool, shape (n,)
+        Bad samples (True = bad); non-finite values count as bad too.
+
+    Returns
+    -------
+    values : list of ndarray
+        The interpolated arrays, shaped as ``wave_out`` (meaningful where not ``out_bad``).
+    out_bad : ndarray of bool
+        Targets that touch a bad sample, lie outside ``wave_in`` or are not finite.
+
+    Examples
+    --------
+    >>> (y,), out_bad = interpolate_masked([1.5, 2.5, 4.0], np.array([1.0, 2.0, 3.0]),
+    ...                                    [np.array([1.0, 2.0, 3.0])], np.array([False, False, True]))
+    >>> y[0], out_bad.tolist()
+    (np.float64(1.5), [False, True, True])
+    """
+    wave_out = np.asarray(wave_out, dtype=float)
+    flat = wave_out.ravel()
+    arrays = [np.asarray(a, dtype=float) for a in arrays]
+    bad = np.asarray(bad, dtype=bool) | np.any([~np.isfinite(a) for a in arrays], axis=0)
+    with np.errstate(invalid="ignore"):
+        values = [np.interp(flat, wave_in, np.where(bad, 0.0, a)).reshape(wave_out.shape) for a in arrays]
+        out_bad = np.interp(flat, wave_in, bad.astype(float)) > 0
+    out_bad |= (flat < wave_in[0]) | (flat > wave_in[-1]) | ~np.isfinite(flat)
+    return values, out_bad.reshape(wave_out.shape)

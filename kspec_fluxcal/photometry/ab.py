@@ -77,6 +77,19 @@ def ab_mag_to_fnu(mag, mag_err=None):
     return fnu, 0.4 * math.log(10.0) * fnu * err
 
 
+def ab_mag_of_fnu_values(fnu):
+    """AB magnitudes of plain f_ν values in erg s⁻¹ cm⁻² Hz⁻¹ (NaN where f_ν ≤ 0), for hot loops.
+
+    Examples
+    --------
+    >>> print(f"{ab_mag_of_fnu_values(1e-23):.3f}")
+    8.900
+    """
+    f = np.asarray(fnu, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) - AB_ZERO_POINT, np.nan)
+
+
 def fnu_to_ab_mag(fnu, fnu_err=None):
     """f_ν → AB magnitude.
 
@@ -100,8 +113,8 @@ def fnu_to_ab_mag(fnu, fnu_err=None):
     8.900
     """
     f = _fnu_value(fnu, "fnu")
+    mag = ab_mag_of_fnu_values(f)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) - AB_ZERO_POINT, np.nan)
         if fnu_err is None:
             return mag * u.ABmag
         err = _fnu_value(fnu_err, "fnu_err")

@@ -1,0 +1,142 @@
+"""Weighted least-squares B-splines: one home for the knots, the basis and the normal equations.
+
+Used by the continuum fits (`kspec_fluxcal.continuum`), the smoother of the
+template matching and the smooth calibration vectors
+(`kspec_fluxcal.calibration`). Wavelengths in Å.
+"""
+
+import numpy as np
+from scipy import linalg, sparse
+from scipy.interpolate import BSpline
+
+__all__ = ["interior_knots", "bspline_basis", "normal_covariance", "fit_bspline_rows"]
+
+
+def interior_knots(x_used, lo, hi, spacing, min_points):
+    """Interior knots about every ``spacing`` between ``lo`` and ``hi``, each span holding data of every row.
+
+    Candidate knots divide [lo, hi] into round((hi − lo) / spacing) equal
+    spans; a knot is kept only when every row has at least ``min_points``
+    samples since the previous kept knot (and as many after the last one), so
+    every B-spline has data under it (Schoenberg–Whitney) and gaps (telluric
+    bands, masks) are bridged smoothly.
+
+    Parameters
+    ----------
+    x_used : sequence of ndarray
+        The increasing abscissae used, one array per row (star).
+    lo, hi : float
+        Ends of the spline's domain.
+    spacing : float
+        Requested knot spacing.
+    min_points : int
+        Fewest samples of every row between consecutive knots.
+
+    Examples
+    --------
+    >>> x = np.arange(0.0, 100.0)
+    >>> interior_knots([x], 0.0, 99.0, 25.0, 4).round(2).tolist()
+    [24.75, 49.5, 74.25]
+    >>> interior_knots([x[(x < 20) | (x > 80)]], 0.0, 99.0, 25.0, 4).round(2).tolist()  # a gap is bridged
+    [24.75]
+    """
+    n_int = max(int(round((hi - lo) / spacing)) - 1, 0)
+    interior = np.linspace(lo, hi, n_int + 2)[1:-1]
+    if not interior.size:
+        return interior
+    counts = np.min([np.searchsorted(x, interior) for x in x_used], axis=0)
+    keep, prev = [], 0
+    for k, count in enumerate(counts):
+        if count - prev >= min_points:
+            keep.append(k)
+            prev = count
+    interior = interior[keep]
+    while interior.size and min(np.count_nonzero(x > interior[-1]) for x in x_used) < min_points:
+        interior = interior[:-1]
+    return interior
+
+
+def bspline_basis(x, interior, degree, lo=None, hi=None):
+    """Sparse (n_x, n_coef) design matrix of B-splines clamped at ``lo`` and ``hi`` (default: the ends of ``x``).
+
+    ``x`` outside [lo, hi] is evaluated at the nearest end.
+    """
+    lo = x[0] if lo is None else lo
+    hi = x[-1] if hi is None else hi
+    knots = np.concatenate([np.full(degree + 1, lo), interior, np.full(degree + 1, hi)])
+    return sparse.csr_array(BSpline.design_matrix(np.clip(x, lo, hi), knots, degree))
+
+
+def normal_covariance(basis, w):
+    """(BᵀWB)⁻¹ of a weighted linear least-squares fit, by Cholesky factorisation.
+
+    Returns ``(cov, bw)`` with ``bw = WB`` (sparse), so that the coefficients
+    of data ``y`` are ``cov @ (bw.T @ y)``. Raises `numpy.linalg.LinAlgError`
+    when BᵀWB is not positive definite (too few weighted points under some
+    basis function).
+    """
+    bw = sparse.diags_array(w) @ basis
+    normal = (basis.T @ bw).toarray()
+    factor = linalg.cho_factor(normal)
+    return linalg.cho_solve(factor, np.eye(normal.shape[0])), bw
+
+
+def fit_bspline_rows(x, y, w, interior, degree, lo, hi, clip_sigma, max_iter):
+    """Clipped weighted least-squares B-spline coefficients for every row of ``y``, as one batch.
+
+    Each row's normal matrix is assembled from the band structure of the
+    basis (``degree + 1`` non-zeros a row) with one `numpy.bincount`, and the
+    systems are solved as one stack (a pseudo-inverse, so a row whose data
+    leave a coefficient unconstrained still gets the minimum-norm solution).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+        Abscissae shared by the rows.
+    y, w : ndarray, shape (n_row, n)
+        Values and weights (inverse variances; 0 = not used).
+    interior : ndarray
+        Interior knots (`interior_knots`); the spline is clamped at ``lo`` and ``hi``.
+    degree : int
+        Spline degree.
+    lo, hi : float
+        Ends of the domain.
+    clip_sigma : float
+        Symmetric iterative clipping (σ, with the weights as inverse variances).
+    max_iter : int
+        Most clipping iterations.
+
+    Returns
+    -------
+    cov : ndarray, shape (n_row, n_coef, n_coef)
+        Coefficient covariances.
+    coef : ndarray, shape (n_row, n_coef)
+    chi2_red : ndarray, shape (n_row,)
+        Reduced χ² of the kept points.
+    """
+    basis = bspline_basis(x, interior, degree, lo, hi)
+    n_coef = basis.shape[1]
+    cols = basis.indices.reshape(x.size, degree + 1)
+    vals = basis.data.reshape(x.size, degree + 1)
+    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
+    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
+    n_row = y.shape[0]
+    index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
+    good = w > 0
+    use = good.copy()
+    for _ in range(max_iter):
+        wu = np.where(use, w, 0.0)
+        normal = np.bincount(index, weights=(wu[:, :, None] * pair[None]).ravel(),
+                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
+        rhs = (basis.T @ (wu * y).T).T
+        scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
+        cov = np.linalg.pinv(normal + 1e-12 * scale * np.eye(n_coef))
+        coef = np.einsum("sij,sj->si", cov, rhs)
+        resid = y - (basis @ coef.T).T
+        new_use = good & (np.abs(resid) * np.sqrt(w) < clip_sigma)
+        if np.array_equal(new_use, use):
+            break
+        use = new_use
+    ndof = np.maximum(np.count_nonzero(use, axis=1) - n_coef, 1)
+    chi2_red = np.sum(np.where(use, resid**2 * w, 0.0), axis=1) / ndof
+    return cov, coef, chi2_red
