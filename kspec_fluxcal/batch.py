@@ -45,7 +45,7 @@ from astropy.table import Table
 
 from .cache import cache_dir
 from .exceptions import InputDataError, KspecFluxcalError
-from .pipeline import FluxcalConfig, instrument_fwhm, resolve_template_library, read_red_frame
+from .pipeline import FluxcalConfig, instrument_fwhm, read_red_frame, resolve_template_library
 
 __all__ = ["CATALOG_PATTERNS", "WORKER_ENV", "BatchRecord", "find_catalog", "dask_client", "calibrate_batch",
            "summary_table"]

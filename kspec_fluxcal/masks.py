@@ -14,8 +14,8 @@ import numpy as np
 from astropy import units as u
 
 from .containers import make_spectrum, spectrum_variance, validate_spectrum
-from .wavelength import as_wavelength
 from .exceptions import InputDataError
+from .wavelength import as_wavelength
 
 __all__ = [
     "load_mask_regions",

@@ -333,7 +333,7 @@ def instrument_fwhm(config, header):
 
 
 def resolve_template_library(config):
-    """The `~kspec_fluxcal.templates.TemplateLibrary` of ``config.templates``, else $KSPEC_FLUXCAL_TEMPLATES, else data/bosz2024."""
+    """The template library of ``config.templates``, else of $KSPEC_FLUXCAL_TEMPLATES, else of data/bosz2024."""
     from .templates import TemplateLibrary
 
     folder = config.templates or os.environ.get(TEMPLATES_ENV) or Path("data") / "bosz2024"
