@@ -33,9 +33,10 @@ from kspec_fluxcal.apply import apply_flux_calibration
 from kspec_fluxcal.catalog import load_standard_star_catalog, match_catalog_to_fibers, photometry_from_catalog_row
 from kspec_fluxcal.containers import make_spectrum
 from kspec_fluxcal.engine import StandardStar, derive_flux_calibration
-from kspec_fluxcal.pipeline import log_wavelength_grid, read_red_frame
+from kspec_fluxcal.pipeline import read_red_frame
 from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
+from kspec_fluxcal.wavelength import common_log_grid
 
 
 def _standards(frame, catalog):
@@ -66,7 +67,7 @@ def main():
     frame = read_red_frame(red)
     catalog = load_standard_star_catalog(cat)
     stars = _standards(frame, catalog)
-    common = log_wavelength_grid(frame.wavelength) * u.AA
+    common = common_log_grid(frame.wavelength) * u.AA
     rng = np.random.default_rng(0)
     rows = rng.integers(0, frame.counts.shape[0], args.fibers)
     counts = frame.counts[rows] * u.ct

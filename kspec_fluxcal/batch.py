@@ -42,10 +42,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .cache import cache_dir
 from .exceptions import InputDataError, KspecFluxcalError
 from .pipeline import FluxcalConfig, instrument_fwhm, read_red_frame, resolve_template_library
+from .wavelength import log_uniform_grid
 
 __all__ = ["CATALOG_PATTERNS", "WORKER_ENV", "BatchRecord", "find_catalog", "dask_client", "calibrate_batch",
            "summary_table"]
@@ -166,7 +168,8 @@ def _setup(red_file, config):
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the task reads it again and reports what is wrong
+            # the task reads the file again and reports what is wrong with it
+            warnings.simplefilter("ignore", AstropyUserWarning)
             frame = read_red_frame(red_file)
         fwhm, poly = instrument_fwhm(config, frame.header)
     except (OSError, ValueError, KspecFluxcalError):
@@ -184,8 +187,7 @@ def _grid_specs(setups):
         group = [s for s in setups if s is not None and s[0] == key]
         lo, hi = min(s[1] for s in group), max(s[2] for s in group)
         step = float(np.median([s[3] for s in group]))
-        n = int(np.ceil((hi - lo) / step)) + 1
-        specs[key] = np.exp(np.linspace(lo, hi, n))
+        specs[key] = log_uniform_grid(np.exp(lo), np.exp(hi), step, include_stop=True)
     return specs
 
 

@@ -88,7 +88,7 @@ def _gate(meta, gates):
     return None
 
 
-def _stack(vectors, smooth):
+def _log_vectors(vectors, smooth):
     """ln(Cal) and its variance as (n_star, n_pix) arrays on the common grid."""
     wave = vectors[0].wavelength
     unit = vectors[0].unit
@@ -168,7 +168,7 @@ def combine_calibration_vectors(
         representation = "smooth" if all(v.smooth_factor is not None for v in vectors) else "pixel"
     if representation not in ("smooth", "pixel"):
         raise InputDataError(f"representation must be 'smooth' or 'pixel'; got {representation!r}.")
-    wave, unit, logc, lvar = _stack(vectors, representation == "smooth")
+    wave, unit, logc, lvar = _log_vectors(vectors, representation == "smooth")
     reasons = [_gate(v.meta, gates) for v in vectors]
     active = np.array([r is None for r in reasons])
     if not active.any():

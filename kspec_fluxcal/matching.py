@@ -59,6 +59,7 @@ from .containers import FLAM, StellarTemplate, validate_spectrum
 from .continuum import smoothing_operator
 from .exceptions import InputDataError
 from .masks import spectrum_arrays
+from .wavelength import log_uniform_grid
 
 __all__ = [
     "doppler_factor",
@@ -100,11 +101,11 @@ def _velocity(value, name):
 
 
 def _doppler_kms(v_kms):
-    """Optical-convention Doppler factor of velocities in km/s."""
+    """Optical-convention Doppler factor λ_obs/λ_rest of velocities in km/s (`astropy.units.doppler_optical`)."""
     v = np.asarray(v_kms, dtype=float)
     if np.any(v <= -C_KMS):
         raise InputDataError(f"velocities must exceed -c; got a minimum of {v.min():.1f} km/s.")
-    return 1.0 + v / C_KMS
+    return (v * _KMS).to_value(u.AA, equivalencies=u.doppler_optical(1.0 * u.AA))
 
 
 def doppler_factor(rv):
@@ -190,7 +191,7 @@ def _resample(wave, flux, var, good, target, cubic=False):
     return filled, tvar, tgood
 
 
-def _taper(good):
+def _cosine_taper(good):
     """Cosine taper over the first and last 5 % of each row's good range (zero outside)."""
     n = good.shape[1]
     i0 = np.argmax(good, axis=1)
@@ -211,7 +212,7 @@ def _ccf_rows(flux, var, good, op):
             ivar = np.where(ok, cont**2 / var, 0.0)
             med = np.array([np.median(r[o]) if o.any() else 1.0 for r, o in zip(ivar, ok)])
             rows *= np.sqrt(ivar / med[:, None])
-    return rows * _taper(ok), ok
+    return rows * _cosine_taper(ok), ok
 
 
 def _ccf_peaks(star_rows, tmpl_rows, lnstep, rv_lo, rv_hi, n_native):
@@ -263,12 +264,6 @@ def _ccf_peaks(star_rows, tmpl_rows, lnstep, rv_lo, rv_hi, n_native):
     rv_err = np.where((curv < 0) & (peak > 0), np.sqrt(np.maximum(err2, 0.0)), np.nan)
     velocity = C_KMS * (np.exp(lags * lnstep) - 1.0)
     return rv, rv_err, peak, at_edge, velocity, ccf
-
-
-def _log_grid(wmin, wmax, lnstep):
-    """Uniform ln λ grid (Å) from ``wmin`` to ``wmax`` with step ``lnstep``."""
-    n = int(np.floor(np.log(wmax / wmin) / lnstep)) + 1
-    return wmin * np.exp(lnstep * np.arange(n))
 
 
 def _default_spacing(wave, knot_spacing):
@@ -328,7 +323,7 @@ def cross_correlate_rv(
     wave, flux, var, good = _star_arrays(spectrum, mask_regions, "spectrum")
     twave, tflux = _template_arrays(template)
     lnstep = float(np.median(np.diff(np.log(wave)))) / float(oversample)
-    grid = _log_grid(wave[0], wave[-1], lnstep)
+    grid = log_uniform_grid(wave[0], wave[-1], lnstep)
     spacing = _default_spacing(wave, knot_spacing)
     op = smoothing_operator(grid, spacing * u.AA)
     sflux, svar, sgood = _resample(wave, flux, var, good, grid)
@@ -522,7 +517,7 @@ class _GridData:
         self.keys = keys
         # uniform ln-lambda grid for the cross-correlation
         self.lnstep = float(np.median(np.diff(np.log(self.wave)))) / float(oversample)
-        self.ccf_wave = _log_grid(self.wave[0], self.wave[-1], self.lnstep)
+        self.ccf_wave = log_uniform_grid(self.wave[0], self.wave[-1], self.lnstep)
         self.ccf_op = smoothing_operator(self.ccf_wave, self.spacing * u.AA)
         self._ccf_templates = {}
 
@@ -812,7 +807,7 @@ def _prepare_stars(spectra, data, mask_regions):
     return stars
 
 
-def _stack(rows):
+def _stack_resampled(rows):
     """Stack resampled (flux, var, good) rows; variance rows of stars without one are NaN."""
     flux = np.array([r[0] for r in rows])
     var = np.array([r[1] if r[1] is not None else np.full(flux.shape[1], np.nan) for r in rows])
@@ -831,7 +826,7 @@ def _rest_frame_normalised(data, stars, rv):
         _resample(wave, flux, var, good, data.wave * _doppler_kms(v), cubic=True)
         for (wave, flux, var, good, _), v in zip(stars, rv)
     ]
-    flux, var, good = _stack(rows)
+    flux, var, good = _stack_resampled(rows)
     cont = data.op(flux)
     ok = good & (cont > 0) & data.pix_good[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -915,7 +910,7 @@ def select_best_templates(
     n_native = np.array([st[4] for st in stars])
 
     # 1. RVs: one cross-correlation per star against a reference node
-    ln_rows = _stack([_resample(w, f, v, g, data.ccf_wave) for w, f, v, g, _ in stars])
+    ln_rows = _stack_resampled([_resample(w, f, v, g, data.ccf_wave) for w, f, v, g, _ in stars])
     has_var = np.any(np.isfinite(ln_rows[1]), axis=1)
     star_rows = np.empty_like(ln_rows[0])
     for sel in (has_var, ~has_var):

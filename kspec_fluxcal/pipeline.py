@@ -42,8 +42,9 @@ from .products import (
     load_calibration,
 )
 from .products import save_calibration as _save_product
+from .wavelength import common_log_grid
 
-__all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal", "log_wavelength_grid"]
+__all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal"]
 
 log = logging.getLogger(__name__)
 
@@ -304,14 +305,6 @@ def _image(hdu, name, path):
     return np.asarray(hdu.data, dtype=float)
 
 
-def log_wavelength_grid(wave2d):
-    """A common grid, uniform in ln λ, spanning every fiber with the median pixel size."""
-    lo, hi = np.min(wave2d[:, 0]), np.max(wave2d[:, -1])
-    step = np.median(np.diff(np.log(wave2d), axis=1))
-    n = int(np.ceil(np.log(hi / lo) / step)) + 1
-    return np.exp(np.linspace(np.log(lo), np.log(hi), n))
-
-
 def instrument_fwhm(config, header):
     """(FWHM in Å or None, FWHM polynomial coefficients or None) of a frame: ``config.fwhm``, else the header.
 
@@ -491,7 +484,7 @@ def _derive(red_filename, frame, config, grid):
     try:
         stars, rejected = _standards(frame, catalog, config)
         if grid is None:
-            common = log_wavelength_grid(frame.wavelength) * u.AA
+            common = common_log_grid(frame.wavelength) * u.AA
             grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
         origin["lsf"] = grid.meta.get("lsf", "")
         options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)

@@ -21,7 +21,7 @@ from astropy import units as u
 from scipy.signal import oaconvolve
 from scipy.special import expit
 
-from .download_bosz import (
+from .bosz import (
     BoszParameters,
     bosz_atmosphere,
     bosz_filename,
@@ -32,6 +32,7 @@ from .download_bosz import (
 )
 from .exceptions import InputDataError
 from .io.atomic import write_bytes_atomic
+from .wavelength import log_uniform_grid
 
 __all__ = [
     "SyntheticGrid",
@@ -155,7 +156,7 @@ def _continuum_shape(wavelength, teff, logg):
 @functools.lru_cache(maxsize=1)
 def _reference_grid():
     """Fine log-λ grid (Å) on which the continuum integral is evaluated."""
-    return np.exp(np.linspace(np.log(100.0), np.log(1.0e7), 20001))
+    return log_uniform_grid(100.0, 1.0e7, math.log(1.0e5) / 20000, include_stop=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -380,8 +381,7 @@ def bosz_wave_grid(resolution, wave_range=(500.0, 320000.0)):
     if not 0 < lo < hi:
         raise InputDataError(f"wave_range must be (min, max) with 0 < min < max in Å, got {wave_range!r}")
     step = math.log(640.0) / (15.0 * resolution)
-    n = int(math.ceil(math.log(hi / lo) / step - 1e-9))
-    return lo * np.exp(step * np.arange(n))
+    return log_uniform_grid(lo, hi * math.exp(-0.5 * step), step)
 
 
 def _format_e(values, digits, out):
@@ -538,7 +538,7 @@ def write_bosz_grid(
         ``r<R>/`` (the layout `kspec_fluxcal.download_bosz` produces);
         ``"flat"``: everything in ``dest``.
     subgrid : bool, optional
-        Write the 520-model BOSZ subgrid of `download_bosz.subgrid_parameters`.
+        Write the 520-model BOSZ subgrid of `kspec_fluxcal.bosz.subgrid_parameters`.
     workers : int, optional
         Number of threads computing and compressing models (default: up to
         4, the number of CPUs permitting). The files do not depend on it.

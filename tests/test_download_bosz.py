@@ -12,14 +12,8 @@ from collections import Counter
 import pytest
 
 from kspec_fluxcal import download_bosz
-from kspec_fluxcal.download_bosz import (
-    DownloadSummary,
-    bosz_filename,
-    download_subgrid,
-    main,
-    subgrid_models,
-    subgrid_urls,
-)
+from kspec_fluxcal.bosz import bosz_filename, subgrid_models
+from kspec_fluxcal.download_bosz import DownloadSummary, download_subgrid, main, subgrid_urls
 from kspec_fluxcal.exceptions import InputDataError
 
 NAME_RE = re.compile(

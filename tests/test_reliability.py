@@ -32,7 +32,6 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table, vstack
 
-from kspec_fluxcal import templates
 from kspec_fluxcal.cache import cache_dir, load_arrays, save_arrays
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.exceptions import (
@@ -45,9 +44,11 @@ from kspec_fluxcal.exceptions import (
     RedFileError,
     TemplateLibraryError,
 )
-from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, log_wavelength_grid, read_red_frame
+from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, read_red_frame
 from kspec_fluxcal.simulate import make_exposure, write_bosz_grid, write_refcat_csv
 from kspec_fluxcal.templates import TemplateLibrary
+from kspec_fluxcal.templates import prepared as prepared_grid
+from kspec_fluxcal.wavelength import common_log_grid
 
 # ---------------------------------------------------------------------------
 # the good frame
@@ -76,7 +77,7 @@ def good(tmp_path_factory, synthetic_grid_dir):
     run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, output=reference))
     assert run.result.summary["n_stars_used"] == 4
     library = TemplateLibrary(synthetic_grid_dir)
-    common = log_wavelength_grid(read_red_frame(red).wavelength)
+    common = common_log_grid(read_red_frame(red).wavelength)
     prepared = [
         entry for entry in cache_dir("prepared").iterdir()
         if (entry / "index.json").is_file()
@@ -375,7 +376,7 @@ def _private_cache(ws):
 
     The process's memo of prepared grids is emptied too, as in a new process.
     """
-    ws.monkeypatch.setattr(templates, "_PREPARED_MEMO", collections.OrderedDict())
+    ws.monkeypatch.setattr(prepared_grid, "_PREPARED_MEMO", collections.OrderedDict())
     root = ws.tmp / "cache"
     library = root / "templates" / ws.good.library_cache.name
     prepared = root / "prepared" / ws.good.prepared_cache.name

@@ -43,7 +43,7 @@ from kspec_fluxcal.containers import make_spectrum
 from kspec_fluxcal.demo import compact_grid_folder
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.matching import model_spectrum, select_best_template
-from kspec_fluxcal.pipeline import log_wavelength_grid
+from kspec_fluxcal.wavelength import common_log_grid
 from kspec_fluxcal.qc import plot_template_match
 from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
@@ -86,7 +86,7 @@ print(star.flux.unit, star.spectral_axis[[0, -1]], star.uncertainty.__class__.__
 # photometric scaling, in the next tutorial). The result is cached on disk: a
 # second run with the same set-up loads it in milliseconds.
 
-target = log_wavelength_grid(wave[None, :]) * u.AA  # uniform in ln λ, spanning the fiber
+target = common_log_grid(wave[None, :]) * u.AA  # uniform in ln λ, spanning the fiber
 grid = PreparedGrid.build(library, target, fwhm)
 print(grid)
 

@@ -15,14 +15,11 @@ from ..exceptions import InputDataError
 
 __all__ = ["ab_mag_to_fnu", "fnu_to_ab_mag", "ab_mag_to_flam"]
 
-
 C_AA_PER_S = 2.99792458e18
 """Speed of light in Å s⁻¹."""
 
-
 AB_ZERO_POINT = 48.60
 """m_AB = -2.5 log10(f_ν / erg s⁻¹ cm⁻² Hz⁻¹) - 48.60 (Oke & Gunn 1983)."""
-
 
 FNU = u.erg / (u.s * u.cm**2 * u.Hz)
 

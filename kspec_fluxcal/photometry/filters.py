@@ -42,14 +42,12 @@ GAIA_DR2_VEGA_TO_AB = {
     "RP": 25.1162 - 24.7627,  # ZP_AB 25.1162, ZP_Vega 24.7627 → +0.3535
 }
 
-
 GAIA_DR3_VEGA_TO_AB = {
     # Gaia (E)DR3 passbands: Riello et al. 2021, A&A 649, A3, Table 3 (zero points).
     "G": 25.8010 - 25.6874,  # → +0.1136
     "BP": 25.3540 - 25.3385,  # → +0.0155
     "RP": 25.1040 - 24.7479,  # → +0.3561
 }
-
 
 TWOMASS_VEGA_TO_AB = {
     # Blanton & Roweis 2007, AJ 133, 734, Table 1 (m_AB − m_Vega).
@@ -58,13 +56,11 @@ TWOMASS_VEGA_TO_AB = {
     "Ks": 1.85,
 }
 
-
 SDSS_AB_NOTE = (
     "SDSS magnitudes are close to AB; per the SDSS DR documentation (Fukugita et al. 1996 "
     "system) u_AB = u_SDSS − 0.04 and z_AB = z_SDSS + 0.02 — apply these to catalogue "
     "u and z yourself; the registry keeps system 'AB' with vega_to_ab = 0."
 )
-
 
 _FAMILIES = {
     # name prefix: (speclite group, bands, system, offsets, medium, source)
@@ -136,18 +132,15 @@ def _builtin_specs():
 
 _BUILTIN = _builtin_specs()
 
-
 REGISTERED_BANDS = tuple(_BUILTIN)
 """Names of the built-in bands: PS1 grizy, Gaia DR2 and DR3 G/BP/RP, 2MASS JHKs, SDSS ugriz."""
 
-
 _CUSTOM = {}
-
 
 _CURVES = {}
 
 
-def _taper(wave, trans, name):
+def _taper_band_edges(wave, trans, name):
     """Trim a transmission curve to its non-zero part with one zero point at each end."""
     wave = np.asarray(wave, dtype=float)
     trans = np.asarray(trans, dtype=float)
@@ -182,7 +175,7 @@ def _make_curve(name, wave_aa, trans, medium, system, vega_to_ab, source):
 
     if medium not in ("air", "vacuum"):
         raise InputDataError(f"filter '{name}': medium must be 'air' or 'vacuum'; got {medium!r}.")
-    wave_aa, trans = _taper(wave_aa, trans, name)
+    wave_aa, trans = _taper_band_edges(wave_aa, trans, name)
     if medium == "vacuum":
         wave_aa = vacuum_to_air(wave_aa * u.AA).to_value(u.AA)
     bandpass = SpectralElement(Empirical1D, points=wave_aa * u.AA, lookup_table=trans, fill_value=0.0)
@@ -368,7 +361,7 @@ def _element_arrays(bandpass):
             raise InputDataError("the bandpass has no tabulated wavelengths; sample it on a grid first.")
         wave = waveset.to_value(u.AA)
         trans = bandpass(waveset).value
-    wave, trans = _taper(wave, trans, "bandpass")
+    wave, trans = _taper_band_edges(wave, trans, "bandpass")
     return wave, trans, C_AA_PER_S * np.trapezoid(trans / wave, wave)
 
 

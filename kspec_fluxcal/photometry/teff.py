@@ -24,17 +24,13 @@ log = logging.getLogger(__name__)
 # valid for 0.39 ≤ C ≤ 1.50, dispersion 61 K.
 _MBM21_BPRP_DWARF = (0.4929, 0.5092, -0.0353, 0.0192, -0.0020, -0.0395)
 
-
 _MBM21_RANGE = (0.39, 1.50)
 
-
 _MBM21_SIGMA_K = 61.0
-
 
 # E(BP−RP) per unit E(B−V) for F/G stars: A_BP/A_V − A_RP/A_V ≈ 1.08 − 0.63 (Casagrande &
 # VandenBerg 2018, MNRAS 479, L102, for Teff ≈ 5500–6500 K) with A_V = 3.1 E(B−V) → ≈ 1.39.
 _EBPRP_PER_EBV = 1.39
-
 
 # DR2 versus (E)DR3 BP−RP differ by up to ≈0.02 mag for F/G stars (Riello et al. 2021, Sect. 8);
 # allowed for as an extra colour uncertainty when only DR2 colours are at hand.
@@ -150,7 +146,6 @@ def estimate_teff_from_color(photometry, method="bp_rp", ebv_max=0.1, feh_range=
 
 
 _G_R_TABLE = "teff_g_r_ps1_ck04.ecsv"
-
 
 _G_R_SIGMA_K = 100.0
 """Allowance (K, 1σ) for the model colours' systematic error against real dwarfs."""

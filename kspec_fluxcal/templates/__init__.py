@@ -11,7 +11,7 @@ In the order of the data flow:
 All wavelengths are in Å, in air.
 """
 
-from .formats import BoszModelName, parse_bosz_filename
+from ..bosz import BoszModelName, parse_bosz_filename
 from .library import PARAMETER_SCALES, TemplateLibrary
 from .lsf import TemplateResolutionWarning, lsf_operator, prepare_template
 from .prepared import DEFAULT_EBV_GRID, PreparedGrid

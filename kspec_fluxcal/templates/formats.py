@@ -8,7 +8,6 @@ import math
 import re
 import warnings
 import zlib
-from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -18,90 +17,11 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from ..exceptions import TemplateLibraryError
 
-__all__ = ["BoszModelName", "parse_bosz_filename"]
-
-
 _FOUR_PI = 4.0 * math.pi
-
-
-BoszModelName = namedtuple(
-    "BoszModelName", ["atmos", "teff", "logg", "feh", "alpha_m", "carbon_m", "vmicro", "resolution"]
-)
-
-
-BoszModelName.__doc__ = """Parameters encoded in a BOSZ 2024 resampled-model file name.
-
-Attributes
-----------
-atmos : str
-    Atmosphere code: ``mp`` (MARCS plane-parallel), ``ms`` (MARCS spherical),
-    ``ap`` (ATLAS9 plane-parallel).
-teff : float
-    Effective temperature (K).
-logg : float
-    Surface gravity, log10(g / cm s⁻²).
-feh, alpha_m, carbon_m : float
-    [M/H], [α/M] and [C/M] (dex).
-vmicro : float
-    Microturbulent velocity (km s⁻¹).
-resolution : int
-    Resolving power R of the resampled product.
-"""
-
-
-_NUM = r"[+-]\d+(?:\.\d+)?"
-
-
-_BOSZ_RE = re.compile(
-    rf"^bosz2024_(?P<atmos>[a-z]{{2}})_t(?P<teff>\d+(?:\.\d+)?)_g(?P<logg>{_NUM})_m(?P<feh>{_NUM})"
-    rf"_a(?P<alpha_m>{_NUM})_c(?P<carbon_m>{_NUM})_v(?P<vmicro>\d+(?:\.\d+)?)_r(?P<resolution>\d+)"
-    r"_resam\.txt\.gz$"
-)
-
 
 _CK04_RE = re.compile(r"^ck(?P<sign>[mp])(?P<mh>\d\d)_(?P<teff>\d+)\.fits$")
 
-
 _CK04_GRAVITY_RE = re.compile(r"^g(\d\d)$")
-
-
-def parse_bosz_filename(name):
-    """Parameters of a BOSZ 2024 resampled model from its file name.
-
-    Parameters
-    ----------
-    name : str or os.PathLike
-        A file name or path, e.g.
-        ``bosz2024_mp_t6000_g+4.0_m+0.00_a+0.00_c+0.00_v2_r5000_resam.txt.gz``.
-
-    Returns
-    -------
-    BoszModelName or None
-        None when the name is not that of a BOSZ 2024 ``_resam.txt.gz`` model
-        (the wave-grid file, ``rorig_noresam`` files and foreign files).
-
-    Examples
-    --------
-    >>> p = parse_bosz_filename("bosz2024_mp_t6000_g+4.0_m+0.00_a+0.00_c+0.00_v2_r5000_resam.txt.gz")
-    >>> p.teff, p.logg, p.feh, p.vmicro, p.resolution
-    (6000.0, 4.0, 0.0, 2.0, 5000)
-    >>> parse_bosz_filename("bosz2024_wave_r5000.txt") is None
-    True
-    """
-    match = _BOSZ_RE.match(Path(name).name)
-    if match is None:
-        return None
-    g = match.groupdict()
-    return BoszModelName(
-        atmos=g["atmos"],
-        teff=float(g["teff"]),
-        logg=float(g["logg"]),
-        feh=float(g["feh"]),
-        alpha_m=float(g["alpha_m"]),
-        carbon_m=float(g["carbon_m"]),
-        vmicro=float(g["vmicro"]),
-        resolution=int(g["resolution"]),
-    )
 
 
 def is_ck04_model_file(path):

@@ -15,6 +15,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
+from ..bosz import parse_bosz_filename
 from ..cache import cache_dir, fingerprint, load_arrays, load_verified_arrays, save_arrays, stamp_verified
 from ..containers import FLAM, StellarTemplate, as_wavelength
 from ..exceptions import CacheError, InputDataError, TemplateLibraryError
@@ -22,7 +23,6 @@ from .formats import (
     ck04_logg,
     ck04_parameters,
     is_ck04_model_file,
-    parse_bosz_filename,
     read_bosz_surface_flux,
     read_bosz_wave_grid,
     read_ck04_file,
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 """Bump when the layout or the maths of any cache entry written here changes."""
-
 
 PARAMETER_SCALES = {"teff": 250.0, "logg": 0.5, "feh": 0.25, "alpha_m": 0.25}
 """Parameter steps that count as one unit of distance in `TemplateLibrary.get_template`

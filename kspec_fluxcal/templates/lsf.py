@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
-
 _KERNEL_HALF_WIDTH = 6.0  # σ; the Gaussian beyond this is dropped (< 1e-9 of the weight)
 
 

@@ -32,9 +32,7 @@ _CACHE_VERSION = 1
 
 _BAND_SUBBINS = 100  # sub-bins per band for the reddened band fluxes
 
-
 _BAND_CHUNK = 64  # templates per block when summing band fluxes
-
 
 DEFAULT_EBV_GRID = np.linspace(0.0, 0.5, 41)
 """Default E(B−V) grid (mag) of `PreparedGrid.build`."""
@@ -129,9 +127,7 @@ def _check_ebv_grid(ebv_grid):
 
 _PARAM_COLUMNS = ("teff", "logg", "feh", "alpha_m")
 
-
 _PREPARED_MEMO = collections.OrderedDict()
-
 
 _PREPARED_MEMO_SIZE = 4
 
