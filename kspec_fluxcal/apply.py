@@ -14,7 +14,7 @@ from .exceptions import InputDataError
 from .io.header import update_calibration_header
 from .wavelength import interpolate_masked
 
-__all__ = ["apply_flux_calibration", "calibration_on_grid", "update_calibration_header"]
+__all__ = ["apply_flux_calibration", "calibration_on_grid"]
 
 
 def calibration_on_grid(calibration, wavelength):

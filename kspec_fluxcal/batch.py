@@ -49,8 +49,7 @@ from .exceptions import InputDataError, KspecFluxcalError
 from .pipeline import FluxcalConfig, instrument_fwhm, read_red_frame, resolve_template_library
 from .wavelength import log_uniform_grid
 
-__all__ = ["CATALOG_PATTERNS", "WORKER_ENV", "BatchRecord", "find_catalog", "dask_client", "calibrate_batch",
-           "summary_table"]
+__all__ = ["BatchRecord", "find_catalog", "dask_client", "calibrate_batch", "summary_table"]
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import platformdirs
 from .exceptions import CacheError
 from .io.atomic import atomic_output, write_bytes_atomic
 
-__all__ = ["cache_dir", "fingerprint", "save_arrays", "load_arrays"]
+__all__ = ["cache_dir"]
 
 log = logging.getLogger(__name__)
 

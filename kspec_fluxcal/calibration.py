@@ -27,12 +27,9 @@ from .wavelength import interpolate_masked
 __all__ = [
     "PhotometricScale",
     "scale_template_to_photometry",
-    "fit_smooth_vector",
-    "fit_smooth_vectors",
     "compute_calibration_vector_for_star",
     "compute_calibration_vectors",
     "smooth_calibration_vectors",
-    "PixelVector",
 ]
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,7 @@ from .containers import Photometry
 from .exceptions import CatalogError
 from .photometry import load_filter_curve
 
-__all__ = [
-    "REFCAT2_COLUMNS",
-    "CATALOG_BANDS",
-    "load_standard_star_catalog",
-    "photometry_from_catalog_row",
-    "match_catalog_to_fibers",
-    "query_photometry",
-]
+__all__ = ["load_standard_star_catalog", "photometry_from_catalog_row", "match_catalog_to_fibers", "query_photometry"]
 
 log = logging.getLogger(__name__)
 

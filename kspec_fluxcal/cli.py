@@ -29,7 +29,7 @@ from pathlib import Path
 from . import __version__
 from .exceptions import KspecFluxcalError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main"]
 
 log = logging.getLogger("kspec_fluxcal")
 

@@ -2,7 +2,7 @@
 
 Two kinds of continuum live here:
 
-* `fit_continuum` — the *clipped* continuum of one spectrum (B-spline,
+* `fit_stellar_continuum` — the *clipped* continuum of one spectrum (B-spline,
   Legendre polynomial or running median) with asymmetric iterative sigma
   clipping, so absorption lines do not drag it down, and with the variance of
   the fitted continuum propagated.
@@ -32,7 +32,7 @@ from .splines import bspline_basis, interior_knots, normal_covariance
 from .stats import MEDIAN_VARIANCE_FACTOR
 
 __all__ = [
-    "fit_continuum",
+    "fit_stellar_continuum",
     "normalize_continuum",
     "normalize_with_model_continuum",
     "smoothing_operator",
@@ -114,7 +114,7 @@ def _running_median(x, y, var, used, window):
     return np.interp(x, xs, med), np.interp(x, xs, MEDIAN_VARIANCE_FACTOR * mean_var / size)
 
 
-def fit_continuum(
+def fit_stellar_continuum(
     spectrum,
     method="bspline",
     knot_spacing=150 * u.AA,
@@ -234,7 +234,7 @@ def normalize_continuum(spectrum, **kwargs):
     spectrum : `~specutils.Spectrum`
         The spectrum (any flux unit).
     **kwargs
-        Passed to `fit_continuum`.
+        Passed to `fit_stellar_continuum`.
 
     Returns
     -------
@@ -244,10 +244,10 @@ def normalize_continuum(spectrum, **kwargs):
         independent of the pixel noise, which slightly overestimates it);
         pixels where the continuum is not positive are masked.
     continuum : `~specutils.Spectrum`
-        The result of `fit_continuum`.
+        The result of `fit_stellar_continuum`.
     """
     spec = validate_spectrum(spectrum)
-    continuum = fit_continuum(spec, **kwargs)
+    continuum = fit_stellar_continuum(spec, **kwargs)
     flux = spec.flux.value
     cont = continuum.flux.value
     cvar = spectrum_variance(continuum).value

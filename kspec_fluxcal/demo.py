@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy import units as u
 
-from .apply import calibration_on_grid
+from .accuracy import calibration_accuracy
 from .cache import cache_dir
 from .masks import load_mask_regions
 from .pipeline import FluxcalConfig, apply_fluxcal
 
-__all__ = ["DemoReport", "compact_grid_folder", "calibration_accuracy", "run_demo"]
+__all__ = ["DemoReport", "compact_grid_folder", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -55,35 +54,6 @@ def compact_grid_folder():
         log.info("writing the compact SYNTHETIC template grid into %s", folder)
         make_compact_grid(folder)
     return folder
-
-
-def calibration_accuracy(result, truth_wavelength, truth_calibration, wave_range=(3700.0, 9500.0),
-                         exclude_regions=None):
-    """Compare a combined calibration with the truth.
-
-    Returns a dict with the median and 95th percentile of abs(Cal/truth − 1) over
-    unmasked pixels in ``wave_range`` (outside ``exclude_regions``), the level
-    error (median ratio − 1) and the rms of the pulls (Cal − truth)/σ.
-    """
-    from .masks import load_mask_array
-
-    wave = u.Quantity(truth_wavelength, u.AA)
-    factor, var, bad = calibration_on_grid(result.combined_vector, wave)
-    truth = np.asarray(u.Quantity(truth_calibration).value, float)
-    sel = ~bad & (wave.value >= wave_range[0]) & (wave.value <= wave_range[1])
-    if exclude_regions is not None:
-        sel &= ~load_mask_array(wave, exclude_regions)
-    ratio = factor[sel] / truth[sel]
-    err = np.abs(ratio - 1)
-    pulls = (factor[sel] - truth[sel]) / np.sqrt(var[sel])
-    return {
-        "median_abs_error": float(np.median(err)),
-        "p95_abs_error": float(np.percentile(err, 95)),
-        "level_error": float(np.median(ratio) - 1),
-        "pull_rms": float(np.sqrt(np.mean(pulls**2))),
-        "n_pixels": int(sel.sum()),
-        "n_stars_used": int(result.summary["n_stars_used"]),
-    }
 
 
 def run_demo(output="kspec_fluxcal_demo", templates=None, seed=7, n_standards=8):

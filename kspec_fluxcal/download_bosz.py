@@ -33,7 +33,7 @@ from .bosz import BOSZ_RESOLUTIONS, check_resolution, subgrid_models, wave_grid_
 from .exceptions import DownloadError, InputDataError
 from .io.atomic import atomic_output
 
-__all__ = ["DEFAULT_BASE_URL", "DownloadSummary", "subgrid_urls", "download_subgrid", "main"]
+__all__ = ["DownloadSummary", "subgrid_urls", "download_subgrid", "main"]
 
 log = logging.getLogger(__name__)
 

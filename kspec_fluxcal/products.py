@@ -41,16 +41,7 @@ from .exceptions import InputDataError
 from .io.atomic import atomic_output
 from .io.header import set_card, write_summary_cards
 
-__all__ = [
-    "PROVENANCE_KEYWORDS",
-    "EXPTIME_KEYWORDS",
-    "file_sha256",
-    "header_exptime",
-    "calibration_provenance",
-    "save_calibration",
-    "load_calibration",
-    "calibration_for_frame",
-]
+__all__ = ["header_exptime", "calibration_provenance", "save_calibration", "load_calibration", "calibration_for_frame"]
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from .containers import FLAM, spectrum_variance
 from .exceptions import InputDataError
 
 __all__ = [
-    "BAND_ORDER",
     "plot_calibration_summary",
     "plot_per_star_vectors",
     "plot_calibration_residuals",

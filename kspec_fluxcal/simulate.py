@@ -30,6 +30,7 @@ from .bosz import (
     subgrid_parameters,
     wave_grid_filename,
 )
+from .calspec import read_calspec
 from .exceptions import InputDataError
 from .io.atomic import write_bytes_atomic
 from .wavelength import log_uniform_grid
@@ -44,7 +45,6 @@ __all__ = [
     "SimulatedExposure",
     "write_refcat_csv",
     "make_exposure",
-    "read_calspec",
     "make_calspec_exposure",
 ]
 
@@ -983,37 +983,6 @@ CALSPEC_TEFF = {
     "hd209458": 6050.0, "p177d": 5900.0, "hd38949": 5950.0,
 }
 """Approximate Teff (K) of the F/G CALSPEC stars, from their spectral types."""
-
-
-def read_calspec(path):
-    """Read a CALSPEC FITS spectrum: (air wavelength Å, flux erg s⁻¹ cm⁻² Å⁻¹, resolution R).
-
-    CALSPEC wavelengths are in vacuum; they are converted to air here,
-    explicitly. R is the median λ/FWHM over 3500–10 000 Å.
-    """
-    from astropy.io import fits
-
-    from .photometry import vacuum_to_air
-
-    with fits.open(path) as hdul:
-        data = hdul[1].data
-        vac = np.asarray(data["WAVELENGTH"], dtype=float)
-        flux = np.asarray(data["FLUX"], dtype=float)
-        fwhm = np.asarray(data["FWHM"], dtype=float) if "FWHM" in data.columns.names else None
-    good = np.isfinite(flux) & (flux > 0) & np.isfinite(vac)
-    vac, flux = vac[good], flux[good]
-    order = np.argsort(vac)
-    vac, flux = vac[order], flux[order]
-    keep = np.concatenate([[True], np.diff(vac) > 0])
-    vac, flux = vac[keep], flux[keep]
-    air = vacuum_to_air(vac * u.AA).to_value(u.AA)
-    resolution = None
-    if fwhm is not None:
-        fwhm = fwhm[good][order][keep]
-        optical = (air > 3500) & (air < 10000) & (fwhm > 0)
-        if optical.any():
-            resolution = float(np.median(air[optical] / fwhm[optical]))
-    return air, flux, resolution
 
 
 def make_calspec_exposure(

@@ -9,8 +9,6 @@ import numpy as np
 from scipy import linalg, sparse
 from scipy.interpolate import BSpline
 
-__all__ = ["interior_knots", "bspline_basis", "normal_covariance", "fit_bspline_rows"]
-
 
 def interior_knots(x_used, lo, hi, spacing, min_points):
     """Interior knots about every ``spacing`` between ``lo`` and ``hi``, each span holding data of every row.

@@ -10,9 +10,6 @@ import warnings
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-__all__ = ["MAD_TO_SIGMA", "MEDIAN_VARIANCE_FACTOR", "nanmedian_columns", "robust_sigma_columns",
-           "row_nanmedian", "row_nanmean", "combine_shapes"]
-
 MAD_TO_SIGMA = 1.482602218505602
 """σ of a normal distribution per unit median absolute deviation, 1 / Φ⁻¹(3/4)."""
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from astropy import units as u
 
+from kspec_fluxcal.accuracy import calibration_accuracy
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.containers import FluxCalibrationResult
-from kspec_fluxcal.demo import calibration_accuracy
 from kspec_fluxcal.masks import load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure, make_exposure

@@ -6,7 +6,7 @@ from astropy import units as u
 
 from kspec_fluxcal.containers import make_spectrum
 from kspec_fluxcal.continuum import (
-    fit_continuum,
+    fit_stellar_continuum,
     normalize_continuum,
     normalize_with_model_continuum,
     smoothing_operator,
@@ -40,13 +40,13 @@ def test_continuum_ignores_absorption_lines(method):
     cont = true_continuum(WAVE)
     flux, var = noisy(cont * line_absorption(WAVE), 100)
     spec = make_spectrum(WAVE, flux, var, flux_unit="ct")
-    fit = fit_continuum(spec, method=method)
+    fit = fit_stellar_continuum(spec, method=method)
     rel = fit.flux.value / cont - 1
     tol = 0.01 if method == "running_median" else 0.005
     assert np.median(np.abs(rel[100:-100])) < tol
     assert fit.flux.unit == u.ct
     # without clipping the lines drag the fit down clearly more (a median resists them better)
-    plain = fit_continuum(spec, method=method, max_iter=0)
+    plain = fit_stellar_continuum(spec, method=method, max_iter=0)
     gain = 0.005 if method == "running_median" else 0.01
     assert np.median(plain.flux.value / cont - 1) < np.median(rel) - gain
     assert fit.meta["method"] == method and fit.meta["fit_mask"].sum() < WAVE.size
@@ -61,7 +61,7 @@ def test_masked_pixels_and_regions_are_interpolated(method):
     bump = (WAVE > 7000) & (WAVE < 7200)
     flux[bump] *= 1.5  # an emission feature excluded by mask_regions
     spec = make_spectrum(WAVE, flux, var, mask=hole, flux_unit="ct")
-    fit = fit_continuum(spec, method=method, mask_regions=[[7000, 7200]] * u.AA)
+    fit = fit_stellar_continuum(spec, method=method, mask_regions=[[7000, 7200]] * u.AA)
     rel = fit.flux.value / cont - 1
     assert np.all(np.isfinite(fit.flux.value))
     # a running median can only interpolate linearly across the 300 Å hole
@@ -80,7 +80,7 @@ def test_variance_matches_monte_carlo(method, tol):
     fits, prop = [], None
     for _ in range(300):
         spec = make_spectrum(wave, cont + rng.normal(size=wave.size) * np.sqrt(var), var, flux_unit="ct")
-        fit = fit_continuum(spec, method=method, max_iter=0, knot_spacing=400 * u.AA, window=200 * u.AA)
+        fit = fit_stellar_continuum(spec, method=method, max_iter=0, knot_spacing=400 * u.AA, window=200 * u.AA)
         fits.append(fit.flux.value)
         prop = fit.uncertainty.array
     ratio = np.var(fits, axis=0, ddof=1) / prop
@@ -96,7 +96,7 @@ def test_variance_without_input_variance_is_scaled_by_residuals():
     fits, prop = [], []
     for _ in range(200):
         spec = make_spectrum(wave, cont + rng.normal(size=wave.size) * sigma, flux_unit="ct")
-        fit = fit_continuum(spec, max_iter=0, knot_spacing=400 * u.AA)
+        fit = fit_stellar_continuum(spec, max_iter=0, knot_spacing=400 * u.AA)
         fits.append(fit.flux.value)
         prop.append(fit.uncertainty.array)
     ratio = np.var(fits, axis=0, ddof=1) / np.mean(prop, axis=0)
@@ -149,7 +149,7 @@ def test_smoothing_operator_linear_and_consistent():
     np.testing.assert_allclose(op(2 * y[0] + 3 * y[1]), 2 * rows[0] + 3 * rows[1], atol=1e-12)
     # same as an unclipped, unweighted B-spline continuum fit
     spec = make_spectrum(wave, 10 + y[0], flux_unit="ct")
-    fit = fit_continuum(spec, max_iter=0, knot_spacing=150 * u.AA)
+    fit = fit_stellar_continuum(spec, max_iter=0, knot_spacing=150 * u.AA)
     np.testing.assert_allclose(fit.flux.value, op(10 + y[0]), rtol=1e-10)
     assert op.n_coef == op.projector.shape[0] == op.basis.shape[1]
 
@@ -169,10 +169,10 @@ def test_smoothing_operator_weights_exclude_pixels():
 def test_errors_are_actionable():
     spec = make_spectrum(WAVE, np.ones(WAVE.size), flux_unit="ct")
     with pytest.raises(InputDataError, match="method"):
-        fit_continuum(spec, method="spline")
+        fit_stellar_continuum(spec, method="spline")
     with pytest.raises(InputDataError, match="good pixels"):
-        fit_continuum(make_spectrum(WAVE, np.ones(WAVE.size), mask=np.arange(WAVE.size) > 2, flux_unit="ct"))
+        fit_stellar_continuum(make_spectrum(WAVE, np.ones(WAVE.size), mask=np.arange(WAVE.size) > 2, flux_unit="ct"))
     with pytest.raises(InputDataError, match="knot_spacing"):
-        fit_continuum(spec, knot_spacing=-5 * u.AA)
+        fit_stellar_continuum(spec, knot_spacing=-5 * u.AA)
     with pytest.raises(InputDataError, match=r"\(n, 2\)"):
-        fit_continuum(spec, mask_regions=[1, 2, 3] * u.AA)
+        fit_stellar_continuum(spec, mask_regions=[1, 2, 3] * u.AA)

@@ -13,7 +13,7 @@ the result against the truth:
 * the frame is calibrated with the compact **SYNTHETIC** template grid of
   the demo, through the same code path as a real frame;
 * the recovered calibration is compared with the injected one
-  (`kspec_fluxcal.demo.calibration_accuracy`), and a calibrated science
+  (`kspec_fluxcal.accuracy.calibration_accuracy`), and a calibrated science
   fiber with its true flux.
 
 The same run, from the command line, is ``kspec-fluxcal demo``.
@@ -38,9 +38,10 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
+from kspec_fluxcal.accuracy import calibration_accuracy
 from kspec_fluxcal.apply import calibration_on_grid
 from kspec_fluxcal.containers import FLAM, make_spectrum
-from kspec_fluxcal.demo import calibration_accuracy, compact_grid_folder
+from kspec_fluxcal.demo import compact_grid_folder
 from kspec_fluxcal.masks import load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.qc import plot_calibrated_spectrum, plot_calibration_summary, summarize_calibration
@@ -133,7 +134,7 @@ plt.show()
 # Accuracy against the truth
 # --------------------------
 #
-# `~kspec_fluxcal.demo.calibration_accuracy` compares the combined vector with
+# `~kspec_fluxcal.accuracy.calibration_accuracy` compares the combined vector with
 # the injected calibration (divided by the same level) over 3700–9500 Å: the
 # median and 95th percentile of the fractional error, the level error, and
 # the rms of the pulls (error / σ) — near 1 when the error bars are honest.

@@ -36,8 +36,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from astropy import units as u
 
+from kspec_fluxcal.accuracy import calibration_accuracy
 from kspec_fluxcal.containers import FLAM
-from kspec_fluxcal.demo import calibration_accuracy, compact_grid_folder
+from kspec_fluxcal.demo import compact_grid_folder
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.qc import plot_per_star_vectors, summarize_calibration
 from kspec_fluxcal.simulate import make_calspec_exposure, make_exposure

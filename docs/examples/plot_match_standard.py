@@ -43,10 +43,10 @@ from kspec_fluxcal.containers import make_spectrum
 from kspec_fluxcal.demo import compact_grid_folder
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.matching import model_spectrum, select_best_template
-from kspec_fluxcal.wavelength import common_log_grid
 from kspec_fluxcal.qc import plot_template_match
 from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
+from kspec_fluxcal.wavelength import common_log_grid
 
 library = TemplateLibrary(compact_grid_folder())
 print(library)

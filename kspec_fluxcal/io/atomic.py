@@ -12,8 +12,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "write_bytes_atomic"]
-
 
 @contextmanager
 def atomic_output(target):

@@ -2,8 +2,6 @@
 
 import numpy as np
 
-__all__ = ["set_card", "update_calibration_header", "write_summary_cards"]
-
 CALIBRATED_BUNIT = "erg / (Angstrom s cm2)"
 """``BUNIT`` of a calibrated frame (erg s⁻¹ cm⁻² Å⁻¹)."""
 
