@@ -472,8 +472,8 @@ def query_photometry(ra, dec, radius, catalog="refcat2", timeout=30, server=None
     timeout : float
         Seconds to wait for the service.
     server : str, optional
-        VizieR mirror host (default astroquery's ``conf.server``) or a full
-        base URL with scheme, e.g. ``'http://127.0.0.1:8000'``.
+        VizieR mirror host, e.g. ``'vizier.cfa.harvard.edu'`` (default
+        astroquery's ``conf.server``).
     row_limit : int
         Most rows to fetch (−1: all).
 
@@ -493,16 +493,10 @@ def query_photometry(ra, dec, radius, catalog="refcat2", timeout=30, server=None
         raise CatalogError(f"catalog must be 'refcat2'; got {catalog!r}.")
     from astroquery.vizier import VizierClass, conf
 
-    class _Vizier(VizierClass):
-        def _server_to_url(self, return_type="votable"):
-            if "://" in self.VIZIER_SERVER:
-                return self.VIZIER_SERVER.rstrip("/") + "/viz-bin/" + return_type
-            return super()._server_to_url(return_type=return_type)
-
     ra = ra.to_value(u.deg) if isinstance(ra, u.Quantity) else float(ra)
     dec = dec.to_value(u.deg) if isinstance(dec, u.Quantity) else float(dec)
     radius = radius.to(u.deg) if isinstance(radius, u.Quantity) else float(radius) * u.deg
-    vizier = _Vizier(
+    vizier = VizierClass(
         columns=["**", "+_r"],
         catalog=REFCAT2_VIZIER_TABLE,
         timeout=timeout,

@@ -212,12 +212,18 @@ class _VizierStub(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def vizier_stub():
+def vizier_stub(monkeypatch):
+    """A local VizieR stand-in; astroquery (which always speaks https to a host) is pointed at it here."""
+    from astroquery.vizier import VizierClass
+
     handler = type("Handler", (_VizierStub,), {"requests": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
+    host = f"127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(VizierClass, "_server_to_url",
+                        lambda self, return_type="votable": f"http://{self.VIZIER_SERVER}/viz-bin/{return_type}")
+    yield handler, host
     server.shutdown()
     server.server_close()
     thread.join()
