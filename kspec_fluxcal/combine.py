@@ -133,6 +133,7 @@ def combine_calibration_vectors(
     representation=None,
     gates=None,
     rejected=None,
+    template_misfit=None,
 ):
     """Combine per-star calibration vectors into one.
 
@@ -157,6 +158,10 @@ def combine_calibration_vectors(
     rejected : list of dict, optional
         Stars already rejected upstream (each with ``star_name``, ``fiber_id``,
         ``reject_reason``); they are carried into the summary.
+    template_misfit : callable, optional
+        f(wavelength in Å, ndarray) → fractional 1σ of the misfit all
+        templates share; (f × C)² is added to the combined variance (it does
+        not average down over stars).
 
     Returns
     -------
@@ -191,8 +196,16 @@ def combine_calibration_vectors(
     with warnings.catch_warnings():
         # pixels outside every star's coverage are all-NaN columns; they stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
-                        smooth_window, representation, gates)
+        result = _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
+                          smooth_window, representation, gates)
+    # --- template misfit (issue 16): a systematic shared by every star ---
+    if template_misfit is not None:
+        vec = result.combined_vector
+        frac = np.asarray(template_misfit(vec.wavelength.to_value(u.AA)), dtype=float)
+        vec.cal_variance = vec.cal_variance + (frac * vec.cal_factor) ** 2
+        result.summary["template_misfit_in_variance"] = True
+    # --- end template misfit ---
+    return result
 
 
 def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth, smooth_window,

@@ -37,7 +37,14 @@ class StandardStar:
 
 @dataclass
 class EngineOptions:
-    """Options of `derive_flux_calibration` (see its parameters)."""
+    """Options of `derive_flux_calibration` (see its parameters).
+
+    ``template_misfit`` is None or a callable f(wavelength in Å, ndarray) →
+    fractional 1σ (ndarray) of the misfit the templates share (e.g.
+    `~kspec_fluxcal.template_correction.TemplateCorrection.fractional_sigma`);
+    it does not average down over stars, and (f × C)² is added to the combined
+    calibration's variance.
+    """
 
     metric: str = "chi2"
     ebv: object = "fit"
@@ -50,6 +57,7 @@ class EngineOptions:
     smooth_window: int = 51
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
+    template_misfit: object = None
 
 
 def _teff_window(photometry):
@@ -163,4 +171,5 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         representation=options.representation,
         gates=options.gates,
         rejected=rejected,
+        template_misfit=options.template_misfit,
     )

@@ -1,0 +1,599 @@
+"""Template corrections: the misfit a synthetic grid shares across stars, learned from CALSPEC standards.
+
+Synthetic grids are wrong in the same way for every star of a kind (opacity
+deficits in the blue and around the Balmer jump, for instance). Averaging
+standards cannot remove an error they all share, so this module measures it
+on real, absolutely calibrated CALSPEC spectra (Bohlin et al.) and divides it
+out of every template:
+
+* `derive_template_correction` fits the grid to each CALSPEC star exactly as
+  a standard is fitted in a frame — Teff, log g, [M/H] with the sub-grid
+  interpolation of `~kspec_fluxcal.matching.select_best_templates`, then the
+  scale and E(B−V) to the star's synthetic photometry — at a resolution where
+  both the spectra and the grid are reliable (FWHM 30 Å for ck04), takes
+  spectrum / model smoothed on continuum scales (B-spline, 150 Å knots,
+  lines deeper than 10 % masked), and combines the usable stars by the median
+  at each wavelength. The stars' scatter about it is the correction's
+  per-wavelength uncertainty. Stars whose refined parameters end on the edge
+  of the grid (metal-poor stars beyond the lowest [M/H]) are reported, not
+  used.
+* `TemplateCorrection` holds the result (multiplicative factor, fractional
+  1σ, provenance) and reads/writes it as ECSV.
+  `~kspec_fluxcal.templates.TemplateLibrary` applies it to every template
+  before the LSF (``correction=`` keyword; the shipped ck04 correction by
+  default for ck04 libraries, none for other libraries).
+
+All wavelengths are in Å, in air.
+"""
+
+import datetime
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.table import Table
+
+from .cache import fingerprint
+from .exceptions import InputDataError
+
+__all__ = [
+    "TemplateCorrection",
+    "derive_template_correction",
+    "resolve_template_correction",
+    "shipped_correction_path",
+    "SHIPPED_CORRECTIONS",
+    "calspec_frame_accuracy",
+    "leave_one_star_out",
+]
+
+log = logging.getLogger(__name__)
+
+SHIPPED_CORRECTIONS = {"ck04models": "template_correction_ck04.ecsv"}
+"""Library kind → file in ``kspec_fluxcal/data`` of the correction applied by default."""
+
+_FORMAT = "kspec_fluxcal template correction 1"
+_MEDIAN_VARIANCE = np.pi / 2.0  # variance of a median relative to a mean, Gaussian scatter
+_SIGMA_FLOOR = 0.002  # fractional: below this the stars cannot tell
+
+
+def shipped_correction_path(kind):
+    """The shipped correction file for a library kind (``'ck04models'`` …), or None."""
+    name = SHIPPED_CORRECTIONS.get(str(kind))
+    return None if name is None else Path(__file__).with_name("data") / name
+
+
+class TemplateCorrection:
+    """A multiplicative correction of a template grid: corrected template = template × factor.
+
+    Parameters
+    ----------
+    wavelength : `~astropy.units.Quantity` or array_like
+        Increasing wavelengths (Å, air; plain arrays are taken as Å).
+    factor : array_like
+        Multiplicative factor at ``wavelength`` (dimensionless, positive).
+    sigma : array_like
+        Fractional 1σ uncertainty of the factor as applied to one star (the
+        stars' scatter about it plus the error of the median), ≥ 0.
+    meta : dict, optional
+        Provenance: ``name``, ``library_kind``, ``library_fingerprint``,
+        ``stars`` (one dict per CALSPEC star: parameters, used or why not),
+        ``fit`` (settings), ``date``, ``command``.
+    curves : dict, optional
+        Name → array on ``wavelength``: each star's own normalised
+        spectrum / model (kept for figures and checks; NaN where undefined).
+
+    Notes
+    -----
+    Outside its wavelength range the factor and the uncertainty are held at
+    their values at the nearest end.
+    """
+
+    def __init__(self, wavelength, factor, sigma, meta=None, curves=None):
+        wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
+        self._wave = np.asarray(wave, dtype=np.float64)
+        self._factor = np.asarray(factor, dtype=np.float64)
+        self._sigma = np.asarray(sigma, dtype=np.float64)
+        if self._wave.ndim != 1 or self._wave.size < 2 or np.any(np.diff(self._wave) <= 0):
+            raise InputDataError("a template correction needs at least two strictly increasing wavelengths (Å).")
+        for name, values in (("factor", self._factor), ("sigma", self._sigma)):
+            if values.shape != self._wave.shape:
+                raise InputDataError(
+                    f"template correction {name} has shape {values.shape}; it needs one value per wavelength "
+                    f"({self._wave.size})."
+                )
+        if not np.all(np.isfinite(self._factor) & (self._factor > 0)):
+            raise InputDataError("template correction factors must be finite and positive; fix or re-derive the file.")
+        if not np.all(np.isfinite(self._sigma) & (self._sigma >= 0)):
+            raise InputDataError("template correction uncertainties must be finite and ≥ 0; fix or re-derive the file.")
+        self.meta = dict(meta or {})
+        self.curves = {str(k): np.asarray(v, dtype=np.float64) for k, v in (curves or {}).items()}
+
+    def __repr__(self):
+        return (
+            f"<TemplateCorrection {self.name} for {self.meta.get('library_kind', '?')}: {self._wave[0]:.0f}–"
+            f"{self._wave[-1]:.0f} Å, factor {self._factor.min():.3f}–{self._factor.max():.3f}>"
+        )
+
+    @property
+    def wavelength(self):
+        """Wavelengths of the tabulated factor (Å, air), a Quantity."""
+        return self._wave * u.AA
+
+    @property
+    def factor(self):
+        """The tabulated factor (dimensionless)."""
+        return self._factor.copy()
+
+    @property
+    def sigma(self):
+        """The tabulated fractional 1σ uncertainty."""
+        return self._sigma.copy()
+
+    @property
+    def name(self):
+        """Short name (``meta['name']``, else 'custom')."""
+        return str(self.meta.get("name") or "custom")
+
+    @property
+    def fingerprint(self):
+        """Content key of the correction (wavelength, factor, uncertainty)."""
+        return fingerprint("template-correction", self._wave, self._factor, self._sigma)
+
+    @property
+    def label(self):
+        """``name:fingerprint`` as recorded in headers (``FCALTCOR``)."""
+        return f"{self.name}:{self.fingerprint[:12]}"
+
+    def factor_at(self, wavelength):
+        """The factor at ``wavelength`` (Å; a Quantity or plain floats), held at the ends."""
+        wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
+        return np.interp(np.asarray(wave, dtype=np.float64), self._wave, self._factor)
+
+    def fractional_sigma(self, wavelength):
+        """Fractional 1σ template-misfit uncertainty at ``wavelength`` (Å, ndarray), held at the ends.
+
+        This is the signature of ``EngineOptions.template_misfit``: the
+        combined calibration's variance gains (fraction × C)².
+        """
+        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, self._sigma)
+
+    def apply(self, wavelength, flux):
+        """``flux × factor(wavelength)`` (any array or Quantity whose last axis matches ``wavelength``)."""
+        return flux * self.factor_at(wavelength)
+
+    # -- files -------------------------------------------------------------
+
+    def to_table(self):
+        """The correction as an `~astropy.table.Table` (what `write` stores)."""
+        table = Table()
+        table["wavelength"] = self._wave * u.AA
+        table["factor"] = self._factor
+        table["sigma"] = self._sigma
+        for name, values in self.curves.items():
+            table[f"star_{name}"] = values
+        table.meta.update({"format": _FORMAT, **self.meta})
+        return table
+
+    def write(self, path, overwrite=True):
+        """Write the correction as ECSV (atomically).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Target file (``.ecsv``).
+        overwrite : bool
+            Replace an existing file.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputDataError(f"{path} exists; remove it or allow overwriting.")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            self.to_table().write(tmp, format="ascii.ecsv", overwrite=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @classmethod
+    def read(cls, path):
+        """Read a correction written by `write`.
+
+        Raises
+        ------
+        InputDataError
+            If the file is missing or is not a template correction.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputDataError(
+                f"template correction file {path} does not exist; give an ECSV file written by "
+                "'kspec-fluxcal derive-correction', 'auto' or 'none'."
+            )
+        try:
+            table = Table.read(path, format="ascii.ecsv")
+        except Exception as exc:  # noqa: BLE001 — any parse failure is the same user error
+            raise InputDataError(
+                f"template correction file {path} is not a readable ECSV table ({exc}); re-derive it with "
+                "'kspec-fluxcal derive-correction'."
+            ) from exc
+        missing = [c for c in ("wavelength", "factor", "sigma") if c not in table.colnames]
+        if missing or table.meta.get("format") != _FORMAT:
+            raise InputDataError(
+                f"{path} is not a kspec_fluxcal template correction (columns wavelength, factor, sigma and "
+                f"meta format '{_FORMAT}' expected); re-derive it with 'kspec-fluxcal derive-correction'."
+            )
+        wave = table["wavelength"]
+        wave = wave.quantity.to_value(u.AA) if wave.unit is not None else np.asarray(wave)
+        meta = {k: v for k, v in table.meta.items() if k != "format"}
+        curves = {c[5:]: np.asarray(table[c], float) for c in table.colnames if c.startswith("star_")}
+        return cls(wave, np.asarray(table["factor"]), np.asarray(table["sigma"]), meta, curves)
+
+
+def resolve_template_correction(correction, library_kind):
+    """The correction to apply to a library of ``library_kind``.
+
+    Parameters
+    ----------
+    correction : 'auto', 'none', None, str, os.PathLike or `TemplateCorrection`
+        ``'auto'``: the shipped correction for this kind of library if there
+        is one (ck04models), else none. ``None`` or ``'none'``: none. A path:
+        that file. A `TemplateCorrection`: itself.
+    library_kind : str
+        ``TemplateLibrary.kind``.
+
+    Returns
+    -------
+    `TemplateCorrection` or None
+    """
+    if correction is None or isinstance(correction, TemplateCorrection):
+        result = correction
+    elif isinstance(correction, str) and correction.strip().lower() in ("none", ""):
+        result = None
+    elif isinstance(correction, str) and correction.strip().lower() == "auto":
+        path = shipped_correction_path(library_kind)
+        result = TemplateCorrection.read(path) if path is not None and path.is_file() else None
+    elif isinstance(correction, (str, os.PathLike)):
+        result = TemplateCorrection.read(correction)
+    else:
+        raise InputDataError(
+            f"template correction must be 'auto', 'none', a file path or a TemplateCorrection; got {correction!r}."
+        )
+    if result is not None and result.meta.get("library_kind") not in (None, library_kind):
+        log.warning("applying the template correction %s, derived for a %s library, to a %s library",
+                    result.label, result.meta.get("library_kind"), library_kind)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Derivation
+# ---------------------------------------------------------------------------
+
+
+def _star_photometry(wave, flux):
+    """Synthetic AB photometry of a CALSPEC star in the Refcat2 bands, with catalogue-like errors."""
+    from .containers import Photometry
+    from .simulate import _REFCAT_BANDS, _band_mags
+
+    sigma = {band: err for band, _, err in _REFCAT_BANDS.values()}
+    mags = _band_mags(wave, flux)
+    names = [b for b in mags if np.isfinite(mags[b])]
+    return Photometry(names, [mags[b] for b in names], [sigma[b] for b in names])
+
+
+def _star_name(path):
+    name = Path(path).name
+    for cut in ("_stis", ".fits"):
+        name = name.split(cut)[0]
+    return name
+
+
+def derive_template_correction(
+    calspec_files,
+    library,
+    fwhm=30.0,
+    wave_range=(3300.0, 10000.0),
+    n_pix=690,
+    knot_spacing=150.0,
+    line_depth=0.1,
+    snr=300.0,
+    normalise_range=(4000.0, 9000.0),
+    exclude=(),
+    name=None,
+    command=None,
+):
+    """Derive the correction a template grid needs from real CALSPEC spectra.
+
+    For each CALSPEC spectrum (vacuum wavelengths converted to air by
+    `~kspec_fluxcal.simulate.read_calspec`): observe it at ``fwhm`` on a
+    log-λ grid of ``n_pix`` pixels over ``wave_range`` (its own resolution
+    taken into account), fit the grid — best template with sub-grid
+    refinement in Teff, log g and [M/H] and the RV, then scale and E(B−V) to
+    its synthetic Refcat2-band photometry — and take spectrum / model,
+    smoothed by a B-spline of ``knot_spacing`` knots with pixels where the
+    model dips more than ``line_depth`` below its continuum left out, and
+    normalised to a median of 1 over ``normalise_range``. The usable stars
+    are combined by the median at each wavelength, renormalised the same way.
+
+    The uncertainty is the stars' rms scatter about the median (N − 1
+    degrees of freedom) times sqrt(1 + π/(2N)) — a new star scatters about
+    the curve like the derivation stars, and the median itself is uncertain
+    — with a floor of 0.2 %. The linear dependence of the misfit on Teff
+    across the usable stars is measured and reported in ``meta['teff_dependence']``
+    (not applied).
+
+    A star is not used when its refined parameters sit on the edge of the
+    grid (e.g. a metal-poor star below the lowest [M/H]: its misfit is that
+    of the wrong models) or when it is listed in ``exclude``; it is reported
+    in ``meta['stars']`` with the reason, and its curve is kept.
+
+    Parameters
+    ----------
+    calspec_files : sequence of str or os.PathLike
+        CALSPEC FITS files (``WAVELENGTH`` in vacuum Å, ``FLUX``, ``FWHM``).
+    library : `~kspec_fluxcal.templates.TemplateLibrary` or str or os.PathLike
+        The grid; it is used without any correction.
+    fwhm : float
+        Resolution of the comparison (Å); 30 Å suits ck04 (10–20 Å sampling)
+        and CALSPEC STIS (R ≈ 500–1000).
+    wave_range : (float, float)
+        Wavelength range of the correction (Å, air).
+    n_pix : int
+        Pixels of the comparison grid.
+    knot_spacing : float
+        Knot spacing (Å) of each star's smooth ratio.
+    line_depth : float
+        Model pixels deeper than this below the continuum are masked.
+    snr : float
+        S/N per pixel assumed for the (noise-free) observed spectrum: it only
+        sets the weights and clipping of the smooth fit.
+    normalise_range : (float, float)
+        Range (Å) over which each curve's median is set to 1.
+    exclude : sequence of str
+        Star names (file stem before ``_stis``, e.g. ``'hd031128'``) not to use.
+    name : str, optional
+        Name of the correction (default ``'<library kind>-calspec'``).
+    command : str, optional
+        The command that made it, recorded in the provenance.
+
+    Returns
+    -------
+    `TemplateCorrection`
+
+    Raises
+    ------
+    InputDataError
+        If fewer than two usable stars remain.
+    """
+    from . import __version__
+    from .calibration import compute_calibration_vectors, scale_template_to_photometry
+    from .containers import make_spectrum
+    from .engine import _refined_on_edge
+    from .matching import select_best_templates
+    from .simulate import read_calspec
+    from .templates import PreparedGrid, TemplateLibrary, lsf_operator
+
+    files = [Path(f) for f in calspec_files]
+    if not files:
+        raise InputDataError("no CALSPEC file given; pass the CALSPEC spectra (FITS) to derive a correction from.")
+    lib = library if isinstance(library, TemplateLibrary) else TemplateLibrary(library, correction=None)
+    if lib.correction is not None:
+        lib = TemplateLibrary(lib.path, resolution=lib.resolution, correction=None)
+    target = np.geomspace(float(wave_range[0]), float(wave_range[1]), int(n_pix))
+    grid = PreparedGrid.build(lib, target * u.AA, float(fwhm))
+
+    spectra, phots, names = [], [], []
+    for path in files:
+        wave, flux, resolution = read_calspec(path)
+        inside = (wave[0] < target[0] - 3 * fwhm) and (wave[-1] > target[-1] + 3 * fwhm)
+        if not inside:
+            raise InputDataError(
+                f"CALSPEC spectrum {path} covers {wave[0]:.0f}–{wave[-1]:.0f} Å, not the whole range "
+                f"{target[0]:.0f}–{target[-1]:.0f} Å (± 3 FWHM); narrow wave_range."
+            )
+        observed = lsf_operator(wave, target, float(fwhm), native_resolution=resolution) @ flux
+        counts = observed / np.median(observed) * 1.0e4
+        spectra.append(make_spectrum(target, counts, variance=(counts / snr) ** 2, flux_unit="ct"))
+        phots.append(_star_photometry(wave, flux))
+        names.append(_star_name(path))
+    log.info("fitting %d CALSPEC stars with %d templates at FWHM %.1f Å", len(files), grid.n_templates, fwhm)
+    matches = select_best_templates(spectra, grid, mask_regions=None)
+    scales = [
+        scale_template_to_photometry(np.tensordot(m.weights, grid.band_fnu, axes=(0, 0)), grid.band_names, p,
+                                     grid.ebv_grid)
+        for m, p in zip(matches, phots)
+    ]
+    vectors, failures = compute_calibration_vectors(spectra, matches, grid, scales, target * u.AA,
+                                                    knot_spacing=knot_spacing, line_depth=line_depth)
+    failed = dict(failures)
+    norm = (target >= normalise_range[0]) & (target <= normalise_range[1])
+    curves, stars, used = {}, [], []
+    vec_iter = iter(vectors)
+    for i, (path, match, scale) in enumerate(zip(files, matches, scales)):
+        info = {"name": names[i], "file": path.name,
+                **{k: round(float(match.params[k]), 4) for k in ("teff", "logg", "feh")},
+                "rv_kms": round(float(u.Quantity(match.rv, u.km / u.s).value), 2),
+                "ebv": round(float(scale.ebv), 4), "used": False, "reason": ""}
+        if i in failed:
+            info["reason"] = failed[i]
+            stars.append(info)
+            continue
+        vec = next(vec_iter)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            curve = 1.0 / vec.smooth_factor.value
+        curve = curve / np.nanmedian(curve[norm])
+        curves[names[i]] = curve
+        edge = [k for k, on in _refined_on_edge(match, grid).items() if on]
+        if names[i] in exclude:
+            info["reason"] = "excluded by request"
+        elif edge:
+            info["reason"] = (f"outside the grid: refined {', '.join(edge)} on the grid's edge "
+                              f"({', '.join(f'{k} = {info[k]}' for k in edge)})")
+        else:
+            info["used"] = True
+            used.append(names[i])
+        stars.append(info)
+        log.info("CALSPEC %s: Teff %.0f K, log g %.2f, [M/H] %.2f, E(B-V) %.3f — %s", names[i], info["teff"],
+                 info["logg"], info["feh"], info["ebv"], "used" if info["used"] else info["reason"])
+    if len(used) < 2:
+        raise InputDataError(
+            f"only {len(used)} usable CALSPEC star(s) ({', '.join(used) or 'none'}); a correction needs at least "
+            "two stars inside the grid. Add CALSPEC spectra of stars the grid covers."
+        )
+    stack = np.array([curves[n] for n in used])
+    defined = np.all(np.isfinite(stack), axis=0)
+    if np.count_nonzero(defined) < 10:
+        raise InputDataError("the usable CALSPEC stars share fewer than 10 defined pixels; widen wave_range.")
+    lo, hi = np.flatnonzero(defined)[[0, -1]]
+    keep = slice(lo, hi + 1)
+    stack = stack[:, keep]
+    factor = np.median(stack, axis=0)
+    factor = factor / np.median(factor[norm[keep]])
+    n = len(used)
+    scatter = np.sqrt(np.sum((stack - factor) ** 2, axis=0) / (n - 1))
+    sigma = np.maximum(scatter * np.sqrt(1.0 + _MEDIAN_VARIANCE / n), _SIGMA_FLOOR)
+
+    teffs = np.array([s["teff"] for s in stars if s["used"]])
+    teff_dependence = None
+    if n >= 3 and np.ptp(teffs) > 0:
+        dt = (teffs - teffs.mean()) / 1000.0
+        slope = (dt @ (stack - stack.mean(axis=0))) / (dt @ dt)
+        resid = stack - stack.mean(axis=0) - np.outer(dt, slope)
+        teff_dependence = {
+            "teff_range_K": [float(teffs.min()), float(teffs.max())],
+            "rms_slope_per_1000K": float(np.sqrt(np.mean(slope**2))),
+            "max_abs_slope_per_1000K": float(np.max(np.abs(slope))),
+            "rms_scatter": float(np.sqrt(np.mean(scatter**2))),
+            "rms_scatter_after_teff_term": float(np.sqrt(np.mean(np.sum(resid**2, axis=0) / max(n - 2, 1)))),
+        }
+    meta = {
+        "name": name or f"{lib.kind}-calspec",
+        "library_kind": lib.kind,
+        "library_fingerprint": lib.fingerprint,
+        "library_path": lib.path.name,
+        "stars": stars,
+        "used_stars": used,
+        "fit": {"fwhm_A": float(fwhm), "wave_range_A": [float(w) for w in wave_range], "n_pix": int(n_pix),
+                "knot_spacing_A": float(knot_spacing), "line_depth": float(line_depth), "snr": float(snr),
+                "normalise_range_A": [float(w) for w in normalise_range], "combination": "median",
+                "sigma": "rms scatter of the used stars about the median × sqrt(1 + pi/(2N)), floor 0.002",
+                "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
+                              "to synthetic PS1 griz/Gaia/2MASS photometry"},
+        "teff_dependence": teff_dependence,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "kspec_fluxcal_version": __version__,
+        "command": command or "kspec_fluxcal.template_correction.derive_template_correction",
+        "extrapolation": "held at the end values outside the wavelength range",
+    }
+    # rounded so that the ECSV file is compact and reads back to the same fingerprint
+    return TemplateCorrection(np.round(target[keep], 4), np.round(factor, 6), np.round(sigma, 6), meta,
+                              {k: np.round(v[keep], 6) for k, v in curves.items()})
+
+
+# ---------------------------------------------------------------------------
+# Checks on real stars
+# ---------------------------------------------------------------------------
+
+
+def calspec_frame_accuracy(calspec_files, templates, correction, seed, fwhm=30.0, n_pix=621,
+                           wave_range=(3800.0, 9200.0)):
+    """Calibrate a simulated frame of CALSPEC standards and compare it with the truth.
+
+    The frame (`~kspec_fluxcal.simulate.make_calspec_exposure`: the stars'
+    real flux through the invented default throughput, noise, telluric bands,
+    no gray losses) is calibrated by `~kspec_fluxcal.pipeline.apply_fluxcal`
+    with ``templates`` and ``correction``, and compared with the injected
+    throughput by `~kspec_fluxcal.demo.calibration_accuracy` over
+    ``wave_range`` outside the telluric bands.
+
+    Parameters
+    ----------
+    calspec_files : sequence of path
+        The standards of the frame.
+    templates : str or os.PathLike
+        Template library folder.
+    correction : 'auto', 'none', path or `TemplateCorrection`
+        As ``FluxcalConfig.template_correction``.
+    seed : int
+        Noise realisation.
+    fwhm : float
+        Instrument FWHM (Å).
+    n_pix : int
+        Pixels per fiber over 3600–9800 Å.
+    wave_range : (float, float)
+        Range of the comparison (Å).
+
+    Returns
+    -------
+    dict
+        ``median_abs_error``, ``p95_abs_error``, ``level_error``, ``pull_rms``
+        (the combined variance includes the correction's misfit term),
+        ``n_pixels``, ``n_stars_used``.
+    """
+    import warnings
+
+    from .demo import calibration_accuracy
+    from .exceptions import KspecFluxcalWarning
+    from .masks import load_mask_regions
+    from .pipeline import FluxcalConfig, apply_fluxcal
+    from .simulate import make_calspec_exposure
+
+    exposure = make_calspec_exposure(list(calspec_files), fwhm=fwhm, n_pix=n_pix, gray_range=(1.0, 1.0), seed=seed)
+    with tempfile.TemporaryDirectory(prefix="kspec_fluxcal_calspec_") as tmp:
+        red, cat = exposure.write(tmp, stem=f"calspec{seed}")
+        config = FluxcalConfig(catalog=cat, templates=templates, fwhm=fwhm, template_correction=correction,
+                               output=Path(tmp) / "calibrated.fits")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="only one standard star is usable",
+                                    category=KspecFluxcalWarning)
+            run = apply_fluxcal(red, config)
+    return calibration_accuracy(run.result, exposure.truth["wavelength"], exposure.truth["system_calibration"],
+                                wave_range=wave_range, exclude_regions=load_mask_regions("telluric_default"))
+
+
+def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, **derive_kwargs):
+    """Leave-one-star-out test of the correction over the usable CALSPEC stars.
+
+    For each star used by the full derivation: derive the correction
+    without it (`derive_template_correction` with the star excluded), then
+    calibrate single-standard frames of that star (`calspec_frame_accuracy`,
+    one per seed) without any correction and with the one derived without it.
+
+    Parameters
+    ----------
+    calspec_files : sequence of path
+        All CALSPEC spectra.
+    templates : str or os.PathLike
+        Template library folder (used uncorrected for the derivations).
+    seeds : sequence of int
+        Noise realisations.
+    fwhm : float
+        Resolution of the derivation and of the frames (Å).
+    **derive_kwargs
+        Passed to `derive_template_correction`.
+
+    Returns
+    -------
+    table : `~astropy.table.Table`
+        One row per (star, seed, case) with case ``'none'`` or
+        ``'leave-one-out'`` and the accuracy figures.
+    corrections : dict
+        Star name → the correction derived without it.
+    """
+    files = [Path(f) for f in calspec_files]
+    full = derive_template_correction(files, templates, fwhm=fwhm, **derive_kwargs)
+    exclude = list(derive_kwargs.pop("exclude", ()))
+    rows, corrections = [], {}
+    for star in full.meta["used_stars"]:
+        corr = derive_template_correction(files, templates, fwhm=fwhm, exclude=[*exclude, star], **derive_kwargs)
+        corrections[star] = corr
+        target = [f for f in files if _star_name(f) == star]
+        for seed in seeds:
+            for case, applied in (("none", "none"), ("leave-one-out", corr)):
+                acc = calspec_frame_accuracy(target, templates, applied, seed, fwhm=fwhm)
+                rows.append({"star": star, "seed": int(seed), "case": case, **acc})
+    return Table(rows=rows), corrections
