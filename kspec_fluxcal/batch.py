@@ -365,7 +365,7 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
 
 def _run(tasks, records, config, workers, scheduler):
     """Prepare the common grid, submit the tasks and collect their records as they complete."""
-    from .templates import PreparedGrid
+    from .templates import PreparedGrid, TemplateLibrary
 
     _, _, _, as_completed = _import_distributed()
     specs, setups = {}, [None] * len(tasks)
@@ -377,7 +377,8 @@ def _run(tasks, records, config, workers, scheduler):
             key = counts.most_common(1)[0][0]
             log.info("preparing the template grid for the common set-up of %d of %d frames (FWHM %s Å) once",
                      counts[key], len(tasks), key[0] if key[0] is not None else key[1])
-            PreparedGrid.build(library, specs[key], key[0], fwhm_poly_coeffs=key[1])
+            PreparedGrid.build(TemplateLibrary(config.templates, correction=config.template_correction), specs[key],
+                               key[0], fwhm_poly_coeffs=key[1])
     cache_root = cache_dir()
     start = time.perf_counter()
     with dask_client(workers, scheduler) as client:

@@ -447,7 +447,7 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
                          "template library fingerprint")
     stored = (result.summary.get("template_correction") or {}).get("label")
     header["FCALTCOR"] = (str(origin.get("template_correction") or stored or "none")[:45],
-                          "template correction (name:fingerprint) or none")
+                          "template correction applied")
     header["FCALFALL"] = (bool(origin.get("fallback")), "nightly fallback calibration applied")
     if origin.get("source"):
         set_card(header, "FCALSRC", origin["source"], "calibration product applied")

@@ -11,10 +11,11 @@ out of every template:
   interpolation of `~kspec_fluxcal.matching.select_best_templates`, then the
   scale and E(B−V) to the star's synthetic photometry — at a resolution where
   both the spectra and the grid are reliable (FWHM 30 Å for ck04), takes
-  spectrum / model smoothed on continuum scales (B-spline, 150 Å knots,
-  lines deeper than 10 % masked), and combines the usable stars by the median
-  at each wavelength. The stars' scatter about it is the correction's
-  per-wavelength uncertainty. Stars whose refined parameters end on the edge
+  spectrum / model smoothed on continuum scales (B-spline with 250 Å knots,
+  the smooth form of the calibration vectors; lines deeper than 10 % masked),
+  and averages the usable stars at each wavelength. The stars' scatter about
+  it is the correction's per-wavelength uncertainty. Stars whose refined
+  parameters end on the edge
   of the grid (metal-poor stars beyond the lowest [M/H]) are reported, not
   used.
 * `TemplateCorrection` holds the result (multiplicative factor, fractional
@@ -296,13 +297,14 @@ def derive_template_correction(
     calspec_files,
     library,
     fwhm=30.0,
-    wave_range=(3300.0, 10000.0),
-    n_pix=690,
-    knot_spacing=150.0,
+    wave_range=(3300.0, 9900.0),
+    n_pix=680,
+    knot_spacing=250.0,
     line_depth=0.1,
     snr=300.0,
     normalise_range=(4000.0, 9000.0),
     exclude=(),
+    combination="mean",
     name=None,
     command=None,
 ):
@@ -317,12 +319,14 @@ def derive_template_correction(
     smoothed by a B-spline of ``knot_spacing`` knots with pixels where the
     model dips more than ``line_depth`` below its continuum left out, and
     normalised to a median of 1 over ``normalise_range``. The usable stars
-    are combined by the median at each wavelength, renormalised the same way.
+    are averaged at each wavelength (``combination``), renormalised the same
+    way.
 
-    The uncertainty is the stars' rms scatter about the median (N − 1
-    degrees of freedom) times sqrt(1 + π/(2N)) — a new star scatters about
-    the curve like the derivation stars, and the median itself is uncertain
-    — with a floor of 0.2 %. The linear dependence of the misfit on Teff
+    The uncertainty is the stars' rms scatter about the combined curve
+    (N − 1 degrees of freedom) times sqrt(1 + 1/N) (mean) or
+    sqrt(1 + π/(2N)) (median) — a new star scatters about the curve like the
+    derivation stars, and the curve itself is uncertain — with a floor of
+    0.2 %. The linear dependence of the misfit on Teff
     across the usable stars is measured and reported in ``meta['teff_dependence']``
     (not applied).
 
@@ -345,7 +349,9 @@ def derive_template_correction(
     n_pix : int
         Pixels of the comparison grid.
     knot_spacing : float
-        Knot spacing (Å) of each star's smooth ratio.
+        Knot spacing (Å) of each star's smooth ratio (250 Å: the knots of
+        the calibration vectors' smooth form, which cannot follow finer
+        structure anyway; 150 Å did worse in the leave-one-out test).
     line_depth : float
         Model pixels deeper than this below the continuum are masked.
     snr : float
@@ -355,6 +361,10 @@ def derive_template_correction(
         Range (Å) over which each curve's median is set to 1.
     exclude : sequence of str
         Star names (file stem before ``_stis``, e.g. ``'hd031128'``) not to use.
+    combination : {'mean', 'median'}
+        How the stars' curves are combined. With the four usable CALSPEC
+        stars the mean did better in the leave-one-star-out test (a median of
+        three is one star's curve).
     name : str, optional
         Name of the correction (default ``'<library kind>-calspec'``).
     command : str, optional
@@ -451,11 +461,14 @@ def derive_template_correction(
     lo, hi = np.flatnonzero(defined)[[0, -1]]
     keep = slice(lo, hi + 1)
     stack = stack[:, keep]
-    factor = np.median(stack, axis=0)
+    if combination not in ("median", "mean"):
+        raise InputDataError(f"combination must be 'median' or 'mean'; got {combination!r}.")
+    factor = np.median(stack, axis=0) if combination == "median" else np.mean(stack, axis=0)
     factor = factor / np.median(factor[norm[keep]])
     n = len(used)
     scatter = np.sqrt(np.sum((stack - factor) ** 2, axis=0) / (n - 1))
-    sigma = np.maximum(scatter * np.sqrt(1.0 + _MEDIAN_VARIANCE / n), _SIGMA_FLOOR)
+    sigma = np.maximum(scatter * np.sqrt(1.0 + (_MEDIAN_VARIANCE if combination == "median" else 1.0) / n),
+                       _SIGMA_FLOOR)
 
     teffs = np.array([s["teff"] for s in stars if s["used"]])
     teff_dependence = None
@@ -479,8 +492,9 @@ def derive_template_correction(
         "used_stars": used,
         "fit": {"fwhm_A": float(fwhm), "wave_range_A": [float(w) for w in wave_range], "n_pix": int(n_pix),
                 "knot_spacing_A": float(knot_spacing), "line_depth": float(line_depth), "snr": float(snr),
-                "normalise_range_A": [float(w) for w in normalise_range], "combination": "median",
-                "sigma": "rms scatter of the used stars about the median × sqrt(1 + pi/(2N)), floor 0.002",
+                "normalise_range_A": [float(w) for w in normalise_range], "combination": combination,
+                "sigma": f"rms scatter of the used stars about the {combination} x sqrt(1 + "
+                         f"{'pi/2' if combination == 'median' else '1'}/N), floor 0.002",
                 "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
                               "to synthetic PS1 griz/Gaia/2MASS photometry"},
         "teff_dependence": teff_dependence,
