@@ -193,7 +193,7 @@ def _grid_specs(setups):
 def _calibrate_one(red_file, catalog, config, grid_wave, setup_key, cache_root):
     """Task body: calibrate one file and return its record as a dict (never raises)."""
     from .pipeline import apply_fluxcal
-    from .templates import PreparedGrid
+    from .templates import PreparedGrid, TemplateLibrary
 
     start = time.perf_counter()
     try:
@@ -202,7 +202,8 @@ def _calibrate_one(red_file, catalog, config, grid_wave, setup_key, cache_root):
         grid = None
         if grid_wave is not None:
             fwhm, poly = setup_key
-            grid = PreparedGrid.build(config.templates, grid_wave, fwhm, fwhm_poly_coeffs=poly)
+            grid = PreparedGrid.build(TemplateLibrary(config.templates, correction=config.template_correction),
+                                      grid_wave, fwhm, fwhm_poly_coeffs=poly)
         run = apply_fluxcal(red_file, replace(config, catalog=catalog), grid=grid)
         summary = run.result.summary
         with fits.open(run.output, memmap=True) as hdul:
@@ -339,7 +340,9 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
                                                                                           "plots")
                                 if getattr(config, name) is not None})
     if config.calibration is None:
-        config = replace(config, templates=resolve_template_library(config).path)
+        library = resolve_template_library(config)
+        # the resolved template correction (or 'none') travels with the tasks: workers need not read its file
+        config = replace(config, templates=library.path, template_correction=library.correction or "none")
 
     records, tasks = {}, []
     for i, (red, cat) in enumerate(zip(red_files, cats)):
@@ -363,7 +366,7 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
 
 def _run(tasks, records, config, workers, scheduler):
     """Prepare the common grid, submit the tasks and collect their records as they complete."""
-    from .templates import PreparedGrid
+    from .templates import PreparedGrid, TemplateLibrary
 
     _, _, _, as_completed = _import_distributed()
     specs, setups = {}, [None] * len(tasks)
@@ -375,7 +378,8 @@ def _run(tasks, records, config, workers, scheduler):
             key = counts.most_common(1)[0][0]
             log.info("preparing the template grid for the common set-up of %d of %d frames (FWHM %s Å) once",
                      counts[key], len(tasks), key[0] if key[0] is not None else key[1])
-            PreparedGrid.build(config.templates, specs[key], key[0], fwhm_poly_coeffs=key[1])
+            PreparedGrid.build(TemplateLibrary(config.templates, correction=config.template_correction), specs[key],
+                               key[0], fwhm_poly_coeffs=key[1])
     cache_root = cache_dir()
     start = time.perf_counter()
     with dask_client(workers, scheduler) as client:

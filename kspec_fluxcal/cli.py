@@ -4,11 +4,12 @@
 
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
-        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
+        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]] [--template-correction FILE|auto|none]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
         [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
+    kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
     kspec-fluxcal info
@@ -58,6 +59,9 @@ def build_parser():
     derive.add_argument("--min-standards", type=int, default=1, metavar="N",
                         help="fewest usable standards for a frame's own calibration (default 1)")
     derive.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
+    derive.add_argument("--template-correction", default="auto", metavar="FILE|auto|none",
+                        help="correction applied to every template (default auto: the shipped CALSPEC-derived "
+                             "one for ck04models, none for BOSZ)")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -89,6 +93,15 @@ def build_parser():
     batch.add_argument("--products", action="store_true",
                        help="also write each calibration as <stem>_fluxcal.fits beside the calibrated file")
 
+    corr = sub.add_parser("derive-correction", parents=[common],
+                          help="derive a template-grid correction from CALSPEC standards")
+    corr.add_argument("--calspec", type=Path, required=True, help="folder of CALSPEC FITS spectra")
+    corr.add_argument("--templates", type=Path, required=True, help="BOSZ 2024 or ck04models folder")
+    corr.add_argument("-o", "--output", type=Path, required=True, help="the correction (.ecsv)")
+    corr.add_argument("--fwhm", type=float, default=30.0, help="resolution of the comparison, Å (default 30)")
+    corr.add_argument("--exclude", nargs="+", default=[], metavar="STAR",
+                      help="CALSPEC stars not to use (file stem before _stis, e.g. hd031128)")
+
     demo = sub.add_parser("demo", parents=[common], help="calibrate a SYNTHETIC exposure end to end")
     demo.add_argument("--output", type=Path, default=Path("kspec_fluxcal_demo"))
     demo.add_argument("--templates", type=Path, help="use this library instead of the compact synthetic grid")
@@ -111,7 +124,7 @@ def _config(args, **extra):
 
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
-                         min_standards=args.min_standards, **extra)
+                         min_standards=args.min_standards, template_correction=args.template_correction, **extra)
 
 
 def _calibrate(args):
@@ -164,6 +177,30 @@ def _batch(args):
     return 1 if counts["failed"] else 0
 
 
+def _derive_correction(args):
+    import numpy as np
+
+    from .calspec_correction import derive_template_correction
+
+    files = sorted(p for p in args.calspec.glob("*.fits*") if p.is_file()) if args.calspec.is_dir() else []
+    if not files:
+        raise KspecFluxcalError(f"{args.calspec} holds no CALSPEC FITS file (*.fits, *.fits.gz); give --calspec DIR.")
+    command = " ".join(["kspec-fluxcal", "derive-correction", "--calspec", str(args.calspec), "--templates",
+                        str(args.templates), "-o", str(args.output)]
+                       + (["--fwhm", f"{args.fwhm:g}"] if args.fwhm != 30.0 else [])
+                       + (["--exclude", *args.exclude] if args.exclude else []))
+    correction = derive_template_correction(files, args.templates, fwhm=args.fwhm, exclude=args.exclude,
+                                            command=command)
+    correction.write(args.output)
+    print(f"{args.output}: template correction {correction.label} from {len(correction.meta['used_stars'])} "
+          f"CALSPEC stars; factor {correction.factor.min():.3f}–{correction.factor.max():.3f}, "
+          f"median 1σ {100 * np.median(correction.sigma):.2f}%")
+    for star in correction.meta["stars"]:
+        print(f"  {star['name']}: Teff {star['teff']:.0f} K, log g {star['logg']:.2f}, [M/H] {star['feh']:+.2f}, "
+              f"E(B-V) {star['ebv']:.3f}: {'used' if star['used'] else 'not used, ' + star['reason']}")
+    return 0
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -211,7 +248,7 @@ def _info(args):
 
 
 COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "batch": _batch, "demo": _demo,
-            "download-templates": _download, "info": _info}
+            "download-templates": _download, "info": _info, "derive-correction": _derive_correction}
 
 
 def main(argv=None):

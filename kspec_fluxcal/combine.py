@@ -119,6 +119,7 @@ def combine_calibration_vectors(
     representation=None,
     gates=None,
     rejected=None,
+    template_misfit=None,
 ):
     """Combine per-star calibration vectors into one.
 
@@ -143,6 +144,10 @@ def combine_calibration_vectors(
     rejected : list of dict, optional
         Stars already rejected upstream (each with ``star_name``, ``fiber_id``,
         ``reject_reason``); they are carried into the summary.
+    template_misfit : callable, optional
+        f(wavelength in Å, ndarray) → fractional 1σ of the misfit all
+        templates share; (f × C)² is added to the combined variance (it does
+        not average down over stars).
 
     Returns
     -------
@@ -174,8 +179,14 @@ def combine_calibration_vectors(
     if not active.any():
         _raise_none_left(vectors, reasons, prior)
 
-    return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
-                    smooth_window, representation, gates)
+    result = _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
+                      smooth_window, representation, gates)
+    if template_misfit is not None:  # a systematic shared by every star: it does not average down
+        vec = result.combined_vector
+        frac = np.asarray(template_misfit(vec.wavelength.to_value(u.AA)), dtype=float)
+        vec.cal_variance = vec.cal_variance + (frac * vec.cal_factor) ** 2
+        result.summary["template_misfit_in_variance"] = True
+    return result
 
 
 def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth, smooth_window,

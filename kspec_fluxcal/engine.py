@@ -37,7 +37,14 @@ class StandardStar:
 
 @dataclass
 class EngineOptions:
-    """Options of `derive_flux_calibration` (see its parameters)."""
+    """Options of `derive_flux_calibration` (see its parameters).
+
+    ``template_misfit`` is None or a callable f(wavelength in Å, ndarray) →
+    fractional 1σ (ndarray) of the misfit the templates share (e.g.
+    `~kspec_fluxcal.templates.TemplateCorrection.fractional_sigma`);
+    it does not average down over stars, and (f × C)² is added to the combined
+    calibration's variance.
+    """
 
     metric: str = "chi2"
     ebv: object = "fit"
@@ -50,6 +57,7 @@ class EngineOptions:
     smooth_window: int = 51
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
+    template_misfit: object = None
 
 
 def _teff_window(photometry):
@@ -66,7 +74,7 @@ def _teff_window(photometry):
     return None
 
 
-def _refined_on_edge(match, grid):
+def refined_on_grid_edge(match, grid):
     """Which refined parameters sit on the grid's boundary (within a tenth of a step).
 
     Refinement never leaves the grid, so a star beyond it ends on the
@@ -93,7 +101,7 @@ def _reject(rejected, star, reason):
 def _star_meta(star, match, window, grid):
     """What a star's vector records about it besides the calibration itself."""
     return {"star_name": star.name, "fiber_id": int(star.fiber_id), **star.meta, "teff_window": window,
-            "on_edge": _refined_on_edge(match, grid), "runner_up_score": float(match.runner_up_score),
+            "on_edge": refined_on_grid_edge(match, grid), "runner_up_score": float(match.runner_up_score),
             "n_candidates": int(match.n_candidates)}
 
 
@@ -163,4 +171,5 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         representation=options.representation,
         gates=options.gates,
         rejected=rejected,
+        template_misfit=options.template_misfit,
     )

@@ -106,6 +106,13 @@ class FluxcalConfig:
         Also write the calibration as a product here (``.fits`` or ``.ecsv``;
         see `kspec_fluxcal.products.save_calibration`), replacing an existing
         file.
+    template_correction : 'auto', 'none', None, str, Path or `~kspec_fluxcal.templates.TemplateCorrection`
+        Correction applied to every template before the LSF (see
+        `~kspec_fluxcal.templates.TemplateLibrary`): ``'auto'`` applies the
+        shipped CALSPEC-derived correction to a ck04models library and none to
+        BOSZ. Recorded in the header (``FCALTCOR``) and the summary; its
+        per-wavelength uncertainty enters the combined calibration's variance
+        as the template-misfit term.
     """
 
     catalog: object = None
@@ -125,6 +132,7 @@ class FluxcalConfig:
     fallback: object = None
     min_standards: int = 1
     save_calibration: object = None
+    template_correction: object = "auto"
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -336,7 +344,7 @@ def resolve_template_library(config):
             f"template library folder {folder} does not exist; download BOSZ templates with "
             "'kspec-fluxcal download-templates' or give --templates DIR."
         )
-    return TemplateLibrary(folder)
+    return TemplateLibrary(folder, correction=config.template_correction)
 
 
 def _standards(frame, catalog, config):
@@ -430,6 +438,9 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
                          "template library folder")
     header["FCALTFP"] = (str(origin.get("template_fingerprint") or provenance.get("template_fingerprint") or "")[:40],
                          "template library fingerprint")
+    stored = (result.summary.get("template_correction") or {}).get("label")
+    header["FCALTCOR"] = (str(origin.get("template_correction") or stored or "none")[:45],
+                          "template correction applied")
     header["FCALFALL"] = (bool(origin.get("fallback")), "nightly fallback calibration applied")
     if origin.get("source"):
         set_card(header, "FCALSRC", origin["source"], "calibration product applied")
@@ -480,14 +491,17 @@ def _derive(red_filename, frame, config, grid):
     catalog = load_standard_star_catalog(config.catalog)
     fwhm, poly = instrument_fwhm(config, frame.header)
     library = resolve_template_library(config)
-    origin = {"template_library": Path(library.path).name, "template_fingerprint": library.fingerprint}
+    origin = {"template_library": Path(library.path).name, "template_fingerprint": library.fingerprint,
+              "template_correction": library.correction.label if library.correction is not None else "none"}
     try:
         stars, rejected = _standards(frame, catalog, config)
         if grid is None:
             common = common_log_grid(frame.wavelength) * u.AA
             grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
         origin["lsf"] = grid.meta.get("lsf", "")
-        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)
+        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
+                                template_misfit=None if library.correction is None
+                                else library.correction.fractional_sigma)
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
         if config.fallback is None:
@@ -500,10 +514,16 @@ def _derive(red_filename, frame, config, grid):
             raise CalibrationError(f"{reason}; give a nightly calibration as fallback or lower the minimum.")
         return _fallback(frame, config, result, reason, origin)
     options = {"metric": config.metric, "ebv": config.ebv, "smooth": config.smooth, "match": config.match,
-               "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates)}
+               "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates),
+               "template_correction": origin["template_correction"]}
     result.summary["provenance"] = calibration_provenance(
         red_filename, frame.header, file_sha256(red_filename), origin["template_library"],
         origin["template_fingerprint"], options)
+    correction = library.correction
+    result.summary["template_correction"] = None if correction is None else {
+        "label": correction.label, "name": correction.name, "fingerprint": correction.fingerprint,
+        "library_kind": correction.meta.get("library_kind"), "used_stars": correction.meta.get("used_stars"),
+        "date": correction.meta.get("date"), "misfit_variance_in_cal_variance": True}
     return result, origin
 
 

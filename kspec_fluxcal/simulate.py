@@ -649,7 +649,7 @@ _REFCAT_COLUMNS = (
     "icontrib", "z", "dz", "zchi", "zcontrib", "nstat", "J", "dJ", "H", "dH", "K", "dK",
 )
 # Refcat2 column → (registry band, its error column, typical error in mag)
-_REFCAT_BANDS = {
+REFCAT_BANDS = {
     "g": ("ps1_g", "dg", 0.010), "r": ("ps1_r", "dr", 0.010), "i": ("ps1_i", "di", 0.010),
     "z": ("ps1_z", "dz", 0.012), "Gaia": ("gaia_g", "dGaia", 0.002), "BP": ("gaia_bp", "dBP", 0.004),
     "RP": ("gaia_rp", "dRP", 0.003), "J": ("2mass_j", "dJ", 0.025), "H": ("2mass_h", "dH", 0.030),
@@ -763,7 +763,7 @@ def _catalog_row(objid, ra, dec, mags_ab, rng, teff, sentinel_bands=()):
     row.update(dstDegrees=0.0, objid=int(objid), RA=ra, Dec=dec, plx=1.0, dplx=0.05, pmra=0.0, dpmra=0.1,
                pmdec=0.0, dpmdec=0.1, Teff=teff + rng.normal(0, 150), AGaia=np.nan, dupvar=0, Ag=np.nan,
                rp1=np.nan, r1=np.nan, r10=np.nan, nstat=0)
-    for col, (band, ecol, err) in _REFCAT_BANDS.items():
+    for col, (band, ecol, err) in REFCAT_BANDS.items():
         curve = load_filter_curve(band)
         sigma = err * rng.uniform(0.8, 1.3)
         mag = mags_ab[band] - curve.vega_to_ab + rng.normal(0, sigma)
@@ -778,11 +778,11 @@ def _catalog_row(objid, ra, dec, mags_ab, rng, teff, sentinel_bands=()):
     return row
 
 
-def _band_mags(native_wave, flux):
+def refcat_band_magnitudes(native_wave, flux):
     from .photometry import REGISTERED_BANDS, band_flux_matrix
     from .photometry.ab import ab_mag_of_fnu_values
 
-    names = [b for b in REGISTERED_BANDS if b in {v[0] for v in _REFCAT_BANDS.values()}]
+    names = [b for b in REGISTERED_BANDS if b in {v[0] for v in REFCAT_BANDS.values()}]
     fnu = band_flux_matrix(native_wave, names) @ flux
     return dict(zip(names, ab_mag_of_fnu_values(fnu)))
 
@@ -865,7 +865,7 @@ def _build_exposure(rng, stars, types, n_pix, wave_range, fwhm, fwhm_poly, snr_r
             rows.append(_catalog_row(1000 + f, ra + rng.normal(0, 0.1 / 3600), dec + rng.normal(0, 0.1 / 3600),
                                      star.mags, rng, star.truth.get("teff", 6000.0), sentinel))
     for k in range(n_field_stars):
-        mags = {b: rng.uniform(14, 17) for b in {v[0] for v in _REFCAT_BANDS.values()}}
+        mags = {b: rng.uniform(14, 17) for b in {v[0] for v in REFCAT_BANDS.values()}}
         rows.append(_catalog_row(5000 + k, _FIELD_CENTRE[0] + rng.uniform(-0.7, 0.7),
                                  _FIELD_CENTRE[1] + rng.uniform(-0.7, 0.7), mags, rng, 6000.0))
     catalog = Table(rows=[[r[c] for c in _REFCAT_COLUMNS] for r in rows], names=_REFCAT_COLUMNS)
@@ -968,7 +968,7 @@ def make_exposure(
         ebv = rng.uniform(*ebv_range)
         surface, _ = synthetic_stellar_spectrum(native / (1 + rv / _C_KMS), resolution=native_r, **params)
         reddened = surface * reddening_factor(native, ebv)
-        mags = _band_mags(native, reddened)
+        mags = refcat_band_magnitudes(native, reddened)
         r_mag = rng.uniform(*mag_range)
         scale = 10 ** (-0.4 * (r_mag - mags["ps1_r"]))
         mags = {b: m - 2.5 * np.log10(scale) for b, m in mags.items()}
@@ -1007,7 +1007,7 @@ def make_calspec_exposure(
     stars = []
     for path in calspec_files:
         wave, flux, resolution = read_calspec(path)
-        mags = _band_mags(wave, flux)
+        mags = refcat_band_magnitudes(wave, flux)
         stem = Path(path).name.split("_stis")[0]
         stars.append(_Star(wave, flux, resolution or 800.0, mags,
                            dict(name=stem.upper(), teff=CALSPEC_TEFF.get(stem, 6000.0), source=str(Path(path).name))))

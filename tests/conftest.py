@@ -22,6 +22,8 @@ def pytest_configure(config):
 def _shared(subdir):
     path = SHARED_DATA / subdir
     if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference data {path} is absent, but CI is set: CI must provide ../shared/data")
         pytest.skip(f"reference data {path} is absent (it lives in ../shared/data beside the repository)")
     return path
 

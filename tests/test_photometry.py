@@ -274,7 +274,7 @@ def test_shipped_g_r_table_is_reproducible(ck04_dir):
 
     from kspec_fluxcal.templates import TemplateLibrary
 
-    made = ph.color_teff_table(TemplateLibrary(ck04_dir))
+    made = ph.color_teff_table(TemplateLibrary(ck04_dir, correction=None))  # the table predates the correction
     shipped = Table.read(Path(ph.__file__).parents[1] / "data" / colour_teff._G_R_TABLE, format="ascii.ecsv")
     np.testing.assert_array_equal(made["teff"], shipped["teff"])
     np.testing.assert_array_equal(made["feh"], shipped["feh"])

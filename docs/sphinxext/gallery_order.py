@@ -5,6 +5,7 @@ TUTORIALS = (
     "plot_match_standard.py",
     "plot_calibrate_exposure.py",
     "plot_ck04_grid.py",
+    "plot_template_correction.py",
     "plot_specutils_workflow.py",
 )
 

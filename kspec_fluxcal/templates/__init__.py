@@ -3,6 +3,7 @@
 In the order of the data flow:
 
 * `~kspec_fluxcal.templates.formats`: BOSZ 2024 and Castelli–Kurucz file names and readers;
+* `~kspec_fluxcal.templates.correction`: `TemplateCorrection`, the misfit the models share;
 * `~kspec_fluxcal.templates.library`: `TemplateLibrary`, a folder indexed and cached as one binary grid;
 * `~kspec_fluxcal.templates.lsf`: the instrument's line spread function as one sparse operator;
 * `~kspec_fluxcal.templates.prepared`: `PreparedGrid`, a whole grid at the instrument's resolution
@@ -12,6 +13,7 @@ All wavelengths are in Å, in air.
 """
 
 from ..bosz import BoszModelName, parse_bosz_filename
+from .correction import TemplateCorrection
 from .library import PARAMETER_SCALES, TemplateLibrary
 from .lsf import TemplateResolutionWarning, lsf_operator, prepare_template
 from .prepared import DEFAULT_EBV_GRID, PreparedGrid
@@ -20,6 +22,7 @@ __all__ = [
     "BoszModelName",
     "parse_bosz_filename",
     "TemplateLibrary",
+    "TemplateCorrection",
     "PARAMETER_SCALES",
     "TemplateResolutionWarning",
     "lsf_operator",

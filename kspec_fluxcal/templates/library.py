@@ -19,6 +19,7 @@ from ..bosz import parse_bosz_filename
 from ..cache import cache_dir, fingerprint, load_arrays, load_verified_arrays, save_arrays, stamp_verified
 from ..containers import FLAM, StellarTemplate, as_wavelength
 from ..exceptions import CacheError, InputDataError, TemplateLibraryError
+from .correction import resolve_template_correction
 from .formats import (
     ck04_logg,
     ck04_parameters,
@@ -89,6 +90,15 @@ class TemplateLibrary:
         The library folder.
     resolution : int, optional
         For a BOSZ folder holding several resolving powers: the one to use.
+    correction : 'auto', 'none', None, str, os.PathLike or `~kspec_fluxcal.templates.correction.TemplateCorrection`
+        Multiplicative correction applied to every model's flux and continuum
+        as it enters the binary grid (so before any LSF). ``'auto'`` (default):
+        the shipped CALSPEC-derived correction when the library is ck04models,
+        none for BOSZ (and SYNTHETIC) libraries; None or ``'none'``: none; a
+        path: a correction file (see
+        `~kspec_fluxcal.templates.correction.resolve_template_correction`). The
+        correction's fingerprint is part of `fingerprint`, so corrected and
+        uncorrected grids never share a cache entry.
 
     Attributes
     ----------
@@ -99,7 +109,10 @@ class TemplateLibrary:
     resolution : int or None
         Resolving power of the BOSZ models; None for ck04.
     fingerprint : str
-        Content key of the library (changes when any model file changes).
+        Content key of the library (changes when any model file or the
+        correction changes).
+    correction : `~kspec_fluxcal.templates.correction.TemplateCorrection` or None
+        The correction applied to every model.
     entries : `~astropy.table.Table`
         One row per model: ``teff`` (K), ``logg``, ``feh``, ``alpha_m``,
         ``carbon_m`` (dex), ``vmicro`` (km s⁻¹), ``atmos``, ``path`` (the file),
@@ -112,12 +125,15 @@ class TemplateLibrary:
         If the folder is missing, empty, of unknown layout, or ambiguous.
     """
 
-    def __init__(self, path, resolution=None):
+    def __init__(self, path, resolution=None, correction="auto"):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_dir():
             raise TemplateLibraryError(f"template library folder {self.path} does not exist.")
         self._grid = None
         self._detect(resolution)
+        self.correction = resolve_template_correction(correction, self.kind)
+        if self.correction is not None:
+            self.fingerprint = fingerprint(self.fingerprint, "template-correction", self.correction.fingerprint)
         self.entries = self._load_index()
 
     # -- layout ----------------------------------------------------------------
@@ -274,7 +290,8 @@ class TemplateLibrary:
 
     def __repr__(self):
         res = f", R={self.resolution}" if self.resolution else ""
-        return f"<TemplateLibrary {self.kind}{res}: {len(self)} models in {self.path}>"
+        cor = f", corrected by {self.correction.label}" if self.correction is not None else ""
+        return f"<TemplateLibrary {self.kind}{res}{cor}: {len(self)} models in {self.path}>"
 
     @property
     def wavelength(self):
@@ -428,6 +445,10 @@ class TemplateLibrary:
             if (folder / "index.json").exists():
                 log.warning("rebuilding the binary template grid of %s: %s", self.path, exc)
             flux, cont = self._ingest()
+            if self.correction is not None:  # before any LSF
+                factor = self.correction.factor_at(self._wavelength).astype(np.float32)
+                flux *= factor
+                cont *= factor
             save_arrays(
                 folder,
                 {"wavelength": self._wavelength, "flux": flux, "continuum": cont},
