@@ -536,6 +536,56 @@ class CalibrationVector:
         table.meta["CALMETA"] = json.dumps(_jsonable(self.meta))
         return table
 
+    def to_spectrum(self):
+        """The vector as a `~specutils.Spectrum`, without loss.
+
+        Returns
+        -------
+        `~specutils.Spectrum`
+            Spectral axis: ``wavelength`` (Å, air); flux: ``cal_factor``;
+            uncertainty: `~astropy.nddata.VarianceUncertainty` of
+            ``cal_variance``; mask: ``mask`` (True = bad). ``meta`` holds
+            ``calibration_meta`` (this vector's ``meta``) and, when present,
+            ``smooth_factor`` and ``smooth_variance`` (Quantities).
+        """
+        meta = {"calibration_meta": dict(self.meta)}
+        if self.smooth_factor is not None:
+            meta["smooth_factor"] = self.smooth_factor.copy()
+            meta["smooth_variance"] = self.smooth_variance.copy()
+        return Spectrum(
+            spectral_axis=self.wavelength.copy(),
+            flux=self.cal_factor.copy(),
+            uncertainty=VarianceUncertainty(self.cal_variance.value.copy(), unit=self.cal_variance.unit),
+            mask=self.mask.copy(),
+            meta=meta,
+        )
+
+    @classmethod
+    def from_spectrum(cls, spectrum):
+        """Inverse of `to_spectrum`; any 1-D `~specutils.Spectrum` of flux per count is accepted.
+
+        A spectrum without uncertainty gets zero variance; one without mask
+        is masked where its flux is not finite and positive. Standard
+        deviations and inverse variances are converted to variances.
+        """
+        if not isinstance(spectrum, Spectrum) or spectrum.flux.ndim != 1:
+            raise InputDataError(
+                "CalibrationVector.from_spectrum needs a 1-D specutils Spectrum (flux per count on a wavelength axis)."
+            )
+        variance = spectrum_variance(spectrum)
+        if variance is None:
+            variance = np.zeros(spectrum.flux.shape) * spectrum.flux.unit**2
+        meta = dict(spectrum.meta or {})
+        return cls(
+            wavelength=spectrum.spectral_axis.view(u.Quantity),
+            cal_factor=spectrum.flux.copy(),
+            cal_variance=variance,
+            mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool).copy(),
+            smooth_factor=meta.get("smooth_factor"),
+            smooth_variance=meta.get("smooth_variance"),
+            meta=dict(meta.get("calibration_meta", {})),
+        )
+
     @classmethod
     def from_table(cls, table):
         """Inverse of `to_table`."""

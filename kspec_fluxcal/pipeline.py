@@ -33,6 +33,7 @@ from .exceptions import (
     OutputWriteError,
     RedFileError,
 )
+from .io.units import header_unit, parse_unit, read_fits_table
 from .products import (
     calibration_for_frame,
     calibration_provenance,
@@ -181,6 +182,7 @@ class RedFrame:
     fibres: Table
     header: fits.Header
     counts_unit: u.Unit
+    unit_assumed: bool = False
 
 
 @dataclass
@@ -205,11 +207,9 @@ def _wavelength_unit(header, values):
     unit = header.get("BUNIT") or header.get("CUNIT1")
     if unit:
         try:
-            unit = u.Unit(unit)
-        except ValueError as exc:
-            raise RedFileError(f"WAVELA has an unreadable unit '{unit}'; use Angstrom.") from exc
-        if unit.physical_type != "length":
-            raise RedFileError(f"WAVELA unit '{unit}' is not a wavelength; it must be in Angstrom.")
+            unit = parse_unit(unit, kind="wavelength", name="WAVELA unit")
+        except InputDataError as exc:
+            raise RedFileError(str(exc)) from exc
         return unit, "its header unit"
     finite = values[np.isfinite(values)]
     median = np.median(finite) if finite.size else np.nan
@@ -228,6 +228,13 @@ def read_red_frame(path):
     from the median value — below 10 µm, below 2000 nm, else Å. Converted
     wavelengths must lie within `PLAUSIBLE_WAVELENGTHS` (1000–30 000 Å), so a
     wrong header unit is caught rather than calibrated.
+
+    Units are read with `kspec_fluxcal.io.units.parse_unit`, so ``BUNIT`` may
+    be written as reductions do ('counts', 'e-/s', 'ADU', …). An uncalibrated
+    frame's ``BUNIT`` must be counts (ct, electron, adu, DN) or counts per
+    second; a missing one is taken as ct with a
+    `~kspec_fluxcal.MissingUnitWarning` (``RedFrame.unit_assumed``). A
+    calibrated frame (``FLUXCAL = T``) is read in its own flux unit.
 
     Raises `~kspec_fluxcal.RedFileError` naming what is missing, damaged or
     inconsistent (a truncated file, a missing extension, shapes that disagree,
@@ -255,7 +262,7 @@ def read_red_frame(path):
                 variance = _image(hdul["VARIANCE"], "VARIANCE", path)
                 wave = np.asarray(hdul["WAVELA"].data, dtype=float)
                 wave_unit, unit_source = _wavelength_unit(hdul["WAVELA"].header, wave)
-                fibres = Table.read(hdul["FIBRES"])
+                fibres = read_fits_table(hdul["FIBRES"])
     except KspecFluxcalError:
         raise
     except AstropyUserWarning as exc:
@@ -290,12 +297,12 @@ def read_red_frame(path):
             f"{PLAUSIBLE_WAVELENGTHS[0]:.0f}–{PLAUSIBLE_WAVELENGTHS[1]:.0f} Å; set WAVELA's BUNIT to the unit of "
             "its values (Angstrom, nm or um)."
         )
-    bunit = header.get("BUNIT", "ct")
     try:
-        counts_unit = u.Unit(bunit or "ct")
-    except ValueError as exc:
-        raise RedFileError(f"PRIMARY BUNIT '{bunit}' is not a unit astropy reads (use 'ct' or 'ct / s').") from exc
-    return RedFrame(counts, variance, np.array(wave2d), fibres, header, counts_unit)
+        kind = None if header.get("FLUXCAL") else "counts"  # a calibrated frame is read in its flux unit
+        counts_unit, assumed = header_unit(header, "BUNIT", default="ct", kind=kind, name="PRIMARY")
+    except InputDataError as exc:
+        raise RedFileError(f"{path.name}: {exc}") from exc
+    return RedFrame(counts, variance, np.array(wave2d), fibres, header, counts_unit, unit_assumed=assumed)
 
 
 def _image(hdu, name, path):
@@ -430,6 +437,9 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
                          "rms scatter between standards (-1: one)")
     header["FCALFORM"] = (result.summary.get("representation", "pixel"), "form of the applied vector")
     header["FCALVER"] = (__version__, "kspec_fluxcal version")
+    header["FCALBUNI"] = (frame.counts_unit.to_string(), "input counts unit (BUNIT) as read")
+    if frame.unit_assumed:
+        header.add_history(f"FCAL input had no BUNIT; counts in {frame.counts_unit.to_string()} assumed")
     provenance = result.summary.get("provenance") or {}
     for key in ("FCALSRC", "FCALNOWN", "FCALGRAY"):  # left by an earlier (forced) run
         header.remove(key, ignore_missing=True, remove_all=True)
