@@ -8,6 +8,7 @@ never 0.
 
 import numpy as np
 from astropy import units as u
+from specutils import Spectrum, SpectrumList
 
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult
 from .exceptions import InputDataError
@@ -37,16 +38,26 @@ def calibration_on_grid(calibration, wavelength):
     return out_factor.reshape(shape), out_var.reshape(shape), out_bad.reshape(shape)
 
 
-def apply_flux_calibration(spectra, variance, calibration, wavelength=None, update_header=None, counts_unit=None):
+def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=None, update_header=None,
+                           counts_unit=None):
     """Calibrate a frame of spectra.
+
+    The documented path is specutils: ``apply_flux_calibration(spectrum, calibration)``
+    with a 1-D or 2-D (fibers × pixels) `~specutils.Spectrum` or a
+    `~specutils.SpectrumList` returns the same kind of object (see
+    `kspec_fluxcal.spectrum_apply.calibrate_spectra`; the second positional
+    argument is then the calibration). Arrays and Quantities are accepted as
+    below and return ``(flux, flux_variance)``.
 
     Parameters
     ----------
-    spectra : `~astropy.units.Quantity` or ndarray, shape (NFIB, NPIX) or (NPIX, NFIB)
-        Counts (ct or ct/s, matching the calibration's denominator). Plain
-        arrays take ``counts_unit`` (default: the calibration's denominator).
+    spectra : `~specutils.Spectrum`, `~specutils.SpectrumList`, `~astropy.units.Quantity` or ndarray
+        Counts (ct or ct/s, matching the calibration's denominator), shape
+        (NFIB, NPIX) or (NPIX, NFIB) for arrays. Plain arrays take
+        ``counts_unit`` (default: the calibration's denominator).
     variance : `~astropy.units.Quantity` or ndarray
-        Variance of ``spectra``, same shape.
+        Variance of array ``spectra``, same shape. (For a spectrum: the
+        calibration, when ``calibration`` is not given.)
     calibration : `~kspec_fluxcal.containers.CalibrationVector` or `~kspec_fluxcal.containers.FluxCalibrationResult`
         The calibration (a result's combined vector is used).
     wavelength : `~astropy.units.Quantity` or ndarray, optional
@@ -63,8 +74,13 @@ def apply_flux_calibration(spectra, variance, calibration, wavelength=None, upda
     flux, flux_variance : `~astropy.units.Quantity`
         Same shape and layout as ``spectra``, in erg s⁻¹ cm⁻² Å⁻¹ (and its
         square); NaN where the calibration is undefined or the input is not
-        finite.
+        finite. For `~specutils.Spectrum` / `~specutils.SpectrumList` input,
+        one object of the same kind instead.
     """
+    if isinstance(spectra, (Spectrum, SpectrumList)):
+        from .spectrum_apply import calibrate_spectra
+
+        return calibrate_spectra(spectra, variance if calibration is None else calibration)
     result = calibration if isinstance(calibration, FluxCalibrationResult) else None
     if result is not None:
         calibration = result.combined_vector

@@ -93,9 +93,12 @@ def identify_kspec_fluxcal(origin, *args, **kwargs):
 
 
 def _path(file_obj):
-    if isinstance(file_obj, fits.HDUList):
-        raise InputDataError("read KSPEC frames from a file name, not an open HDUList.")
-    return Path(file_obj)
+    if isinstance(file_obj, (str, os.PathLike)):
+        return Path(file_obj)
+    name = getattr(file_obj, "name", None)  # astropy's registry hands over an open file when it guessed the format
+    if isinstance(name, (str, os.PathLike)) and Path(name).is_file():
+        return Path(name)
+    raise InputDataError(f"read KSPEC frames from a file name; got {type(file_obj).__name__}.")
 
 
 def _frame_arrays(path):
