@@ -8,7 +8,6 @@ fault in every error.
 """
 
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ from astropy.table import Table
 from specutils import Spectrum
 
 from .exceptions import InputDataError
+from .io.units import read_fits_table, table_to_fits_hdu
 
 __all__ = [
     "FLAM",
@@ -659,15 +659,13 @@ class FluxCalibrationResult:
     def to_hdulist(self):
         """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM``."""
         hdus = fits.HDUList([fits.PrimaryHDU()])
-        combined = fits.table_to_hdu(self.combined_vector.to_table())
-        combined.name = "FLUXCAL"
+        combined = table_to_fits_hdu(self.combined_vector.to_table(), "FLUXCAL")
         hdus.append(combined)
         for i, vec in enumerate(self.per_star_vectors):
             table = vec.to_table()
             if self.per_star_residuals:
                 table["RESIDUAL"] = u.Quantity(self.per_star_residuals[i]).to_value(u.one)
-            hdu = fits.table_to_hdu(table)
-            hdu.name = "FCALVEC"
+            hdu = table_to_fits_hdu(table, "FCALVEC")
             hdu.ver = i + 1
             hdus.append(hdu)
         summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(_jsonable(self.summary))]}))
@@ -684,18 +682,16 @@ class FluxCalibrationResult:
         names = [h.name for h in hdulist]
         if "FLUXCAL" not in names:
             raise InputDataError("no FLUXCAL extension: this is not a kspec_fluxcal calibration.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", u.UnitsWarning)
-            combined = CalibrationVector.from_table(Table.read(hdulist["FLUXCAL"]))
-            vectors, residuals = [], []
-            for hdu in hdulist:
-                if hdu.name != "FCALVEC":
-                    continue
-                table = Table.read(hdu)
-                if "RESIDUAL" in table.colnames:
-                    residuals.append(np.asarray(table["RESIDUAL"], float) * u.one)
-                    table.remove_column("RESIDUAL")
-                vectors.append(CalibrationVector.from_table(table))
+        combined = CalibrationVector.from_table(read_fits_table(hdulist["FLUXCAL"]))
+        vectors, residuals = [], []
+        for hdu in hdulist:
+            if hdu.name != "FCALVEC":
+                continue
+            table = read_fits_table(hdu)
+            if "RESIDUAL" in table.colnames:
+                residuals.append(np.asarray(table["RESIDUAL"], float) * u.one)
+                table.remove_column("RESIDUAL")
+            vectors.append(CalibrationVector.from_table(table))
         summary = {}
         if "FCALSUM" in names:
             summary = json.loads(hdulist["FCALSUM"].data["SUMMARY_JSON"][0])

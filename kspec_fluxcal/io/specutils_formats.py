@@ -40,6 +40,7 @@ from specutils.io.registers import custom_writer, data_loader
 
 from ..containers import spectrum_variance
 from ..exceptions import InputDataError, OutputWriteError, RedFileError
+from .units import fits_unit_string
 
 __all__ = [
     "RED_FORMAT",
@@ -223,14 +224,6 @@ def read_fluxcal_spectrum(file_obj, **kwargs):
     return load_calibration(_path(file_obj)).combined_vector.to_spectrum()
 
 
-def _unit_card(unit):
-    """A unit as a FITS header string: the FITS spelling when it has one, else astropy's generic one."""
-    try:
-        return unit.to_string("fits")
-    except ValueError:
-        return unit.to_string()
-
-
 def _fibres_table(fibres, n):
     if fibres is None:
         return Table({"TYPE": ["U"] * n, "NAME": [f"fiber{i}" for i in range(n)]})
@@ -280,10 +273,10 @@ def red_hdulist(flux, variance, wavelength, mask, header=None, fibres=None):
     for card in fits.Header(header or {}).cards:
         if card.keyword not in _STRUCTURAL:
             primary_header.append(card)
-    primary_header["BUNIT"] = _unit_card(flux.unit)
+    primary_header["BUNIT"] = fits_unit_string(flux.unit)
     hdus = [fits.PrimaryHDU(values, header=primary_header)]
     hdus.append(fits.ImageHDU(var, name="VARIANCE"))
-    hdus[-1].header["BUNIT"] = _unit_card(flux.unit**2)
+    hdus[-1].header["BUNIT"] = fits_unit_string(flux.unit**2)
     hdus.append(fits.ImageHDU(wave, name="WAVELA"))
     hdus[-1].header["BUNIT"] = "Angstrom"
     fib = fits.table_to_hdu(_fibres_table(fibres, values.shape[0]))

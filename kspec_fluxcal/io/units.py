@@ -19,6 +19,7 @@ import re
 import warnings
 
 from astropy import units as u
+from astropy.io import fits
 from astropy.table import Table
 
 from ..exceptions import InputDataError, MissingUnitWarning
@@ -31,6 +32,8 @@ __all__ = [
     "header_unit",
     "counting_unit",
     "read_fits_table",
+    "fits_unit_string",
+    "table_to_fits_hdu",
 ]
 
 UNIT_ALIASES = {
@@ -209,3 +212,39 @@ def read_fits_table(hdu):
                 column.unit = None
                 warnings.warn(MissingUnitWarning(f"{exc} The column is read without a unit."), stacklevel=2)
     return table
+
+
+def fits_unit_string(unit):
+    """A unit as a FITS header string: its FITS spelling when it has one, else astropy's generic one.
+
+    Units the FITS standard lacks (``electron``, ``DN``) are written in the
+    generic form, which `parse_unit` (and so every reader of this package)
+    reads back.
+    """
+    unit = u.Unit(unit)
+    try:
+        return unit.to_string("fits")
+    except ValueError:
+        return unit.to_string()
+
+
+def table_to_fits_hdu(table, name=None):
+    """A table as a `~astropy.io.fits.BinTableHDU` whose ``TUNITn`` are written with `fits_unit_string`.
+
+    Unlike `astropy.io.fits.table_to_hdu`, a unit without a FITS spelling
+    (e.g. erg s⁻¹ cm⁻² Å⁻¹ per electron) is kept, not dropped with a warning;
+    read such tables with `read_fits_table`.
+    """
+    plain = table.copy(copy_data=False)
+    units = {}
+    for column in plain.itercols():
+        if column.unit is not None:
+            units[column.name] = column.unit
+            column.unit = None
+    hdu = fits.table_to_hdu(plain)
+    for i, colname in enumerate(plain.colnames, start=1):
+        if colname in units:
+            hdu.header[f"TUNIT{i}"] = fits_unit_string(units[colname])
+    if name:
+        hdu.name = name
+    return hdu
