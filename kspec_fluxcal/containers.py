@@ -411,9 +411,10 @@ class StellarTemplate:
         return (self.teff, self.logg, self.feh, self.alpha_m)
 
     def to_spectrum(self, normalized=False):
-        """The template as a `~specutils.Spectrum` (continuum-normalised if asked)."""
+        """The template as a `~specutils.Spectrum` (continuum-normalised if asked), its continuum in ``meta``."""
         flux = self.flux / self.continuum if normalized else self.flux
         meta = {
+            "continuum": self.continuum.copy(),
             "teff": self.teff,
             "logg": self.logg,
             "feh": self.feh,

@@ -9,6 +9,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from kspec_fluxcal import MissingUnitWarning, RedFileError
+from kspec_fluxcal.cli import main
 from kspec_fluxcal.containers import FLAM, CalibrationVector, FluxCalibrationResult
 from kspec_fluxcal.exceptions import InputDataError
 from kspec_fluxcal.io.units import counting_unit, header_unit, parse_unit, read_fits_table
@@ -100,8 +101,8 @@ def write_red(path, bunit="ct", wave_unit="Angstrom", n_fib=3, n_pix=200, shared
     fibres = Table({"TYPE": ["C", "P", "S"][:n_fib] + ["P"] * max(0, n_fib - 3),
                     "NAME": [f"f{i}" for i in range(n_fib)], "X": np.arange(n_fib) * 100.0,
                     "Y": np.zeros(n_fib)})
-    fibres["X"].unit = fibres["Y"].unit = "micron"
     fib = fits.table_to_hdu(fibres)
+    fib.header["TUNIT3"] = fib.header["TUNIT4"] = "micron"  # as 2dF-heritage reductions write it
     fib.name = "FIBRES"
     fits.HDUList([primary, fits.ImageHDU(counts.copy(), name="VARIANCE"), wavela, fib]).writeto(path)
     return path
@@ -176,3 +177,13 @@ def test_combine_night_handles_any_counting_unit_and_rates(base):
     assert night.combined_vector.unit == FLAM / (base / u.s)
     good = ~night.combined_vector.mask
     np.testing.assert_allclose(night.combined_vector.cal_factor.value[good], 1e-15, rtol=1e-6)
+
+
+def test_cli_calibrate_with_wild_units_prints_no_warning(tmp_path, capsys):
+    product = save_calibration(_flat_result(FLAM / u.ct), tmp_path / "cal.fits")
+    red = write_red(tmp_path / "red.fits", bunit="COUNTS", wave_unit="Angstroms")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FIBRES X/Y in 'micron' used to raise astropy's UnitsWarning twice
+        status = main(["calibrate", str(red), "--calibration", str(product), "--output", str(tmp_path / "o.fits")])
+    err = capsys.readouterr().err
+    assert status == 0 and "Warning" not in err
