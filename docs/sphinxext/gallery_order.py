@@ -6,6 +6,7 @@ TUTORIALS = (
     "plot_calibrate_exposure.py",
     "plot_ck04_grid.py",
     "plot_specutils_workflow.py",
+    "plot_kspec_frame_specutils.py",
 )
 
 
