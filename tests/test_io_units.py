@@ -1,6 +1,10 @@
 """FITS units as written in the wild: the one parser, RED frames in every counts spelling, combine-night."""
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
+import kspec_fluxcal
 from kspec_fluxcal import MissingUnitWarning, RedFileError
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.containers import FLAM, CalibrationVector, FluxCalibrationResult
@@ -187,3 +192,15 @@ def test_cli_calibrate_with_wild_units_prints_no_warning(tmp_path, capsys):
         status = main(["calibrate", str(red), "--calibration", str(product), "--output", str(tmp_path / "o.fits")])
     err = capsys.readouterr().err
     assert status == 0 and "Warning" not in err
+
+
+def test_cli_prints_each_warning_once(tmp_path):
+    product = save_calibration(_flat_result(FLAM / u.ct), tmp_path / "cal.fits")
+    red = write_red(tmp_path / "red.fits", bunit=None)
+    env = {**os.environ, "PYTHONPATH": str(Path(kspec_fluxcal.__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "kspec_fluxcal.cli", "calibrate", str(red), "--calibration",
+                           str(product), "--output", str(tmp_path / "o.fits")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("PRIMARY BUNIT is missing; 'ct' is assumed") == 1
+    assert "UnitsWarning" not in proc.stderr
