@@ -18,6 +18,7 @@ from .calibration import compute_calibration_vectors, scale_template_to_photomet
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
 from .exceptions import CalibrationError, KspecFluxcalError
+from .quantities import value_in
 
 __all__ = ["StandardStar", "EngineOptions", "derive_flux_calibration"]
 
@@ -37,7 +38,11 @@ class StandardStar:
 
 @dataclass
 class EngineOptions:
-    """Options of `derive_flux_calibration` (see its parameters)."""
+    """Options of `derive_flux_calibration` (see its parameters).
+
+    ``knot_spacing`` (of the smooth vector) is a length: a Quantity, or a bare
+    number of Å.
+    """
 
     metric: str = "chi2"
     ebv: object = "fit"
@@ -50,6 +55,9 @@ class EngineOptions:
     smooth_window: int = 51
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
+
+    def __post_init__(self):
+        self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
 
 
 def _teff_window(photometry):

@@ -43,6 +43,7 @@ from .products import (
     set_card,
 )
 from .products import save_calibration as _save_product
+from .quantities import value_in
 
 __all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal", "log_wavelength_grid"]
 
@@ -65,16 +66,16 @@ class FluxcalConfig:
         ``$KSPEC_FLUXCAL_TEMPLATES``, else ``data/bosz2024`` in the working folder.
     output : str or Path, optional
         Where to write; default: the input file, rewritten atomically.
-    fwhm : float, optional
-        Instrument FWHM (Å), overriding the header's ``SPECFWHM``/``FWHMPCn``.
+    fwhm : float or `~astropy.units.Quantity`, optional
+        Instrument FWHM (Å when a bare number), overriding the header's ``SPECFWHM``/``FWHMPCn``.
     metric : {'chi2', 'huber'}
         Template-fit metric.
     smooth : bool
         Smooth the combined vector further (running median).
     match : {'position', 'order'}
         How catalogue rows are matched to standard fibers.
-    max_sep : float
-        Largest match separation (arcsec).
+    max_sep : float or `~astropy.units.Quantity`
+        Largest match separation (arcsec when a bare number).
     force : bool
         Recalibrate a file that has ``FLUXCAL = T`` already.
     plots : str or Path, optional
@@ -140,9 +141,10 @@ class FluxcalConfig:
         if self.match not in ("position", "order"):
             raise InputDataError(f"match must be 'position' or 'order'; got {self.match!r}.")
         if self.fwhm is not None:
-            self.fwhm = float(self.fwhm)
+            self.fwhm = float(value_in(self.fwhm, u.AA, "fwhm"))
             if not np.isfinite(self.fwhm) or self.fwhm <= 0:
                 raise InputDataError(f"fwhm must be a positive number of Å; got {self.fwhm}.")
+        self.max_sep = float(value_in(self.max_sep, u.arcsec, "max_sep"))
         if int(self.min_standards) != self.min_standards or self.min_standards < 1:
             raise InputDataError(f"min_standards must be a whole number ≥ 1; got {self.min_standards!r}.")
         self.min_standards = int(self.min_standards)
