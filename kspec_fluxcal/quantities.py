@@ -33,8 +33,8 @@ def value_in(value, unit, name):
     Examples
     --------
     >>> from astropy import units as u
-    >>> value_in(0.25 * u.nm, u.AA, "fwhm"), value_in(2.5, u.AA, "fwhm")
-    (2.5, 2.5)
+    >>> value_in(0.05 * u.arcmin, u.arcsec, "max_sep"), value_in(2.5, u.AA, "fwhm")
+    (3.0, 2.5)
     """
     unit = u.Unit(unit)
     if isinstance(value, u.Quantity):
