@@ -239,3 +239,21 @@ def test_top_level_is_curated():
         assert getattr(kspec_fluxcal, name) is not None
     assert {"apply_fluxcal", "derive_flux_calibration", "apply_flux_calibration", "TemplateLibrary",
             "PreparedGrid", "CalibrationVector", "Photometry", "synthetic_photometry"} <= set(kspec_fluxcal.__all__)
+
+
+def test_list_of_unequal_fibers_and_exposure_time_conversion(tmp_path):
+    red = write_red(tmp_path / "red.fits", bunit="ct", exptime=50.0)
+    fibers = SpectrumList.read(red)
+    short = Spectrum(spectral_axis=fibers[0].spectral_axis[:120], flux=fibers[0].flux[:120],
+                     uncertainty=VarianceUncertainty(fibers[0].uncertainty.array[:120], unit=u.ct**2),
+                     mask=fibers[0].mask[:120], meta=fibers[0].meta)
+    per_rate = FluxCalibrationResult(_vector(unit=FLAM / (u.ct / u.s)), summary={"n_stars_used": 2})
+    out = apply_flux_calibration(SpectrumList([short, fibers[1]]), per_rate)  # per ct/s on counts: ÷ EXPTIME
+    assert [len(s.flux) for s in out] == [120, 200]
+    vec = per_rate.combined_vector
+    for one, raw in zip(out, (short, fibers[1])):
+        w = raw.spectral_axis.to_value(u.AA)
+        f, v = _expected(raw.flux.value / 50.0, raw.uncertainty.array / 50.0**2, vec, w)
+        keep = ~one.mask
+        np.testing.assert_allclose(one.flux.value[keep], f[keep], rtol=1e-12)
+        np.testing.assert_allclose(one.uncertainty.array[keep], v[keep], rtol=1e-12)
