@@ -204,3 +204,25 @@ def test_cli_prints_each_warning_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("PRIMARY BUNIT is missing; 'ct' is assumed") == 1
     assert "UnitsWarning" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_frame_in_electrons_derives_a_calibration_per_electron(synthetic_grid_dir, tmp_path):
+    from kspec_fluxcal.demo import calibration_accuracy
+    from kspec_fluxcal.simulate import make_exposure
+
+    exposure = make_exposure(n_standards=4, n_science=1, n_sky=1, n_pix=6000, fwhm=2.5, teff_range=(5300, 7700),
+                             logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), counts_unit="electron", seed=5)
+    red, cat = exposure.write(tmp_path, stem="elec")
+    with fits.open(red, mode="update") as hdul:
+        hdul[0].header["BUNIT"] = "e-"
+    run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, output=tmp_path / "out.fits"))
+    assert run.result.combined_vector.unit == FLAM / u.electron
+    with fits.open(run.output) as hdul:
+        assert hdul[0].header["FCALBUNI"] == "electron"
+        assert parse_unit(hdul["FLUXCAL"].header["TUNIT2"]) == FLAM / u.electron
+    used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
+    truth = exposure.truth
+    accuracy = calibration_accuracy(run.result, truth["wavelength"],
+                                    truth["system_calibration"] / np.median(truth["gray"][used]))
+    assert accuracy["median_abs_error"] < 0.01
