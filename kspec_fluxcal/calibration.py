@@ -21,6 +21,7 @@ from .containers import FLAM, CalibrationVector, Photometry, spectrum_variance, 
 from .exceptions import CalibrationError, InputDataError
 from .extinction import extinction_per_ebv
 from .photometry.ab import ab_mag_of_fnu_values
+from .quantities import value_in
 from .splines import bspline_basis, fit_bspline_rows, interior_knots
 from .wavelength import interpolate_masked
 
@@ -280,8 +281,8 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
         Per-pixel values and variances.
     exclude : ndarray of bool, shape (n_star, n_pix)
         Pixels left out of the fit (lines, telluric bands, bad pixels).
-    knot_spacing : float
-        Interior knot spacing (Å).
+    knot_spacing : float or `~astropy.units.Quantity`
+        Interior knot spacing (Å when a bare number).
     clip_sigma : float
         Symmetric iterative clipping of outliers (σ).
     max_iter : int
@@ -294,6 +295,7 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
         when that exceeds 1), and where each is defined (between the star's
         first and last pixel used).
     """
+    knot_spacing = value_in(knot_spacing, u.AA, "knot_spacing")
     wave = np.asarray(wavelength, dtype=float)
     values = np.atleast_2d(values)
     variance = np.atleast_2d(variance)
@@ -380,8 +382,8 @@ def compute_calibration_vector_for_star(
         Wavelength ranges (Å) masked in the vector (telluric bands).
     extinction, r_v : str, float
         Reddening law, as in `~kspec_fluxcal.extinction.extinction_per_ebv`.
-    knot_spacing : float
-        Knot spacing (Å) of the smooth representation.
+    knot_spacing : float or `~astropy.units.Quantity`
+        Knot spacing (Å when a bare number) of the smooth representation.
     line_depth : float
         Pixels where the model dips more than this below its continuum are
         left out of the smooth fit, so line residuals do not print into it.
@@ -495,8 +497,8 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
     ----------
     pixel_vectors : list of `PixelVector`
         On one wavelength grid (one star, or several put on a common grid).
-    knot_spacing : float
-        Knot spacing (Å) of the smooth B-spline form.
+    knot_spacing : float or `~astropy.units.Quantity`
+        Knot spacing (Å when a bare number) of the smooth B-spline form.
 
     Returns
     -------

@@ -17,6 +17,7 @@ from astropy.table import MaskedColumn, Table
 from .containers import Photometry
 from .exceptions import CatalogError
 from .photometry import load_filter_curve
+from .quantities import value_in
 
 __all__ = ["load_standard_star_catalog", "photometry_from_catalog_row", "match_catalog_to_fibers", "query_photometry"]
 
@@ -303,8 +304,9 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
         ``RA``/``DEC`` (degrees unless the column unit says otherwise).
     catalog : `~astropy.table.Table`
         From `load_standard_star_catalog` (``RA``/``Dec`` in degrees).
-    max_sep : `~astropy.units.Quantity`
-        Largest accepted separation for positional matching.
+    max_sep : `~astropy.units.Quantity` or float
+        Largest accepted separation for positional matching (arcsec when a
+        bare number).
     method : {'position', 'order'}
         Nearest catalogue row on the sky, or the i-th standard ↔ the i-th row.
 
@@ -354,7 +356,7 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
     elif len(catalog) == 0:
         reasons = ["catalogue is empty"] * n
     else:
-        limit = u.Quantity(max_sep).to_value(u.arcsec)
+        limit = value_in(max_sep, u.arcsec, "max_sep")
         if np.any(has_coords):
             here = SkyCoord(fra[has_coords] * u.deg, fdec[has_coords] * u.deg)
             idx, sep2d, _ = here.match_to_catalog_sky(cat_coords)

@@ -117,6 +117,9 @@ def _configure_logging(args):
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(level)
+    # astropy's logger prints the warnings it captures (UnitsWarning, the package's own) with its own handler;
+    # propagated to the root handler above they were printed a second time.
+    logging.getLogger("astropy").propagate = False
 
 
 def _config(args, **extra):

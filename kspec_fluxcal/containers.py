@@ -8,7 +8,6 @@ fault in every error.
 """
 
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ from astropy.table import Table
 from specutils import Spectrum
 
 from .exceptions import InputDataError
+from .io.units import read_fits_table, table_to_fits_hdu
 from .wavelength import as_wavelength
 
 __all__ = [
@@ -353,9 +353,10 @@ class StellarTemplate:
         return (self.teff, self.logg, self.feh, self.alpha_m)
 
     def to_spectrum(self, normalized=False):
-        """The template as a `~specutils.Spectrum` (continuum-normalised if asked)."""
+        """The template as a `~specutils.Spectrum` (continuum-normalised if asked), its continuum in ``meta``."""
         flux = self.flux / self.continuum if normalized else self.flux
         meta = {
+            "continuum": self.continuum.copy(),
             "teff": self.teff,
             "logg": self.logg,
             "feh": self.feh,
@@ -478,6 +479,56 @@ class CalibrationVector:
         table.meta["CALMETA"] = json.dumps(jsonable(self.meta))
         return table
 
+    def to_spectrum(self):
+        """The vector as a `~specutils.Spectrum`, without loss.
+
+        Returns
+        -------
+        `~specutils.Spectrum`
+            Spectral axis: ``wavelength`` (Å, air); flux: ``cal_factor``;
+            uncertainty: `~astropy.nddata.VarianceUncertainty` of
+            ``cal_variance``; mask: ``mask`` (True = bad). ``meta`` holds
+            ``calibration_meta`` (this vector's ``meta``) and, when present,
+            ``smooth_factor`` and ``smooth_variance`` (Quantities).
+        """
+        meta = {"calibration_meta": dict(self.meta)}
+        if self.smooth_factor is not None:
+            meta["smooth_factor"] = self.smooth_factor.copy()
+            meta["smooth_variance"] = self.smooth_variance.copy()
+        return Spectrum(
+            spectral_axis=self.wavelength.copy(),
+            flux=self.cal_factor.copy(),
+            uncertainty=VarianceUncertainty(self.cal_variance.value.copy(), unit=self.cal_variance.unit),
+            mask=self.mask.copy(),
+            meta=meta,
+        )
+
+    @classmethod
+    def from_spectrum(cls, spectrum):
+        """Inverse of `to_spectrum`; any 1-D `~specutils.Spectrum` of flux per count is accepted.
+
+        A spectrum without uncertainty gets zero variance; one without mask
+        is masked where its flux is not finite and positive. Standard
+        deviations and inverse variances are converted to variances.
+        """
+        if not isinstance(spectrum, Spectrum) or spectrum.flux.ndim != 1:
+            raise InputDataError(
+                "CalibrationVector.from_spectrum needs a 1-D specutils Spectrum (flux per count on a wavelength axis)."
+            )
+        variance = spectrum_variance(spectrum)
+        if variance is None:
+            variance = np.zeros(spectrum.flux.shape) * spectrum.flux.unit**2
+        meta = dict(spectrum.meta or {})
+        return cls(
+            wavelength=spectrum.spectral_axis.view(u.Quantity),
+            cal_factor=spectrum.flux.copy(),
+            cal_variance=variance,
+            mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool).copy(),
+            smooth_factor=meta.get("smooth_factor"),
+            smooth_variance=meta.get("smooth_variance"),
+            meta=dict(meta.get("calibration_meta", {})),
+        )
+
     @classmethod
     def from_table(cls, table):
         """Inverse of `to_table`."""
@@ -551,15 +602,13 @@ class FluxCalibrationResult:
     def to_hdulist(self):
         """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM``."""
         hdus = fits.HDUList([fits.PrimaryHDU()])
-        combined = fits.table_to_hdu(self.combined_vector.to_table())
-        combined.name = "FLUXCAL"
+        combined = table_to_fits_hdu(self.combined_vector.to_table(), "FLUXCAL")
         hdus.append(combined)
         for i, vec in enumerate(self.per_star_vectors):
             table = vec.to_table()
             if self.per_star_residuals:
                 table["RESIDUAL"] = u.Quantity(self.per_star_residuals[i]).to_value(u.one)
-            hdu = fits.table_to_hdu(table)
-            hdu.name = "FCALVEC"
+            hdu = table_to_fits_hdu(table, "FCALVEC")
             hdu.ver = i + 1
             hdus.append(hdu)
         summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(jsonable(self.summary))]}))
@@ -576,18 +625,16 @@ class FluxCalibrationResult:
         names = [h.name for h in hdulist]
         if "FLUXCAL" not in names:
             raise InputDataError("no FLUXCAL extension: this is not a kspec_fluxcal calibration.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", u.UnitsWarning)
-            combined = CalibrationVector.from_table(Table.read(hdulist["FLUXCAL"]))
-            vectors, residuals = [], []
-            for hdu in hdulist:
-                if hdu.name != "FCALVEC":
-                    continue
-                table = Table.read(hdu)
-                if "RESIDUAL" in table.colnames:
-                    residuals.append(np.asarray(table["RESIDUAL"], float) * u.one)
-                    table.remove_column("RESIDUAL")
-                vectors.append(CalibrationVector.from_table(table))
+        combined = CalibrationVector.from_table(read_fits_table(hdulist["FLUXCAL"]))
+        vectors, residuals = [], []
+        for hdu in hdulist:
+            if hdu.name != "FCALVEC":
+                continue
+            table = read_fits_table(hdu)
+            if "RESIDUAL" in table.colnames:
+                residuals.append(np.asarray(table["RESIDUAL"], float) * u.one)
+                table.remove_column("RESIDUAL")
+            vectors.append(CalibrationVector.from_table(table))
         summary = {}
         if "FCALSUM" in names:
             summary = json.loads(hdulist["FCALSUM"].data["SUMMARY_JSON"][0])

@@ -28,6 +28,7 @@ from specutils import Spectrum
 from .containers import make_spectrum, spectrum_variance, validate_spectrum
 from .exceptions import InputDataError
 from .masks import spectrum_arrays
+from .quantities import value_in
 from .splines import bspline_basis, interior_knots, normal_covariance
 from .stats import MEDIAN_VARIANCE_FACTOR
 
@@ -50,13 +51,8 @@ def _zero(data, axis=None):
 
 
 def _angstrom(value, name):
-    """A scalar length in Å (plain numbers are taken as Å)."""
-    if isinstance(value, u.Quantity):
-        try:
-            value = value.to_value(u.AA)
-        except u.UnitConversionError as exc:
-            raise InputDataError(f"{name} has unit '{value.unit}'; give a length in Å.") from exc
-    value = float(value)
+    """A positive scalar length in Å (plain numbers are taken as Å)."""
+    value = float(value_in(value, u.AA, name))
     if not np.isfinite(value) or value <= 0:
         raise InputDataError(f"{name} must be a positive length in Å; got {value}.")
     return value

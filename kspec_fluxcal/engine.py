@@ -18,6 +18,7 @@ from .calibration import compute_calibration_vectors, scale_template_to_photomet
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
 from .exceptions import CalibrationError, KspecFluxcalError
+from .quantities import value_in
 
 __all__ = ["StandardStar", "EngineOptions", "derive_flux_calibration"]
 
@@ -44,6 +45,9 @@ class EngineOptions:
     `~kspec_fluxcal.templates.TemplateCorrection.fractional_sigma`);
     it does not average down over stars, and (f × C)² is added to the combined
     calibration's variance.
+
+    ``knot_spacing`` (of the smooth vector) is a length: a Quantity, or a bare
+    number of Å.
     """
 
     metric: str = "chi2"
@@ -58,6 +62,9 @@ class EngineOptions:
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
     template_misfit: object = None
+
+    def __post_init__(self):
+        self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
 
 
 def _teff_window(photometry):

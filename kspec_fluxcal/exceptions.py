@@ -20,6 +20,7 @@ __all__ = [
     "OutputWriteError",
     "KspecFluxcalWarning",
     "PartialBandpassWarning",
+    "MissingUnitWarning",
 ]
 
 
@@ -73,3 +74,7 @@ class KspecFluxcalWarning(AstropyUserWarning):
 
 class PartialBandpassWarning(KspecFluxcalWarning):
     """A spectrum does not cover a whole bandpass; its magnitude is NaN."""
+
+
+class MissingUnitWarning(KspecFluxcalWarning):
+    """A header or column holds no readable unit; a default is assumed (and recorded in the output)."""

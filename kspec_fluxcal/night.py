@@ -34,6 +34,7 @@ from .apply import calibration_on_grid
 from .combine import separate_gray_terms
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
 from .exceptions import CalibrationError, InputDataError
+from .io.units import counting_unit
 from .products import calibration_provenance, load_calibration
 from .stats import MAD_TO_SIGMA, MEDIAN_VARIANCE_FACTOR, combine_shapes
 from .wavelength import log_uniform_grid
@@ -41,8 +42,6 @@ from .wavelength import log_uniform_grid
 __all__ = ["combine_night", "rescale_nightly"]
 
 log = logging.getLogger(__name__)
-
-_RATE_UNIT = FLAM / (u.ct / u.s)
 
 
 def _load(products):
@@ -64,13 +63,15 @@ def _common_unit(results):
     """Vectors in one unit: per (ct/s) when the exposure times allow it, else the first vector's unit."""
     vectors = [r.combined_vector for r in results]
     exptimes = [(r.summary.get("provenance") or {}).get("exptime") for r in results]
-    per_rate = all(v.unit.is_equivalent(_RATE_UNIT) or (v.unit.is_equivalent(FLAM / u.ct) and t)
+    base, _ = counting_unit(FLAM / vectors[0].unit, name="the first calibration's counts unit")
+    rate_unit = FLAM / (base / u.s)
+    per_rate = all(v.unit.is_equivalent(rate_unit) or (v.unit.is_equivalent(FLAM / base) and t)
                    for v, t in zip(vectors, exptimes))
-    target = _RATE_UNIT if per_rate else vectors[0].unit
+    target = rate_unit if per_rate else vectors[0].unit
     out = []
     for i, (vec, t) in enumerate(zip(vectors, exptimes)):
         scale = 1.0
-        if per_rate and not vec.unit.is_equivalent(_RATE_UNIT):
+        if per_rate and not vec.unit.is_equivalent(rate_unit):
             scale = float(t) * u.s
         elif not vec.unit.is_equivalent(target):
             raise InputDataError(
@@ -126,7 +127,7 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
     -------
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         ``combined_vector``: exp(mean shape + median gray) in erg s⁻¹ cm⁻² Å⁻¹
-        per (ct/s) when every exposure time is known, else per the exposures'
+        per counting unit per second (ct/s, electron/s …) when every exposure time is known, else per the exposures'
         counts unit. Its variance is the larger of the formal variance of the
         weighted mean shape and the empirical scatter of the shapes (3 or
         more exposures), plus the spread of the gray terms (the level of a

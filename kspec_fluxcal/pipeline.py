@@ -29,11 +29,11 @@ from .exceptions import (
     CalibrationError,
     InputDataError,
     KspecFluxcalError,
-    OutputWriteError,
     RedFileError,
 )
-from .io.atomic import atomic_output
+from .io.atomic import write_fits_atomic
 from .io.header import set_card, update_calibration_header
+from .io.units import header_unit, parse_unit, read_fits_table
 from .products import (
     calibration_for_frame,
     calibration_provenance,
@@ -42,6 +42,7 @@ from .products import (
     load_calibration,
 )
 from .products import save_calibration as _save_product
+from .quantities import value_in
 from .wavelength import common_log_grid
 
 __all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal"]
@@ -65,16 +66,16 @@ class FluxcalConfig:
         ``$KSPEC_FLUXCAL_TEMPLATES``, else ``data/bosz2024`` in the working folder.
     output : str or Path, optional
         Where to write; default: the input file, rewritten atomically.
-    fwhm : float, optional
-        Instrument FWHM (Å), overriding the header's ``SPECFWHM``/``FWHMPCn``.
+    fwhm : float or `~astropy.units.Quantity`, optional
+        Instrument FWHM (Å when a bare number), overriding the header's ``SPECFWHM``/``FWHMPCn``.
     metric : {'chi2', 'huber'}
         Template-fit metric.
     smooth : bool
         Smooth the combined vector further (running median).
     match : {'position', 'order'}
         How catalogue rows are matched to standard fibers.
-    max_sep : float
-        Largest match separation (arcsec).
+    max_sep : float or `~astropy.units.Quantity`
+        Largest match separation (arcsec when a bare number).
     force : bool
         Recalibrate a file that has ``FLUXCAL = T`` already.
     plots : str or Path, optional
@@ -148,9 +149,10 @@ class FluxcalConfig:
         if self.match not in ("position", "order"):
             raise InputDataError(f"match must be 'position' or 'order'; got {self.match!r}.")
         if self.fwhm is not None:
-            self.fwhm = float(self.fwhm)
+            self.fwhm = float(value_in(self.fwhm, u.AA, "fwhm"))
             if not np.isfinite(self.fwhm) or self.fwhm <= 0:
                 raise InputDataError(f"fwhm must be a positive number of Å; got {self.fwhm}.")
+        self.max_sep = float(value_in(self.max_sep, u.arcsec, "max_sep"))
         if int(self.min_standards) != self.min_standards or self.min_standards < 1:
             raise InputDataError(f"min_standards must be a whole number ≥ 1; got {self.min_standards!r}.")
         self.min_standards = int(self.min_standards)
@@ -190,6 +192,7 @@ class RedFrame:
     fibres: Table
     header: fits.Header
     counts_unit: u.Unit
+    unit_assumed: bool = False
 
 
 @dataclass
@@ -214,11 +217,9 @@ def _wavelength_unit(header, values):
     unit = header.get("BUNIT") or header.get("CUNIT1")
     if unit:
         try:
-            unit = u.Unit(unit)
-        except ValueError as exc:
-            raise RedFileError(f"WAVELA has an unreadable unit '{unit}'; use Angstrom.") from exc
-        if unit.physical_type != "length":
-            raise RedFileError(f"WAVELA unit '{unit}' is not a wavelength; it must be in Angstrom.")
+            unit = parse_unit(unit, kind="wavelength", name="WAVELA unit")
+        except InputDataError as exc:
+            raise RedFileError(str(exc)) from exc
         return unit, "its header unit"
     finite = values[np.isfinite(values)]
     median = np.median(finite) if finite.size else np.nan
@@ -237,6 +238,13 @@ def read_red_frame(path):
     from the median value — below 10 µm, below 2000 nm, else Å. Converted
     wavelengths must lie within `PLAUSIBLE_WAVELENGTHS` (1000–30 000 Å), so a
     wrong header unit is caught rather than calibrated.
+
+    Units are read with `kspec_fluxcal.io.units.parse_unit`, so ``BUNIT`` may
+    be written as reductions do ('counts', 'e-/s', 'ADU', …). An uncalibrated
+    frame's ``BUNIT`` must be counts (ct, electron, adu, DN) or counts per
+    second; a missing one is taken as ct with a
+    `~kspec_fluxcal.MissingUnitWarning` (``RedFrame.unit_assumed``). A
+    calibrated frame (``FLUXCAL = T``) is read in its own flux unit.
 
     Raises `~kspec_fluxcal.RedFileError` naming what is missing, damaged or
     inconsistent (a truncated file, a missing extension, shapes that disagree,
@@ -264,7 +272,7 @@ def read_red_frame(path):
                 variance = _image(hdul["VARIANCE"], "VARIANCE", path)
                 wave = np.asarray(hdul["WAVELA"].data, dtype=float)
                 wave_unit, unit_source = _wavelength_unit(hdul["WAVELA"].header, wave)
-                fibres = Table.read(hdul["FIBRES"])
+                fibres = read_fits_table(hdul["FIBRES"])
     except KspecFluxcalError:
         raise
     except AstropyUserWarning as exc:
@@ -299,12 +307,12 @@ def read_red_frame(path):
             f"{PLAUSIBLE_WAVELENGTHS[0]:.0f}–{PLAUSIBLE_WAVELENGTHS[1]:.0f} Å; set WAVELA's BUNIT to the unit of "
             "its values (Angstrom, nm or um)."
         )
-    bunit = header.get("BUNIT", "ct")
     try:
-        counts_unit = u.Unit(bunit or "ct")
-    except ValueError as exc:
-        raise RedFileError(f"PRIMARY BUNIT '{bunit}' is not a unit astropy reads (use 'ct' or 'ct / s').") from exc
-    return RedFrame(counts, variance, np.array(wave2d), fibres, header, counts_unit)
+        kind = None if header.get("FLUXCAL") else "counts"  # a calibrated frame is read in its flux unit
+        counts_unit, assumed = header_unit(header, "BUNIT", default="ct", kind=kind, name="PRIMARY")
+    except InputDataError as exc:
+        raise RedFileError(f"{path.name}: {exc}") from exc
+    return RedFrame(counts, variance, np.array(wave2d), fibres, header, counts_unit, unit_assumed=assumed)
 
 
 def _image(hdu, name, path):
@@ -431,6 +439,9 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
     header = frame.header.copy()
     update_calibration_header(header, result)
     header["FCALVER"] = (__version__, "kspec_fluxcal version")
+    header["FCALBUNI"] = (frame.counts_unit.to_string(), "input counts unit (BUNIT) as read")
+    if frame.unit_assumed:
+        header.add_history(f"FCAL input had no BUNIT; counts in {frame.counts_unit.to_string()} assumed")
     provenance = result.summary.get("provenance") or {}
     for key in ("FCALSRC", "FCALNOWN", "FCALGRAY"):  # left by an earlier (forced) run
         header.remove(key, ignore_missing=True, remove_all=True)
@@ -461,24 +472,6 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
     products = result.to_hdulist()
     return primary, variance, products
-
-
-def _write_atomic(hdus, target):
-    """Write ``hdus`` to a temporary file beside ``target``, then rename it over ``target``.
-
-    Whatever stops the write (an OSError, an interrupt), the temporary file is
-    removed and ``target`` is untouched; an OSError becomes
-    `~kspec_fluxcal.OutputWriteError`.
-    """
-    target = Path(target)
-    try:
-        with atomic_output(target) as tmp:
-            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
-    except OSError as exc:
-        raise OutputWriteError(
-            f"cannot write {target}: {exc.strerror or exc}; check that its folder exists, is writable and has "
-            "free space (nothing was written; the input is unchanged)."
-        ) from exc
 
 
 def _derive(red_filename, frame, config, grid):
@@ -612,7 +605,7 @@ def apply_fluxcal(red_filename, config=None, grid=None):
     target = Path(config.output) if config.output else red_filename
     hdus = [primary, variance, *kept, products["FLUXCAL"], _fcalstar_table(result),
             *[h for h in products if h.name in ("FCALVEC", "FCALSUM")]]
-    _write_atomic(hdus, target)
+    write_fits_atomic(hdus, target)
     log.info("wrote %s (%d standards used)", target, result.summary["n_stars_used"])
     if config.save_calibration:
         _save_product(result, config.save_calibration, overwrite=True)

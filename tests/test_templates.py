@@ -298,7 +298,8 @@ def test_prepared_grid_matches_prepare_template(synthetic_grid):
     for i in range(grid.n_templates):
         one = prepare_template(lib.load_template(lib.entries[i]), target, 3.0)
         np.testing.assert_allclose(grid.flux[i], one.flux.value, rtol=1e-6)
-        np.testing.assert_allclose(grid.continuum[i], one.continuum.value, rtol=1e-6)
+        np.testing.assert_allclose(grid.continuum[i], one.meta["continuum"].to_value(FLAM), rtol=1e-6)
+        assert isinstance(one, Spectrum) and one.meta["template"].teff == grid.params["teff"][i]
     tpl = grid.template(3)
     assert isinstance(tpl, StellarTemplate) and tpl.teff == grid.params["teff"][3]
     np.testing.assert_array_equal(tpl.flux.value, grid.flux[3])

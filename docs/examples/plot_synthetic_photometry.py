@@ -70,7 +70,7 @@ for name in bands:
 # ``vega_to_ab``; here we go the other way and also print the Vega
 # magnitudes the catalogue would list.
 
-mags_ab = synthetic_photometry(spectrum, bands)
+mags_ab = synthetic_photometry(spectrum, bands).value  # a Magnitude in u.ABmag; .value gives floats
 for name, m_ab in zip(bands, mags_ab):
     curve = load_filter_curve(name)
     m_native = m_ab - curve.vega_to_ab

@@ -7,6 +7,7 @@ TUTORIALS = (
     "plot_ck04_grid.py",
     "plot_template_correction.py",
     "plot_specutils_workflow.py",
+    "plot_kspec_frame_specutils.py",
 )
 
 

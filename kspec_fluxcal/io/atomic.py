@@ -12,6 +12,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from astropy.io import fits
+
+from ..exceptions import OutputWriteError
+
 
 @contextmanager
 def atomic_output(target):
@@ -42,3 +46,21 @@ def write_bytes_atomic(target, data):
     """Write ``data`` (bytes) to ``target`` atomically."""
     with atomic_output(target) as tmp:
         tmp.write_bytes(data)
+
+
+def write_fits_atomic(hdus, target):
+    """Write ``hdus`` to a temporary file beside ``target``, then rename it over ``target``.
+
+    Whatever stops the write (an OSError, an interrupt), the temporary file is
+    removed and ``target`` is untouched; an OSError becomes
+    `~kspec_fluxcal.OutputWriteError`.
+    """
+    target = Path(target)
+    try:
+        with atomic_output(target) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write {target}: {exc.strerror or exc}; check that its folder exists, is writable and has "
+            "free space (nothing was written; the input is unchanged)."
+        ) from exc

@@ -161,18 +161,20 @@ def synthetic_photometry(spectrum, band, strict=False):
 
     Returns
     -------
-    float or numpy.ndarray
-        AB magnitude(s) (plain floats); NaN for a band the spectrum does not
-        cover (with a `~kspec_fluxcal.PartialBandpassWarning`) or where the
-        band flux is not positive.
+    `~astropy.units.Magnitude`
+        AB magnitude(s) in ``u.ABmag`` (like `~kspec_fluxcal.photometry.fnu_to_ab_mag`),
+        a scalar for one band, an array for a list; ``.value`` gives plain
+        floats. NaN for a band the spectrum does not cover (with a
+        `~kspec_fluxcal.PartialBandpassWarning`) or where the band flux is not
+        positive.
     """
     wave, flam = _spectrum_flam(spectrum)
     if isinstance(band, (list, tuple)):
-        return np.array([_one_magnitude(wave, flam, b, strict) for b in band])
-    return _one_magnitude(wave, flam, band, strict)
+        return np.array([_one_magnitude(wave, flam, b, strict) for b in band]) * u.ABmag
+    return _one_magnitude(wave, flam, band, strict) * u.ABmag
 
 
 def synthetic_color(spectrum, band1, band2, strict=False):
-    """Synthetic AB colour ``band1 − band2`` (mag) of a spectrum; NaN if a band is not covered."""
-    mags = synthetic_photometry(spectrum, [band1, band2], strict=strict)
-    return float(mags[0] - mags[1])
+    """Synthetic AB colour ``band1 − band2`` of a spectrum, a Quantity in ``u.mag``; NaN if a band is not covered."""
+    mags = synthetic_photometry(spectrum, [band1, band2], strict=strict).value
+    return float(mags[0] - mags[1]) * u.mag

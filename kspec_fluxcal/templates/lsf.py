@@ -234,14 +234,18 @@ def prepare_template(template, target_wavelength, instrument_fwhm_angstrom, fwhm
 
     Returns
     -------
-    `~kspec_fluxcal.containers.StellarTemplate`
-        On ``target_wavelength``, same parameters, ``resolution`` None.
+    `~specutils.Spectrum`
+        On ``target_wavelength`` (Å, air), flux in erg s⁻¹ cm⁻² Å⁻¹;
+        ``meta``: ``continuum`` (Quantity, same grid), the parameters
+        (``teff``, ``logg``, ``feh``, ``alpha_m``, ``source``) and
+        ``template``, the prepared `~kspec_fluxcal.containers.StellarTemplate`
+        (``resolution`` None).
     """
     target = as_wavelength(target_wavelength, "target_wavelength")
     operator = lsf_operator(
         template.wavelength, target, instrument_fwhm_angstrom, fwhm_poly_coeffs, template.resolution
     )
-    return StellarTemplate(
+    prepared = StellarTemplate(
         wavelength=target * u.AA,
         flux=operator @ template.flux.to_value(FLAM) * FLAM,
         continuum=operator @ template.continuum.to_value(FLAM) * FLAM,
@@ -255,3 +259,6 @@ def prepare_template(template, target_wavelength, instrument_fwhm_angstrom, fwhm
         source=template.source,
         resolution=None,
     )
+    spectrum = prepared.to_spectrum()
+    spectrum.meta["template"] = prepared
+    return spectrum
