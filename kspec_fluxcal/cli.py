@@ -4,9 +4,10 @@
 
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
-        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
+        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]] [--telluric | --no-telluric]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
+    kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
         [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
     kspec-fluxcal demo [--output DIR]
@@ -58,6 +59,9 @@ def build_parser():
     derive.add_argument("--min-standards", type=int, default=1, metavar="N",
                         help="fewest usable standards for a frame's own calibration (default 1)")
     derive.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
+    derive.add_argument("--telluric", action=argparse.BooleanOptionalAction, default=None,
+                        help="correct the telluric windows with the transmission measured on the standards "
+                             "(default: yes unless the frame has TELCOR = T); --no-telluric leaves them bridged")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -75,6 +79,13 @@ def build_parser():
     night.add_argument("-o", "--output", type=Path, required=True, help="the nightly product (.fits or .ecsv)")
     night.add_argument("--outlier-sigma", type=float, default=5.0,
                        help="robust sigma beyond which an exposure's shape is rejected (default 5)")
+
+    tell = sub.add_parser("telluric", parents=[common],
+                          help="apply a stored telluric transmission to a (calibrated) RED file")
+    tell.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
+    tell.add_argument("--transmission", type=Path, required=True, metavar="FILE",
+                      help="a file with a TELLURIC extension (calibrated RED file or calibration product)")
+    tell.add_argument("-o", "--output", type=Path, help="write the corrected frame here")
 
     batch = sub.add_parser("batch", parents=[common, derive], help="calibrate many RED files on Dask")
     batch.add_argument("red", type=Path, nargs="+", help="RED files (rewritten atomically unless --output-dir)")
@@ -111,7 +122,7 @@ def _config(args, **extra):
 
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
-                         min_standards=args.min_standards, **extra)
+                         min_standards=args.min_standards, telluric=args.telluric, **extra)
 
 
 def _calibrate(args):
@@ -145,6 +156,14 @@ def _combine_night(args):
     for e in s["per_exposure"]:
         if not e["used"]:
             print(f"  rejected {e['exposure']}: {e['reject_reason']}")
+    return 0
+
+
+def _telluric(args):
+    from .telluric import correct_red_file
+
+    target = correct_red_file(args.red, args.transmission, output=args.output)
+    print(f"{target}: telluric windows corrected with the transmission of {args.transmission}")
     return 0
 
 
@@ -210,7 +229,8 @@ def _info(args):
     return 0
 
 
-COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "batch": _batch, "demo": _demo,
+COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "telluric": _telluric, "batch": _batch,
+            "demo": _demo,
             "download-templates": _download, "info": _info}
 
 

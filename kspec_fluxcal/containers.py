@@ -585,12 +585,16 @@ class FluxCalibrationResult:
     summary : dict
         ``n_stars_used``, ``n_stars_rejected``, ``rms_scatter``,
         ``wavelength_range``, ``per_star_metrics`` and provenance.
+    telluric : `~kspec_fluxcal.telluric.TelluricTransmission`, optional
+        The exposure's telluric transmission, when measured (``TELLURIC``
+        extension on disk).
     """
 
     combined_vector: CalibrationVector
     per_star_vectors: list = field(default_factory=list)
     per_star_residuals: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    telluric: object = None
 
     def __post_init__(self):
         if not isinstance(self.combined_vector, CalibrationVector):
@@ -607,7 +611,7 @@ class FluxCalibrationResult:
             )
 
     def to_hdulist(self):
-        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM``."""
+        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM`` (and ``TELLURIC``)."""
         hdus = fits.HDUList([fits.PrimaryHDU()])
         combined = fits.table_to_hdu(self.combined_vector.to_table())
         combined.name = "FLUXCAL"
@@ -623,6 +627,8 @@ class FluxCalibrationResult:
         summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(_jsonable(self.summary))]}))
         summary.name = "FCALSUM"
         hdus.append(summary)
+        if self.telluric is not None:
+            hdus.append(self.telluric.to_hdu())
         return hdus
 
     @classmethod
@@ -649,7 +655,12 @@ class FluxCalibrationResult:
         summary = {}
         if "FCALSUM" in names:
             summary = json.loads(hdulist["FCALSUM"].data["SUMMARY_JSON"][0])
-        return cls(combined, vectors, residuals, summary)
+        telluric = None
+        if "TELLURIC" in names:
+            from .telluric import TelluricTransmission
+
+            telluric = TelluricTransmission.from_hdu(hdulist["TELLURIC"])
+        return cls(combined, vectors, residuals, summary, telluric)
 
     def write(self, path, overwrite=False):
         """Write the result to a FITS file."""

@@ -42,6 +42,7 @@ from .products import (
     set_card,
 )
 from .products import save_calibration as _save_product
+from .telluric import apply_telluric_correction, check_not_corrected, telluric_header, transmission_to_apply
 
 __all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal", "log_wavelength_grid"]
 
@@ -105,6 +106,13 @@ class FluxcalConfig:
         Also write the calibration as a product here (``.fits`` or ``.ecsv``;
         see `kspec_fluxcal.products.save_calibration`), replacing an existing
         file.
+    telluric : bool or None
+        Telluric correction (`kspec_fluxcal.telluric`). None (default): the
+        transmission is measured on the frame's standards (or taken from the
+        stored calibration) and applied, unless the frame has ``TELCOR = T``
+        already (then it is skipped with a warning). True: the same, but a
+        frame with ``TELCOR = T`` or no transmission available is an error.
+        False: no correction; the windows stay bridged by the smooth vector.
     """
 
     catalog: object = None
@@ -124,6 +132,7 @@ class FluxcalConfig:
     fallback: object = None
     min_standards: int = 1
     save_calibration: object = None
+    telluric: object = None
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -501,7 +510,8 @@ def _derive(red_filename, frame, config, grid):
             common = log_wavelength_grid(frame.wavelength) * u.AA
             grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
         origin["lsf"] = grid.meta.get("lsf", "")
-        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)
+        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
+                                telluric=config.telluric is not False and not frame.header.get("TELCOR"))
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
         if config.fallback is None:
@@ -537,6 +547,7 @@ def _fallback(frame, config, own, reason, origin):
     origin["history"] = [f"FCAL fallback: nightly calibration {source.name} applied because {reason}"]
     if own is not None:
         nightly = rescale_nightly(nightly, own)
+        nightly.telluric = own.telluric
         origin["gray"] = nightly.summary["gray_rescale"]["factor"]
         origin["history"].append(f"FCAL nightly calibration rescaled by {origin['gray']:.4f} to this frame's "
                                  f"{n_own} usable standard(s)")
@@ -585,6 +596,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         raise AlreadyCalibratedError(
             f"{red_filename.name} is flux calibrated already (FLUXCAL = T); use --force to calibrate it again."
         )
+    if config.telluric:
+        check_not_corrected(frame.header, red_filename.name)
     if config.calibration is not None:
         stored = Path(config.calibration)
         result = load_calibration(stored)
@@ -599,13 +612,20 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         frame.counts * frame.counts_unit, frame.variance * frame.counts_unit**2, result,
         wavelength=frame.wavelength,
     )
-    primary, variance, products = _output_hdulist(frame, flux.value, flux_var.value, result, config, origin)
+    flux, flux_var = flux.value, flux_var.value
+    telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
+    if telluric is not None:
+        flux, flux_var = apply_telluric_correction(flux, flux_var, frame.wavelength, telluric)
+    primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
+    if telluric is not None:
+        telluric_header(primary.header, telluric, origin.get("source"))
     with fits.open(red_filename, memmap=False) as hdul:
         kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "FLUXCAL", "FCALSTAR", "FCALVEC",
-                                                              "FCALSUM")]
+                                                              "FCALSUM", "TELLURIC")]
     target = Path(config.output) if config.output else red_filename
     hdus = [primary, variance, *kept, products["FLUXCAL"], _fcalstar_table(result),
-            *[h for h in products if h.name in ("FCALVEC", "FCALSUM")]]
+            *[h for h in products if h.name in ("FCALVEC", "FCALSUM")],
+            *([telluric.to_hdu()] if telluric is not None else [])]
     _write_atomic(hdus, target)
     log.info("wrote %s (%d standards used)", target, result.summary["n_stars_used"])
     if config.save_calibration:
@@ -615,4 +635,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         from .qc import save_figures
 
         figures = save_figures(result, config.plots, prefix=target.stem)
+        if telluric is not None and telluric.per_star is not None:
+            from .qc_telluric import save_telluric_figures
+
+            figures += save_telluric_figures(telluric, config.plots, prefix=target.stem)
     return FluxcalRun(result=result, output=target, figures=figures, frame=frame)
