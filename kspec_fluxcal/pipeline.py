@@ -22,6 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from .apply import apply_flux_calibration
+from .atmosphere import read_airmass, transfer_to_airmass
 from .combine import QualityGates
 from .containers import FluxCalibrationResult, make_spectrum
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
@@ -542,6 +543,7 @@ def _fallback(frame, config, own, reason, origin):
 
     source = Path(config.fallback)
     nightly = calibration_for_frame(load_calibration(source), frame.counts_unit, header_exptime(frame.header))
+    nightly = transfer_to_airmass(nightly, read_airmass(frame.header))
     n_own = int(own.summary["n_stars_used"]) if own is not None else 0
     origin = {**origin, "source": source.name, "fallback": True, "n_own": n_own}
     origin["history"] = [f"FCAL fallback: nightly calibration {source.name} applied because {reason}"]
