@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from scipy.optimize import lsq_linear
+from scipy.optimize import nnls
 
 from .exceptions import InputDataError
 
@@ -309,40 +309,64 @@ def fit_extinction(wavelength, logc, lvar, airmass, n_bins=60):
     n_shape = bins.size
     sigma = np.sqrt(var[e_idx, b_pos] + _SYSTEMATIC**2)
     target = y[e_idx, b_pos] / sigma
-    # unknowns: shape per bin (n_shape), gray per exposure but the first (n_exp − 1), three amplitudes
-    n_par = n_shape + n_exp - 1 + 3
+    # nuisance unknowns: the shape per bin and a gray term per exposure but the first; they are
+    # profiled out by projecting onto the complement of their (weighted) columns
     rows = np.arange(e_idx.size)
-    base = np.zeros((e_idx.size, n_par - 3))
-    base[rows, b_idx] = 1.0
+    nuisance = np.zeros((e_idx.size, n_shape + n_exp - 1))
+    nuisance[rows, b_idx] = 1.0
     has_gray = e_idx > 0
-    base[rows[has_gray], n_shape + e_idx[has_gray] - 1] = 1.0
+    nuisance[rows[has_gray], n_shape + e_idx[has_gray] - 1] = 1.0
+    q, _ = np.linalg.qr(nuisance / sigma[:, None])
+
+    def project(v):
+        return v - q @ (q.T @ v)
+
+    n_par = nuisance.shape[1] + 3
     dx = x - np.median(x)
-    lower = np.r_[np.full(n_par - 3, -np.inf), np.zeros(3)]
+    projected = project(target)
     best = None
     for alpha in _ALPHAS:
-        extinction = BETA * dx[e_idx, None] * _basis(centre[b_pos], alpha)
-        design = np.hstack([base, extinction]) / sigma[:, None]
-        fit = lsq_linear(design, target, bounds=(lower, np.inf), method="bvls")
-        chi2 = float(np.sum(fit.fun**2))
-        if best is None or chi2 < best[0]:
-            best = (chi2, alpha, fit.x, design)
-    chi2, alpha, params, design = best
+        design = project(BETA * dx[e_idx, None] * _basis(centre[b_pos], alpha) / sigma[:, None])
+        amps, rnorm = nnls(design, projected)
+        if best is None or rnorm**2 < best[0]:
+            best = (rnorm**2, alpha, amps, design)
+    chi2, alpha, amps, design = best
     ndof = max(e_idx.size - n_par, 1)
     chi2_red = chi2 / ndof
-    free = np.r_[np.ones(n_par - 3, bool), params[-3:] > 0]
-    cov = np.zeros((n_par, n_par))
-    cov[np.ix_(free, free)] = np.linalg.pinv(design[:, free].T @ design[:, free]) * max(chi2_red, 1.0)
-    amps, amp_cov = params[-3:], cov[-3:, -3:]
+    free = amps > 0
+    amp_cov = np.zeros((3, 3))
+    amp_cov[np.ix_(free, free)] = np.linalg.pinv(design[:, free].T @ design[:, free]) * max(chi2_red, 1.0)
     lam = np.arange(np.floor(wave[0] / 25) * 25, wave[-1] + 25, 25.0)
     jac = _basis(lam, alpha)
     k = jac @ amps
-    k_var = np.einsum("pi,ij,pj->p", jac, amp_cov, jac)
+    misfit = _misfit_variance((projected - design @ amps) * sigma, sigma, e_idx, b_idx, dx, n_shape)
+    k_var = np.einsum("pi,ij,pj->p", jac, amp_cov, jac) + np.interp(lam, centre[bins], misfit)
     log.info("extinction fitted to %d exposures (airmass %.2f–%.2f): α = %.1f, k(4000 Å) = %.3f, k(8000 Å) = %.3f "
              "mag/airmass (colour only), reduced χ² %.2f", n_exp, x.min(), x.max(), alpha,
              float(np.interp(4000, lam, k)), float(np.interp(8000, lam, k)), chi2_red)
     return ExtinctionCurve(lam, k, k_var, "fit", meta={
         "alpha": float(alpha), "amplitudes": amps.tolist(), "chi2_reduced": chi2_red, "airmass": x.tolist(),
         "model": "rayleigh(-4.05) + aerosol power law + ozone gaussian (6000, 750 A)"})
+
+
+def _misfit_variance(resid, sigma, e_idx, b_idx, dx, n_shape, window=5):
+    """Variance (mag²) of the fitted k per bin that its form cannot follow.
+
+    The residuals of each bin are regressed on the airmass: the slope is what
+    k lacks there, less what the noise alone gives, averaged over ``window``
+    neighbouring bins. The truth need not be of the fitted form.
+    """
+    w = 1.0 / sigma**2
+    sw = np.bincount(b_idx, w, n_shape)
+    mx = np.bincount(b_idx, w * dx[e_idx], n_shape) / sw
+    xc = dx[e_idx] - mx[b_idx]
+    sxx = np.bincount(b_idx, w * xc**2, n_shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.bincount(b_idx, w * xc * resid, n_shape) / sxx / BETA
+        noise = 1.0 / sxx / BETA**2
+    excess = np.where(np.isfinite(slope) & (sxx > 0), slope**2 - noise, 0.0)
+    kernel = np.ones(window) / window
+    return np.maximum(np.convolve(excess, kernel, mode="same"), 0.0)
 
 
 def night_extinction(wavelength, logc, lvar, airmass, extinction="auto"):

@@ -6,7 +6,7 @@
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
         [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]] [--telluric | --no-telluric]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
-    kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
+    kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
         [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
@@ -79,6 +79,10 @@ def build_parser():
     night.add_argument("-o", "--output", type=Path, required=True, help="the nightly product (.fits or .ecsv)")
     night.add_argument("--outlier-sigma", type=float, default=5.0,
                        help="robust sigma beyond which an exposure's shape is rejected (default 5)")
+    night.add_argument("--extinction", default="auto", metavar="auto|fit|default|FILE",
+                       help="extinction curve of the night: fitted when the airmasses allow (auto, the default), "
+                            "fitted or fail (fit), the generic default curve, or a site curve FILE "
+                            "(columns: wavelength in Å, k in mag/airmass)")
 
     tell = sub.add_parser("telluric", parents=[common],
                           help="apply a stored telluric transmission to a (calibrated) RED file")
@@ -148,11 +152,14 @@ def _combine_night(args):
     from .night import combine_night
     from .products import save_calibration
 
-    night = combine_night(args.products, outlier_sigma=args.outlier_sigma)
+    night = combine_night(args.products, outlier_sigma=args.outlier_sigma, extinction=args.extinction)
     save_calibration(night, args.output, overwrite=True)
     s = night.summary
     print(f"{args.output}: nightly calibration from {s['n_exposures_used']} of {s['n_exposures']} exposures; "
           f"shape rms {s['rms_scatter']:.4f}, gray scatter {s['gray_scatter']:.4f}")
+    if s.get("extinction"):
+        ext = s["extinction"]
+        print(f"  extinction curve: {ext['source']}, reference airmass {ext['reference_airmass']:.3f}")
     for e in s["per_exposure"]:
         if not e["used"]:
             print(f"  rejected {e['exposure']}: {e['reject_reason']}")
