@@ -295,7 +295,11 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
     for i, (spec, match, scale, vec) in enumerate(zip(spectra, matches, phot_scales, vectors)):
         if vec.smooth_factor is None:
             continue
-        t, v = _star_transmission(spec, match, grid, scale, vec, out, extinction, r_v)
+        try:
+            t, v = _star_transmission(spec, match, grid, scale, vec, out, extinction, r_v)
+        except CalibrationError as exc:
+            log.warning("no telluric transmission from star %d: %s", i + 1, exc)
+            continue
         per_star[i] = np.where(in_window, t, np.nan)
         per_var[i] = np.where(in_window, v, np.nan)
     mean, var, n_used = combine_transmissions(per_star, per_var)
@@ -315,11 +319,12 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
             mask[sel] = ~(n_used[sel] > 0) | ~(mean[sel] >= min_transmission)
     transmission = np.where(mask, np.nan, transmission)
     variance = np.where(mask, np.nan, variance)
+    n_measured = int(np.count_nonzero(np.isfinite(per_star).any(axis=1)))
     log.info("telluric transmission from %d standard(s): %d of %d windows corrected, %d pixels masked",
-             len(spectra), len(corrected), len(windows), int(np.count_nonzero(mask)))
+             n_measured, len(corrected), len(windows), int(np.count_nonzero(mask)))
     return TelluricTransmission(out, transmission, variance, mask, np.array(corrected).reshape(-1, 2),
                                 per_star=per_star, star_names=list(names or []),
-                                meta={"n_stars": len(spectra), "source": "standards"})
+                                meta={"n_stars": n_measured, "source": "standards"})
 
 
 def transmission_on_grid(transmission, wavelength):
