@@ -339,7 +339,8 @@ def fit_extinction(wavelength, logc, lvar, airmass, n_bins=60):
     lam = np.arange(np.floor(wave[0] / 25) * 25, wave[-1] + 25, 25.0)
     jac = _basis(lam, alpha)
     k = jac @ amps
-    misfit = _misfit_variance((projected - design @ amps) * sigma, sigma, e_idx, b_idx, dx, n_shape)
+    misfit = _misfit_variance((projected - design @ amps) * sigma, sigma * np.sqrt(max(chi2_red, 1.0)), e_idx, b_idx,
+                              dx, n_shape)
     k_var = np.einsum("pi,ij,pj->p", jac, amp_cov, jac) + np.interp(lam, centre[bins], misfit)
     log.info("extinction fitted to %d exposures (airmass %.2f–%.2f): α = %.1f, k(4000 Å) = %.3f, k(8000 Å) = %.3f "
              "mag/airmass (colour only), reduced χ² %.2f", n_exp, x.min(), x.max(), alpha,
@@ -353,8 +354,9 @@ def _misfit_variance(resid, sigma, e_idx, b_idx, dx, n_shape, window=5):
     """Variance (mag²) of the fitted k per bin that its form cannot follow.
 
     The residuals of each bin are regressed on the airmass: the slope is what
-    k lacks there, less what the noise alone gives, averaged over ``window``
-    neighbouring bins. The truth need not be of the fitted form.
+    k lacks there, less what the noise alone gives (``sigma``, already scaled
+    by the fit's reduced χ²), averaged over ``window`` neighbouring bins. The
+    truth need not be of the fitted form.
     """
     w = 1.0 / sigma**2
     sw = np.bincount(b_idx, w, n_shape)

@@ -152,28 +152,39 @@ def _parse_windows(text):
     return np.array([[float(a), float(b)] for a, b in rows]).reshape(-1, 2)
 
 
-def _star_transmission(spectrum, match, grid, scale, vector, out, extinction, r_v):
-    """One star's transmission and variance on ``out`` (Å): counts × smooth calibration / model.
+def _star_transmission(spectrum, match, grid, scale, vector, out, windows, extinction, r_v):
+    """One star's transmission and variance on ``out`` (Å): counts × smooth calibration / expected flux.
 
-    Computed on the star's own pixels and moved onto ``out`` with a cubic
-    spline (the lines are barely sampled; linear interpolation would fill them).
+    Only the star's pixels in the windows (and 3 beyond each edge) are used;
+    they are moved onto ``out`` with a cubic spline (the lines are barely
+    sampled; linear interpolation would fill them). NaN outside the windows.
     """
-    from .calibration import _pixel_vector
+    from .calibration import expected_flux
+    from .containers import spectrum_variance
 
-    pixels = _pixel_vector(spectrum, match, grid, scale, None, extinction, r_v, 0.1, None)
-    wave = pixels.wave
+    wave_all = spectrum.spectral_axis.to_value(u.AA)
+    near = np.zeros(wave_all.size, dtype=bool)
+    for a, b in windows:
+        lo, hi = np.searchsorted(wave_all, [a, b])
+        near[max(lo - 3, 0):hi + 3] = True
+    nan = np.full(out.size, np.nan)
+    if np.count_nonzero(near) < 10:
+        return nan, nan
+    wave = wave_all[near]
+    counts = spectrum.flux.value[near]
+    var = spectrum_variance(spectrum).value[near]
+    bad = np.asarray(spectrum.mask, dtype=bool)[near] if spectrum.mask is not None else np.zeros(wave.size, bool)
+    _, expected, _ = expected_flux(wave, match, grid, scale, extinction, r_v)
     smooth = np.interp(wave, vector.wavelength.to_value(u.AA), vector.smooth_factor.value)
-    ok = ~pixels.bad & np.isfinite(smooth) & (smooth > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = smooth / pixels.cal
-        var = t**2 * pixels.stat_var / pixels.cal**2
-    ok &= np.isfinite(t) & np.isfinite(var) & (var > 0)
+        t = counts * smooth / expected
+        t_var = t**2 * var / counts**2
+    ok = ~bad & np.isfinite(t) & np.isfinite(t_var) & (t_var > 0) & (counts > 0) & (expected > 0)
     if np.count_nonzero(ok) < 10:
-        return np.full(out.size, np.nan), np.full(out.size, np.nan)
+        return nan, nan
     filled_t = np.interp(wave, wave[ok], t[ok])
-    filled_v = np.interp(wave, wave[ok], var[ok])
     t_out = make_interp_spline(wave, filled_t, k=3)(out)
-    v_out = np.interp(out, wave, filled_v)
+    v_out = np.interp(out, wave[ok], t_var[ok])
     bad_out = (np.interp(out, wave, (~ok).astype(float)) > 0) | (out < wave[0]) | (out > wave[-1])
     return np.where(bad_out, np.nan, t_out), np.where(bad_out, np.nan, v_out)
 
@@ -295,11 +306,7 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
     for i, (spec, match, scale, vec) in enumerate(zip(spectra, matches, phot_scales, vectors)):
         if vec.smooth_factor is None:
             continue
-        try:
-            t, v = _star_transmission(spec, match, grid, scale, vec, out, extinction, r_v)
-        except CalibrationError as exc:
-            log.warning("no telluric transmission from star %d: %s", i + 1, exc)
-            continue
+        t, v = _star_transmission(spec, match, grid, scale, vec, out, windows, extinction, r_v)
         per_star[i] = np.where(in_window, t, np.nan)
         per_var[i] = np.where(in_window, v, np.nan)
     mean, var, n_used = combine_transmissions(per_star, per_var)
