@@ -427,6 +427,20 @@ class PixelVector:
     info: dict
 
 
+def expected_flux(wave, match, grid, phot_scale, extinction="F99", r_v=3.1):
+    """The flux a standard should arrive with on observed wavelengths ``wave`` (Å, plain array).
+
+    Returns (model, expected, k): the shifted, LSF-matched model (surface
+    flux, erg s⁻¹ cm⁻² Å⁻¹), the model scaled and reddened by ``phot_scale``,
+    and A(λ)/E(B−V) of the reddening law.
+    """
+    from .matching import model_spectrum
+
+    model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv).to_value(FLAM)
+    k_ext = extinction_per_ebv(wave, extinction, r_v)
+    return model, phot_scale.scale * 10.0 ** (-0.4 * phot_scale.ebv * k_ext) * model, k_ext
+
+
 def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta):
     """The per-pixel calibration of one standard on its own pixels."""
     from .masks import load_mask_array
@@ -439,10 +453,8 @@ def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r
     if var is None:
         raise InputDataError("the standard-star spectrum has no variance; it is needed for the errors.")
     var = var.value
-    model_flux = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv).to_value(FLAM)
+    model_flux, expected, k_ext = expected_flux(wave, match, grid, phot_scale, extinction, r_v)
     model_cont = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True).to_value(FLAM)
-    k_ext = extinction_per_ebv(wave, extinction, r_v)
-    expected = phot_scale.scale * 10.0 ** (-0.4 * phot_scale.ebv * k_ext) * model_flux
     phot_var = phot_scale.log_flux_variance(k_ext)
 
     bad = np.asarray(spectrum.mask, dtype=bool) | ~np.isfinite(counts) | (counts <= 0)

@@ -4,9 +4,11 @@
 
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
-        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]] [--template-correction FILE|auto|none]
+        [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
+        [--template-correction FILE|auto|none] [--telluric | --no-telluric]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
-    kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
+    kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
+    kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
         [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
     kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
@@ -62,6 +64,9 @@ def build_parser():
     derive.add_argument("--template-correction", default="auto", metavar="FILE|auto|none",
                         help="correction applied to every template (default auto: the shipped CALSPEC-derived "
                              "one for ck04models, none for BOSZ)")
+    derive.add_argument("--telluric", action=argparse.BooleanOptionalAction, default=None,
+                        help="correct the telluric windows with the transmission measured on the standards "
+                             "(default: yes unless the frame has TELCOR = T); --no-telluric leaves them bridged")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -79,6 +84,17 @@ def build_parser():
     night.add_argument("-o", "--output", type=Path, required=True, help="the nightly product (.fits or .ecsv)")
     night.add_argument("--outlier-sigma", type=float, default=5.0,
                        help="robust sigma beyond which an exposure's shape is rejected (default 5)")
+    night.add_argument("--extinction", default="auto", metavar="auto|fit|default|FILE",
+                       help="extinction curve of the night: fitted when the airmasses allow (auto, the default), "
+                            "fitted or fail (fit), the generic default curve, or a site curve FILE "
+                            "(columns: wavelength in Å, k in mag/airmass)")
+
+    tell = sub.add_parser("telluric", parents=[common],
+                          help="apply a stored telluric transmission to a (calibrated) RED file")
+    tell.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
+    tell.add_argument("--transmission", type=Path, required=True, metavar="FILE",
+                      help="a file with a TELLURIC extension (calibrated RED file or calibration product)")
+    tell.add_argument("-o", "--output", type=Path, help="write the corrected frame here")
 
     batch = sub.add_parser("batch", parents=[common, derive], help="calibrate many RED files on Dask")
     batch.add_argument("red", type=Path, nargs="+", help="RED files (rewritten atomically unless --output-dir)")
@@ -127,7 +143,8 @@ def _config(args, **extra):
 
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
-                         min_standards=args.min_standards, template_correction=args.template_correction, **extra)
+                         min_standards=args.min_standards, template_correction=args.template_correction,
+                         telluric=args.telluric, **extra)
 
 
 def _calibrate(args):
@@ -153,14 +170,25 @@ def _combine_night(args):
     from .night import combine_night
     from .products import save_calibration
 
-    night = combine_night(args.products, outlier_sigma=args.outlier_sigma)
+    night = combine_night(args.products, outlier_sigma=args.outlier_sigma, extinction=args.extinction)
     save_calibration(night, args.output, overwrite=True)
     s = night.summary
     print(f"{args.output}: nightly calibration from {s['n_exposures_used']} of {s['n_exposures']} exposures; "
           f"shape rms {s['rms_scatter']:.4f}, gray scatter {s['gray_scatter']:.4f}")
+    if s.get("extinction"):
+        ext = s["extinction"]
+        print(f"  extinction curve: {ext['source']}, reference airmass {ext['reference_airmass']:.3f}")
     for e in s["per_exposure"]:
         if not e["used"]:
             print(f"  rejected {e['exposure']}: {e['reject_reason']}")
+    return 0
+
+
+def _telluric(args):
+    from .pipeline import correct_red_file
+
+    target = correct_red_file(args.red, args.transmission, output=args.output)
+    print(f"{target}: telluric windows corrected with the transmission of {args.transmission}")
     return 0
 
 
@@ -250,8 +278,8 @@ def _info(args):
     return 0
 
 
-COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "batch": _batch, "demo": _demo,
-            "download-templates": _download, "info": _info, "derive-correction": _derive_correction}
+COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "telluric": _telluric, "batch": _batch,
+            "demo": _demo, "download-templates": _download, "info": _info, "derive-correction": _derive_correction}
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ from astropy.table import Table
 from specutils import Spectrum
 
 from .exceptions import InputDataError
+from .io.header import set_card
 from .io.units import read_fits_table, table_to_fits_hdu
 from .wavelength import as_wavelength
 
@@ -31,6 +32,7 @@ __all__ = [
     "StellarTemplate",
     "CalibrationVector",
     "FluxCalibrationResult",
+    "TelluricTransmission",
 ]
 
 FLAM = u.erg / (u.s * u.cm**2 * u.AA)
@@ -578,12 +580,16 @@ class FluxCalibrationResult:
     summary : dict
         ``n_stars_used``, ``n_stars_rejected``, ``rms_scatter``,
         ``wavelength_range``, ``per_star_metrics`` and provenance.
+    telluric : `~kspec_fluxcal.telluric.TelluricTransmission`, optional
+        The exposure's telluric transmission, when measured (``TELLURIC``
+        extension on disk).
     """
 
     combined_vector: CalibrationVector
     per_star_vectors: list = field(default_factory=list)
     per_star_residuals: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    telluric: object = None
 
     def __post_init__(self):
         if not isinstance(self.combined_vector, CalibrationVector):
@@ -600,7 +606,7 @@ class FluxCalibrationResult:
             )
 
     def to_hdulist(self):
-        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM``."""
+        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM`` (and ``TELLURIC``)."""
         hdus = fits.HDUList([fits.PrimaryHDU()])
         combined = table_to_fits_hdu(self.combined_vector.to_table(), "FLUXCAL")
         hdus.append(combined)
@@ -614,6 +620,8 @@ class FluxCalibrationResult:
         summary = fits.table_to_hdu(Table({"SUMMARY_JSON": [json.dumps(jsonable(self.summary))]}))
         summary.name = "FCALSUM"
         hdus.append(summary)
+        if self.telluric is not None:
+            hdus.append(self.telluric.to_hdu())
         return hdus
 
     @classmethod
@@ -638,7 +646,10 @@ class FluxCalibrationResult:
         summary = {}
         if "FCALSUM" in names:
             summary = json.loads(hdulist["FCALSUM"].data["SUMMARY_JSON"][0])
-        return cls(combined, vectors, residuals, summary)
+        telluric = None
+        if "TELLURIC" in names:
+            telluric = TelluricTransmission.from_hdu(hdulist["TELLURIC"])
+        return cls(combined, vectors, residuals, summary, telluric)
 
     def write(self, path, overwrite=False):
         """Write the result to a FITS file."""
@@ -648,3 +659,98 @@ class FluxCalibrationResult:
     def read(cls, path):
         """Read a result written by `write`."""
         return cls.from_hdulist(path)
+
+
+MIN_TRANSMISSION = 0.2
+"""Pixels whose combined transmission is below this are masked (the correction would amplify noise)."""
+
+
+@dataclass
+class TelluricTransmission:
+    """An exposure's telluric transmission on a wavelength grid (plain arrays).
+
+    Attributes
+    ----------
+    wavelength : ndarray
+        Å, air, observed frame, increasing.
+    transmission, variance : ndarray
+        Transmission (1 = no absorption) and its variance.
+    mask : ndarray of bool
+        True where the transmission is unusable (below ``MIN_TRANSMISSION``,
+        or no star measured it inside a corrected window).
+    windows : ndarray, shape (n, 2)
+        The windows (Å) that were corrected; T = 1 exactly outside them.
+    per_star : ndarray, shape (n_star, n_pix), optional
+        Each star's own estimate (NaN where not measured), for QC.
+    star_names : list of str
+        Names of the stars of ``per_star``.
+    meta : dict
+        ``n_stars``, ``source`` and what else the derivation records.
+    """
+
+    wavelength: np.ndarray
+    transmission: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    windows: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    per_star: np.ndarray = None
+    star_names: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.wavelength = np.asarray(u.Quantity(self.wavelength, u.AA).to_value(u.AA), dtype=float)
+        self.transmission = np.asarray(self.transmission, dtype=float)
+        self.variance = np.asarray(self.variance, dtype=float)
+        self.mask = np.asarray(self.mask, dtype=bool)
+        self.windows = np.asarray(self.windows, dtype=float).reshape(-1, 2)
+        n = self.wavelength.size
+        if any(a.shape != (n,) for a in (self.transmission, self.variance, self.mask)):
+            raise InputDataError("a telluric transmission needs wavelength, transmission, variance and mask of "
+                                 "one length.")
+        if n < 2 or np.any(np.diff(self.wavelength) <= 0):
+            raise InputDataError("the wavelengths of a telluric transmission must increase (at least 2 samples).")
+
+    @property
+    def n_stars(self):
+        """Number of standards the transmission was measured on."""
+        return int(self.meta.get("n_stars", 0))
+
+    def to_hdu(self):
+        """The ``TELLURIC`` binary-table extension (``WAVELENGTH``, ``TRANSMISSION``, ``VARIANCE``, ``MASK``)."""
+        table = Table()
+        table["WAVELENGTH"] = self.wavelength * u.AA
+        table["TRANSMISSION"] = self.transmission
+        table["VARIANCE"] = self.variance
+        table["MASK"] = self.mask
+        hdu = fits.table_to_hdu(table)
+        hdu.name = "TELLURIC"
+        hdu.header["TELNSTR"] = (self.n_stars, "standards the transmission was measured on")
+        set_card(hdu.header, "TELWIN", telluric_window_string(self.windows) or "none", "corrected windows (A, air)")
+        hdu.header["TELTMIN"] = (MIN_TRANSMISSION, "transmission below this is masked")
+        set_card(hdu.header, "TELSRC", str(self.meta.get("source", "standards")), "where the transmission comes from")
+        hdu.header["COMMENT"] = "Telluric transmission, observed frame; MASK True = bad; T = 1 outside TELWIN"
+        return hdu
+
+    @classmethod
+    def from_hdu(cls, hdu):
+        """Read a ``TELLURIC`` extension written by `to_hdu`."""
+        try:
+            table = Table.read(hdu)
+            wave = u.Quantity(table["WAVELENGTH"]).to_value(u.AA) if table["WAVELENGTH"].unit else \
+                np.asarray(table["WAVELENGTH"], float)
+            windows = _parse_telluric_windows(hdu.header.get("TELWIN", ""))
+            meta = {"n_stars": int(hdu.header.get("TELNSTR", 0)), "source": hdu.header.get("TELSRC", "standards")}
+            return cls(wave, np.asarray(table["TRANSMISSION"], float), np.asarray(table["VARIANCE"], float),
+                       np.asarray(table["MASK"], bool), windows, meta=meta)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputDataError(f"the TELLURIC extension is not a readable transmission ({exc}).") from exc
+
+
+def telluric_window_string(windows):
+    """Telluric windows (n, 2) in Å as the header writes them: ``6860-6960,7590-7700``."""
+    return ",".join(f"{a:.0f}-{b:.0f}" for a, b in windows)
+
+
+def _parse_telluric_windows(text):
+    rows = [part.split("-") for part in str(text).split(",") if part.strip() and part.strip() != "none"]
+    return np.array([[float(a), float(b)] for a, b in rows]).reshape(-1, 2)

@@ -62,6 +62,7 @@ class EngineOptions:
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
     template_misfit: object = None
+    telluric: bool = False
 
     def __post_init__(self):
         self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
@@ -122,7 +123,10 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     grid : `~kspec_fluxcal.templates.PreparedGrid`
         Templates prepared for this instrument set-up (with band fluxes).
     options : `EngineOptions`, optional
-        Metric, reddening mode, masks, smooth form, combination and gates.
+        Metric, reddening mode, masks, smooth form, combination and gates;
+        ``telluric=True`` also measures the telluric transmission on the stars
+        used (`kspec_fluxcal.telluric.derive_telluric_transmission`; the
+        result's ``telluric``).
     output_wavelength : `~astropy.units.Quantity`, optional
         Grid of the per-star and combined vectors (default ``grid.wavelength``).
     rejected : list of dict, optional
@@ -170,7 +174,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     )
     for k, reason in failures:
         _reject(rejected, stars[calibratable[k]], reason)
-    return combine_calibration_vectors(
+    result = combine_calibration_vectors(
         vectors,
         method=options.combine_method,
         smooth=options.smooth,
@@ -180,3 +184,22 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         rejected=rejected,
         template_misfit=options.template_misfit,
     )
+    if options.telluric:
+        failed = {k for k, _ in failures}
+        ok = [i for k, i in enumerate(calibratable) if k not in failed]
+        used = [j for j, v in enumerate(result.per_star_vectors) if v.meta.get("used", True)]
+        result.telluric = _telluric(spectra, matches, phot_scales, calibratable, ok, used, result, grid, regions,
+                                    out_wave, stars)
+    return result
+
+
+def _telluric(spectra, matches, phot_scales, calibratable, ok, used, result, grid, regions, out_wave, stars):
+    """The telluric transmission measured on the standards the combination used."""
+    from .telluric import derive_telluric_transmission
+
+    scale_of = dict(zip(calibratable, phot_scales))
+    return derive_telluric_transmission(
+        [spectra[ok[j]] for j in used], [matches[ok[j]] for j in used], grid, [scale_of[ok[j]] for j in used],
+        [result.per_star_vectors[j] for j in used], out_wave, regions=regions,
+        extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
+        names=[stars[ok[j]].name for j in used])

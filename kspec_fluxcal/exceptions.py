@@ -13,6 +13,7 @@ __all__ = [
     "CatalogError",
     "RedFileError",
     "AlreadyCalibratedError",
+    "TelluricCorrectedError",
     "TemplateLibraryError",
     "CacheError",
     "CalibrationError",
@@ -42,6 +43,10 @@ class RedFileError(InputDataError):
 
 class AlreadyCalibratedError(KspecFluxcalError):
     """The RED file is flux calibrated already (``FLUXCAL = T``)."""
+
+
+class TelluricCorrectedError(AlreadyCalibratedError):
+    """The frame is telluric-corrected already (``TELCOR = T``); a second correction is refused."""
 
 
 class TemplateLibraryError(KspecFluxcalError):

@@ -34,7 +34,7 @@ def _named_path(name):
     return Path(str(candidate)) if candidate.is_file() else None
 
 
-def _as_regions(regions):
+def as_regions(regions):
     """Float array (n, 2) in Å of a region list (Quantity, plain numbers in Å, or a name/path)."""
     if isinstance(regions, (str, Path)):
         regions = load_mask_regions(regions)
@@ -118,7 +118,7 @@ def combine_regions(*regions):
     <Quantity [[10., 30.],
                [40., 50.]] Angstrom>
     """
-    parts = [_as_regions(r) for r in regions]
+    parts = [as_regions(r) for r in regions]
     arr = np.concatenate(parts) if parts else np.empty((0, 2))
     if arr.shape[0] == 0:
         return np.empty((0, 2)) * u.AA
@@ -146,7 +146,7 @@ def load_mask_array(wavelength, regions):
     numpy.ndarray of bool
     """
     wave = as_wavelength(wavelength, "wavelength")
-    arr = _as_regions(regions)
+    arr = as_regions(regions)
     mask = np.zeros(wave.size, dtype=bool)
     for start, end in arr:
         lo, hi = np.searchsorted(wave, start, side="left"), np.searchsorted(wave, end, side="right")

@@ -21,8 +21,15 @@ When every exposure's header gives its exposure time (``EXPTIME`` or
 ct, they are converted to per (ct/s) first, so that exposure times do not enter
 the gray terms; `kspec_fluxcal.products.calibration_for_frame` converts back
 with the exposure time of the frame it is applied to. Airmass-dependent
-extinction is not modelled: it differs between exposures in shape, and the
-nightly shape is that of the typical airmass of the night.
+extinction differs between exposures in shape: when every exposure's airmass
+is known (``AIRMASS``/``ZD``/``ALT``, kept in the products' provenance), the
+night's extinction curve k(λ) is fitted (or a site or default curve is used,
+see `kspec_fluxcal.atmosphere.night_extinction`), every exposure is moved to
+the night's median airmass before the shapes are averaged, and k(λ) with its
+variance is stored in ``summary['extinction']``;
+`kspec_fluxcal.atmosphere.transfer_to_airmass` moves the nightly function to
+a frame's airmass. Without airmasses the nightly shape is that of the typical
+airmass of the night.
 """
 
 import logging
@@ -31,6 +38,7 @@ import numpy as np
 from astropy import units as u
 
 from .apply import calibration_on_grid
+from .atmosphere import night_extinction
 from .combine import separate_gray_terms
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
 from .exceptions import CalibrationError, InputDataError
@@ -102,7 +110,7 @@ def _night_grid(vectors):
     return log_uniform_grid(min(lo), max(hi), float(np.median(steps)), include_stop=True)
 
 
-def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51):
+def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51, extinction="auto"):
     """Combine the calibrations of a night's exposures into a nightly transfer function.
 
     Parameters
@@ -122,6 +130,10 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
     smooth_window : int
         Pixels of the running mean applied to the empirical (scatter-based)
         variance before it is compared with the formal one.
+    extinction : 'auto', 'fit', 'default', `~kspec_fluxcal.atmosphere.ExtinctionCurve`, str or Path
+        The night's extinction curve (`kspec_fluxcal.atmosphere.night_extinction`):
+        fitted when the airmasses allow (``'auto'``), a site curve (a file of
+        λ in Å and k in mag per airmass), or the documented default.
 
     Returns
     -------
@@ -140,8 +152,10 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
         ``per_star_metrics``), ``n_stars_used`` (over the exposures used),
         ``rms_scatter`` (of the exposures' shapes), ``gray_scatter`` (robust σ
         of ln gray), ``level_error`` (σ of the median level), ``level_variance``
-        (the ln² term added to every pixel), ``exposure_times``, and the
-        provenance (``kind = 'night'``, every exposure's provenance).
+        (the ln² term added to every pixel), ``exposure_times``,
+        ``extinction`` (k(λ), its variance, source and reference airmass, or
+        None without airmasses), and the provenance (``kind = 'night'``,
+        every exposure's provenance).
 
     Raises
     ------
@@ -165,6 +179,8 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
         with np.errstate(divide="ignore", invalid="ignore"):
             logc[i] = np.where(bad, np.nan, np.log(factor))
             lvar[i] = np.where(bad, np.nan, var / factor**2)
+    curve, logc = night_extinction(grid, logc, lvar, [(r.summary.get("provenance") or {}).get("airmass")
+                                                      for r in results], extinction)
     reasons = [None if np.isfinite(row).any() else "calibration undefined on the nightly grid" for row in logc]
     active = np.array([r is None for r in reasons])
     if not active.any():
@@ -174,8 +190,10 @@ def combine_night(products, wavelength=None, outlier_sigma=5.0, smooth_window=51
         reasons[i] = (f"shape deviates from the other exposures: {100 * dev:.2f}% rms against a median "
                       f"of {100 * dev_med:.2f}% (> {outlier_sigma:g} robust sigma)")
         log.warning("exposure %d rejected: %s", i + 1, reasons[i])
-    return _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
-                     outlier_sigma, smooth_window)
+    night = _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,
+                      outlier_sigma, smooth_window)
+    night.summary["extinction"] = curve.to_dict() if curve is not None else None
+    return night
 
 
 def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, shape, active, reasons,

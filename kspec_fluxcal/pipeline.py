@@ -21,8 +21,9 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from .apply import apply_flux_calibration
+from .atmosphere import read_airmass, transfer_to_airmass
 from .combine import QualityGates
-from .containers import FluxCalibrationResult, make_spectrum
+from .containers import FluxCalibrationResult, TelluricTransmission, make_spectrum, telluric_window_string
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
 from .exceptions import (
     AlreadyCalibratedError,
@@ -43,9 +44,16 @@ from .products import (
 )
 from .products import save_calibration as _save_product
 from .quantities import value_in
+from .telluric import (
+    apply_telluric_correction,
+    check_not_corrected,
+    read_transmission,
+    telluric_header,
+    transmission_to_apply,
+)
 from .wavelength import common_log_grid
 
-__all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal"]
+__all__ = ["FluxcalConfig", "RedFrame", "FluxcalRun", "read_red_frame", "apply_fluxcal", "correct_red_file"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,13 @@ class FluxcalConfig:
         BOSZ. Recorded in the header (``FCALTCOR``) and the summary; its
         per-wavelength uncertainty enters the combined calibration's variance
         as the template-misfit term.
+    telluric : bool or None
+        Telluric correction (`kspec_fluxcal.telluric`). None (default): the
+        transmission is measured on the frame's standards (or taken from the
+        stored calibration) and applied, unless the frame has ``TELCOR = T``
+        already (then it is skipped with a warning). True: the same, but a
+        frame with ``TELCOR = T`` or no transmission available is an error.
+        False: no correction; the windows stay bridged by the smooth vector.
     """
 
     catalog: object = None
@@ -134,6 +149,7 @@ class FluxcalConfig:
     min_standards: int = 1
     save_calibration: object = None
     template_correction: object = "auto"
+    telluric: object = None
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -494,7 +510,8 @@ def _derive(red_filename, frame, config, grid):
         origin["lsf"] = grid.meta.get("lsf", "")
         options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
                                 template_misfit=None if library.correction is None
-                                else library.correction.fractional_sigma)
+                                else library.correction.fractional_sigma,
+                                telluric=config.telluric is not False and not frame.header.get("TELCOR"))
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
         if config.fallback is None:
@@ -531,11 +548,13 @@ def _fallback(frame, config, own, reason, origin):
 
     source = Path(config.fallback)
     nightly = calibration_for_frame(load_calibration(source), frame.counts_unit, header_exptime(frame.header))
+    nightly = transfer_to_airmass(nightly, read_airmass(frame.header))
     n_own = int(own.summary["n_stars_used"]) if own is not None else 0
     origin = {**origin, "source": source.name, "fallback": True, "n_own": n_own}
     origin["history"] = [f"FCAL fallback: nightly calibration {source.name} applied because {reason}"]
     if own is not None:
         nightly = rescale_nightly(nightly, own)
+        nightly.telluric = own.telluric
         origin["gray"] = nightly.summary["gray_rescale"]["factor"]
         origin["history"].append(f"FCAL nightly calibration rescaled by {origin['gray']:.4f} to this frame's "
                                  f"{n_own} usable standard(s)")
@@ -584,6 +603,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         raise AlreadyCalibratedError(
             f"{red_filename.name} is flux calibrated already (FLUXCAL = T); use --force to calibrate it again."
         )
+    if config.telluric:
+        check_not_corrected(frame.header, red_filename.name)
     if config.calibration is not None:
         stored = Path(config.calibration)
         result = load_calibration(stored)
@@ -598,13 +619,20 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         frame.counts * frame.counts_unit, frame.variance * frame.counts_unit**2, result,
         wavelength=frame.wavelength,
     )
-    primary, variance, products = _output_hdulist(frame, flux.value, flux_var.value, result, config, origin)
+    flux, flux_var = flux.value, flux_var.value
+    telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
+    if telluric is not None:
+        flux, flux_var = apply_telluric_correction(flux, flux_var, frame.wavelength, telluric)
+    primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
+    if telluric is not None:
+        telluric_header(primary.header, telluric, origin.get("source"))
     with fits.open(red_filename, memmap=False) as hdul:
         kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "FLUXCAL", "FCALSTAR", "FCALVEC",
-                                                              "FCALSUM")]
+                                                              "FCALSUM", "TELLURIC")]
     target = Path(config.output) if config.output else red_filename
     hdus = [primary, variance, *kept, products["FLUXCAL"], _fcalstar_table(result),
-            *[h for h in products if h.name in ("FCALVEC", "FCALSUM")]]
+            *[h for h in products if h.name in ("FCALVEC", "FCALSUM")],
+            *([telluric.to_hdu()] if telluric is not None else [])]
     write_fits_atomic(hdus, target)
     log.info("wrote %s (%d standards used)", target, result.summary["n_stars_used"])
     if config.save_calibration:
@@ -614,4 +642,51 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         from .qc import save_figures
 
         figures = save_figures(result, config.plots, prefix=target.stem)
+        if telluric is not None and telluric.per_star is not None:
+            from .qc_telluric import save_telluric_figures
+
+            figures += save_telluric_figures(telluric, config.plots, prefix=target.stem)
     return FluxcalRun(result=result, output=target, figures=figures, frame=frame)
+
+
+def correct_red_file(red_filename, transmission, output=None):
+    """Apply a stored transmission to a (calibrated) RED file, written atomically.
+
+    Parameters
+    ----------
+    red_filename : str or Path
+        The frame; rewritten unless ``output`` is given.
+    transmission : `TelluricTransmission` or str or Path
+        The transmission, or a file holding one (`read_transmission`).
+    output : str or Path, optional
+        Where to write.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    TelluricCorrectedError
+        The frame has ``TELCOR = T`` already.
+    """
+    red_filename = Path(red_filename)
+    frame = read_red_frame(red_filename)
+    check_not_corrected(frame.header, red_filename.name)
+    source = None
+    if not isinstance(transmission, TelluricTransmission):
+        source = Path(transmission).name
+        transmission = read_transmission(transmission)
+    flux, var = apply_telluric_correction(frame.counts, frame.variance, frame.wavelength, transmission)
+    with fits.open(red_filename, memmap=False) as hdul:
+        header = hdul[0].header.copy()
+        telluric_header(header, transmission, source)
+        variance = hdul["VARIANCE"].copy()
+        variance.data = var.astype(np.float32)
+        kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "TELLURIC")]
+    hdus = [fits.PrimaryHDU(flux.astype(np.float32), header=header), variance, *kept, transmission.to_hdu()]
+    target = Path(output) if output else red_filename
+    write_fits_atomic(hdus, target)
+    log.info("wrote %s (telluric windows %s corrected)", target, telluric_window_string(transmission.windows) or "none")
+    return target

@@ -36,6 +36,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from . import __version__
+from .atmosphere import read_airmass
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
 from .exceptions import InputDataError
 from .io.atomic import atomic_output
@@ -54,6 +55,7 @@ PROVENANCE_KEYWORDS = {
     "FCALRCHK": ("red_checksum", "FITS CHECKSUM of that RED file's primary HDU"),
     "DATE-OBS": ("date_obs", "DATE-OBS of that RED file"),
     "EXPTIME": ("exptime", "[s] exposure time of that RED file"),
+    "AIRMASS": ("airmass", "airmass of that RED file"),
     "FCALTPL": ("template_library", "template library folder"),
     "FCALTFP": ("template_fingerprint", "template library fingerprint"),
     "FCALNEXP": ("n_exposures", "exposures combined (nightly product)"),
@@ -97,8 +99,9 @@ def calibration_provenance(red_file=None, header=None, red_sha256=None, template
     red_file : str or Path, optional
         RED file the calibration was derived from (its name is kept).
     header : `~astropy.io.fits.Header`, optional
-        Its primary header: ``DATE-OBS``, ``CHECKSUM`` and the exposure time
-        (`EXPTIME_KEYWORDS`, s) are copied when present.
+        Its primary header: ``DATE-OBS``, ``CHECKSUM``, the exposure time
+        (`EXPTIME_KEYWORDS`, s) and the airmass
+        (`kspec_fluxcal.atmosphere.read_airmass`) are copied when present.
     red_sha256 : str, optional
         SHA-256 of the RED file as read (`file_sha256`).
     template_library, template_fingerprint : str, optional
@@ -113,8 +116,8 @@ def calibration_provenance(red_file=None, header=None, red_sha256=None, template
     dict
         ``kind``, ``package_version``, ``created`` (UTC, ISO 8601),
         ``red_file``, ``red_sha256``, ``red_checksum``, ``date_obs``,
-        ``exptime`` (s), ``template_library``, ``template_fingerprint``,
-        ``options``; None where unknown.
+        ``exptime`` (s), ``airmass``, ``template_library``,
+        ``template_fingerprint``, ``options``; None where unknown.
     """
     header = header if header is not None else fits.Header()
     return {
@@ -126,6 +129,7 @@ def calibration_provenance(red_file=None, header=None, red_sha256=None, template
         "red_checksum": header.get("CHECKSUM"),
         "date_obs": header.get("DATE-OBS"),
         "exptime": header_exptime(header),
+        "airmass": read_airmass(header),
         "template_library": template_library,
         "template_fingerprint": template_fingerprint,
         "options": jsonable(options or {}),
@@ -142,7 +146,7 @@ def _with_provenance(result, provenance):
     if provenance is not None:
         summary["provenance"] = jsonable(provenance)
     return FluxCalibrationResult(result.combined_vector, list(result.per_star_vectors),
-                                 list(result.per_star_residuals), summary)
+                                 list(result.per_star_residuals), summary, result.telluric)
 
 
 def _product_hdulist(result):
@@ -323,4 +327,4 @@ def calibration_for_frame(result, counts_unit, exptime=None):
     converted = CalibrationVector(vec.wavelength, factor, variance, vec.mask, smooth, smooth_var, dict(vec.meta))
     log.info("calibration converted from '%s' to '%s' with the exposure time", vec.unit, factor.unit)
     return FluxCalibrationResult(converted, list(result.per_star_vectors), list(result.per_star_residuals),
-                                 dict(result.summary))
+                                 dict(result.summary), result.telluric)

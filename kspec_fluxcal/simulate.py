@@ -744,7 +744,7 @@ def _observe(native_wave, arriving_flux, fiber_wave, fwhm, fwhm_poly, native_res
     return gray * (op @ arriving_flux) / calibration(fiber_wave)
 
 
-def _add_noise(rng, counts, snr, floor=0.01):
+def add_noise(rng, counts, snr, floor=0.01):
     """Counts plus Gaussian noise of variance k·(counts + floor·median).
 
     k makes the median S/N per pixel equal ``snr``; the floor stands for read
@@ -854,7 +854,7 @@ def _build_exposure(rng, stars, types, n_pix, wave_range, fwhm, fwhm_poly, snr_r
         instrument = _observe(star.wavelength, arriving, wave2d[f], fwhm, fwhm_poly, star.resolution,
                               calibration, gray[f])
         snr = rng.uniform(*snr_range)
-        counts[f], variance[f] = _add_noise(rng, instrument, snr)
+        counts[f], variance[f] = add_noise(rng, instrument, snr)
         true_flux[f] = instrument * calibration(wave2d[f])
         name = star.truth.get("name") or f"{'STD' if kind == 'C' else 'OBJ'}{f:03d}"
         names.append(name)

@@ -1,0 +1,217 @@
+"""Telluric transmission from the standards: derivation, correction, the TELLURIC extension and the CLI.
+
+The truth is a forest of telluric lines of known optical depth on a 0.02 Å
+grid, convolved with a Gaussian by numpy (`kspec_fluxcal.simulate_atmosphere`),
+not with the package's LSF code.
+"""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from kspec_fluxcal.cli import main
+from kspec_fluxcal.exceptions import TelluricCorrectedError
+from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
+from kspec_fluxcal.products import load_calibration, save_calibration
+from kspec_fluxcal.simulate import make_exposure
+from kspec_fluxcal.simulate_atmosphere import TELLURIC_BANDS, imprint_telluric, observed_transmission
+from kspec_fluxcal.telluric import (
+    TelluricTransmission,
+    apply_telluric_correction,
+    combine_transmissions,
+    read_transmission,
+)
+
+FWHM = 2.5
+
+
+def _frame(tmp_path_factory, seed, telluric_lines):
+    exp = make_exposure(n_standards=6, n_science=4, n_sky=1, n_pix=4000, fwhm=FWHM, logg_range=(4.05, 4.45),
+                        snr_range=(40.0, 150.0), telluric=False, seed=seed)
+    if telluric_lines:
+        imprint_telluric(exp, FWHM, seed=seed + 10)
+    red, cat = exp.write(tmp_path_factory.mktemp(f"tel{seed}"), stem="frame")
+    return exp, red, cat
+
+
+@pytest.fixture(scope="module")
+def lines_frame(tmp_path_factory):
+    return _frame(tmp_path_factory, 21, True)
+
+
+@pytest.fixture(scope="module")
+def corrected(lines_frame, synthetic_grid_dir, tmp_path_factory):
+    exp, red, cat = lines_frame
+    folder = tmp_path_factory.mktemp("corrected")
+    out = folder / "corrected.fits"
+    product = folder / "product.fits"
+    run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, output=out, telluric=True,
+                                           plots=folder / "plots", save_calibration=product))
+    return run, out, product
+
+
+def _science(out, exp, run):
+    used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
+    truth = exp.truth["true_flux"] * exp.truth["reference_gray"] / np.median(exp.truth["gray"][used])
+    with fits.open(out) as hdul:
+        flux = hdul[0].data.astype(float)
+        var = hdul["VARIANCE"].data.astype(float)
+        wave = hdul["WAVELA"].data.astype(float)
+        types = np.char.strip(Table.read(hdul["FIBRES"])["TYPE"].astype(str))
+    return flux, var, wave, truth, np.flatnonzero(types == "P")
+
+
+def _window_errors(flux, var, wave, truth, trans, fiber, a, b):
+    """Band-averaged flux error and line-scale residual beyond the stated noise, level set beside the window."""
+    side = (((wave > a - 150) & (wave < a - 10)) | ((wave > b + 10) & (wave < b + 150))) & np.isfinite(flux)
+    level = np.median(flux[side] / truth[side])
+    sel = (wave > a) & (wave < b) & (trans >= 0.3) & np.isfinite(flux)
+    band = np.sum(flux[sel]) / np.sum(truth[sel] * level) - 1
+    z = flux[sel] / (truth[sel] * level) - 1
+    noise2 = var[sel] / (truth[sel] * level) ** 2
+    return band, np.sqrt(max(np.mean(z**2) - np.mean(noise2), 0.0))
+
+
+def test_combination_clips_an_outlier_and_scales_the_variance():
+    rng = np.random.default_rng(3)
+    truth = np.linspace(0.3, 1.0, 400)
+    sigma = np.array([0.01, 0.02, 0.01, 0.015, 0.01])[:, None] * np.ones((5, 400))
+    values = truth + sigma * rng.standard_normal(sigma.shape)
+    values[2, 100:120] += 0.3  # a star with a bad stretch
+    mean, var, n_used = combine_transmissions(values, sigma**2)
+    assert np.all(n_used[100:120] == 4) and np.all(n_used[:90] == 5)
+    pull = (mean - truth) / np.sqrt(var)
+    assert 0.7 < np.std(pull) < 1.3
+    # a pixel nobody measured stays undefined
+    values[:, 5] = np.nan
+    mean, var, n_used = combine_transmissions(values, sigma**2)
+    assert np.isnan(mean[5]) and np.isnan(var[5]) and n_used[5] == 0
+
+
+def test_correction_divides_and_propagates_both_variances():
+    wave = np.linspace(7500.0, 7800.0, 301)
+    t = np.where((wave > 7600) & (wave < 7700), 0.5 + 0.004 * np.abs(wave - 7650), 1.0)
+    t[150] = 0.1
+    trans = TelluricTransmission(wave, t, np.full(wave.size, 1e-4), t < 0.2, [[7590.0, 7700.0]])
+    flux = np.full((2, wave.size), 10.0)
+    var = np.full((2, wave.size), 0.5)
+    out, out_var = apply_telluric_correction(flux, var, wave, trans)
+    inside = (wave > 7600) & (wave < 7700) & (np.abs(np.arange(wave.size) - 150) > 1)
+    np.testing.assert_allclose(out[0, inside], 10.0 / t[inside], rtol=1e-6)
+    np.testing.assert_allclose(out_var[0, inside], 0.5 / t[inside] ** 2 + 100.0 * 1e-4 / t[inside] ** 4, rtol=1e-6)
+    assert np.isnan(out[:, 150]).all() and np.isnan(out_var[:, 150]).all()
+    outside = (wave < 7590) | (wave > 7700)
+    np.testing.assert_array_equal(out[:, outside], flux[:, outside])
+    np.testing.assert_array_equal(out_var[:, outside], var[:, outside])
+
+
+def test_transmission_round_trips_through_its_extension():
+    wave = np.linspace(6800.0, 7000.0, 50)
+    t = np.linspace(0.1, 1.0, 50)
+    trans = TelluricTransmission(wave, t, t * 1e-3, t < 0.2, [[6860.0, 6960.0]], meta={"n_stars": 4})
+    back = TelluricTransmission.from_hdu(fits.BinTableHDU(trans.to_hdu().data, trans.to_hdu().header))
+    np.testing.assert_allclose(back.wavelength, wave)
+    np.testing.assert_allclose(back.transmission, t)
+    np.testing.assert_array_equal(back.mask, t < 0.2)
+    np.testing.assert_allclose(back.windows, [[6860.0, 6960.0]])
+    assert back.n_stars == 4
+
+
+def test_derived_transmission_matches_the_truth(lines_frame, corrected):
+    exp, _, _ = lines_frame
+    run, out, _ = corrected
+    trans = run.result.telluric
+    assert trans.n_stars >= 5
+    assert len(trans.windows) == len(TELLURIC_BANDS)
+    truth = observed_transmission(trans.wavelength, FWHM, seed=31)
+    inside = ~trans.mask & (truth >= 0.3) & (truth < 0.999)
+    err = trans.transmission[inside] - truth[inside]
+    assert np.median(np.abs(err)) < 0.01
+    pull = err / np.sqrt(trans.variance[inside])
+    assert 0.6 < np.sqrt(np.mean(pull**2)) < 2.0
+    # deep cores are masked, never divided by
+    assert np.all(trans.mask[truth < 0.15])
+
+
+def test_science_fibers_are_corrected_in_the_windows(lines_frame, corrected):
+    exp, _, _ = lines_frame
+    run, out, _ = corrected
+    flux, var, wave, truth, science = _science(out, exp, run)
+    trans = exp.truth["transmission"]
+    bands, lines = [], []
+    for f in science:
+        for a, b, *_ in TELLURIC_BANDS:
+            band, line = _window_errors(flux[f], var[f], wave[f], truth[f], trans[f], f, a, b)
+            bands.append(band)
+            lines.append(line)
+    assert np.max(np.abs(bands)) < 0.01
+    assert np.median(lines) < 0.02
+    with fits.open(out) as hdul:
+        assert hdul[0].header["TELCOR"] is True
+        assert hdul[0].header["TELNSTR"] == run.result.telluric.n_stars
+        table = Table.read(hdul["TELLURIC"])
+        assert set(table.colnames) == {"WAVELENGTH", "TRANSMISSION", "VARIANCE", "MASK"}
+        assert table["MASK"].dtype == bool
+        assert np.all(np.isnan(table["TRANSMISSION"][table["MASK"]]))
+
+
+def test_qc_figure_per_window(corrected):
+    run, out, _ = corrected
+    pngs = [p for p in run.figures if "_telluric_" in p.name]
+    assert len(pngs) == len(run.result.telluric.windows)
+    assert all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_products_carry_the_transmission(lines_frame, corrected, tmp_path):
+    exp, red, _ = lines_frame
+    run, out, product = corrected
+    stored = load_calibration(product)
+    np.testing.assert_allclose(stored.telluric.transmission, run.result.telluric.transmission, equal_nan=True)
+    np.testing.assert_allclose(read_transmission(out).transmission, run.result.telluric.transmission,
+                               equal_nan=True)
+    again = tmp_path / "again.fits"
+    apply_fluxcal(red, FluxcalConfig(calibration=product, output=again))
+    with fits.open(again) as new, fits.open(out) as first:
+        assert new[0].header["TELCOR"] is True
+        np.testing.assert_allclose(new[0].data, first[0].data, rtol=1e-5, equal_nan=True)
+    ecsv = tmp_path / "p.ecsv"
+    save_calibration(stored, ecsv)
+    assert load_calibration(ecsv).telluric is None
+
+
+def test_frame_without_tellurics_is_unchanged(tmp_path_factory, synthetic_grid_dir):
+    exp, red, cat = _frame(tmp_path_factory, 22, False)
+    folder = tmp_path_factory.mktemp("plain")
+    runs = {}
+    for mode in (True, False):
+        runs[mode] = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, telluric=mode,
+                                                      output=folder / f"{mode}.fits"))
+    assert runs[True].result.telluric.windows.size == 0
+    with fits.open(folder / "True.fits") as on, fits.open(folder / "False.fits") as off:
+        np.testing.assert_array_equal(on[0].data, off[0].data)
+        np.testing.assert_array_equal(on["VARIANCE"].data, off["VARIANCE"].data)
+        assert on[0].header["TELWIN"] == "none"
+        assert "TELCOR" not in off[0].header and "TELLURIC" not in off
+
+
+def test_cli_applies_a_stored_transmission_once(lines_frame, corrected, synthetic_grid_dir, tmp_path, capsys):
+    exp, red, cat = lines_frame
+    _, out, product = corrected
+    plain = tmp_path / "plain.fits"
+    assert main(["calibrate", str(red), "--catalog", str(cat), "--templates", str(synthetic_grid_dir),
+                 "--output", str(plain), "--no-telluric", "--quiet"]) == 0
+    with fits.open(plain) as hdul:
+        assert "TELCOR" not in hdul[0].header and "TELLURIC" not in hdul
+    fixed = tmp_path / "fixed.fits"
+    assert main(["telluric", str(plain), "--transmission", str(product), "-o", str(fixed), "--quiet"]) == 0
+    with fits.open(fixed) as new, fits.open(out) as ref:
+        assert new[0].header["TELCOR"] is True and new[0].header["TELSRC"] == "product.fits"
+        np.testing.assert_allclose(new[0].data, ref[0].data, rtol=1e-5, equal_nan=True)
+    before = fixed.read_bytes()
+    assert main(["telluric", str(fixed), "--transmission", str(product), "--quiet"]) == 1
+    assert "telluric-corrected already" in capsys.readouterr().err
+    assert fixed.read_bytes() == before
+    with pytest.raises(TelluricCorrectedError):
+        apply_fluxcal(fixed, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, force=True, telluric=True,
+                                           output=tmp_path / "twice.fits"))
