@@ -93,6 +93,9 @@ def read_run_log(path):
     missing = [c for c in RUN_LOG_COLUMNS if c not in table.colnames]
     if missing:
         raise ValueError(f"{path} is not a kspec_fluxcal run log (no column {', '.join(missing)})")
+    for name in ("reason", "worker", "output"):  # ECSV reads an empty string back as masked
+        if hasattr(table[name], "mask"):
+            table[name] = table[name].filled("")
     return table
 
 
