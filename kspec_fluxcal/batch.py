@@ -394,7 +394,8 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
         log.info("%s: %s (%s)", Path(records[i].file).name, records[i].status, records[i].reason)
     if tasks:
         _run(tasks, records, config, workers, scheduler)
-        _remove_partials([t[3].output or t[1] for t in tasks] + [t[3].save_calibration for t in tasks
+        ended = [t for t in tasks if records[t[0]].status != "unfinished"]  # an unfinished task may still write
+        _remove_partials([t[3].output or t[1] for t in ended] + [t[3].save_calibration for t in ended
                                                                   if t[3].save_calibration is not None])
     result = [records[i] for i in range(len(red_files))]
     if run_log:
@@ -414,7 +415,8 @@ def _product(target):
 def _remove_partials(targets):
     """Remove the temporary files (``.<name>.*.part``) that killed tasks left beside ``targets``.
 
-    Called when every task of the batch has ended: no live writer owns them.
+    Called with the targets of tasks that have ended (their record came
+    back): no live writer owns these files.
     """
     for target in targets:
         target = Path(target)

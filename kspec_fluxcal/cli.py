@@ -159,6 +159,8 @@ def _batch(args):
         with contextlib.suppress(ImportError):  # without it, calibrate_batch says what to install
             import distributed  # noqa: F401 — it sets its loggers' levels when imported
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # a lost scheduler is reported by the batch (unfinished files); not also as the client's reconnect traceback
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     try:
         records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
                                   scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
