@@ -40,6 +40,7 @@ dask and distributed are an optional dependency (``pip install
 kspec_fluxcal[batch]``); they are imported when a batch runs.
 """
 
+import glob
 import logging
 import os
 import time
@@ -420,7 +421,7 @@ def _remove_partials(targets):
     """
     for target in targets:
         target = Path(target)
-        for part in target.parent.glob(f".{target.name}.*.part"):
+        for part in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
             part.unlink(missing_ok=True)
             log.info("removed %s, left by a task that did not finish", part)
 
