@@ -18,6 +18,10 @@ Each calibration runs in a fresh Python process, so that its peak RSS
 * ``warm``: the prepared grid is a cache hit (memory-mapped), as for every
   frame of a night after the first; best of ``--repeat``.
 
+Each process calibrates the frame twice: the first time in a fresh process
+(imports done, but filter curves and the first use of the cached grid still
+to pay), then again, as every further frame of a long-lived worker.
+
 Targets on 2 cores (issue 14): ≤ 7 s and ≤ 1.8 GB warm.
 
 Usage::
@@ -70,14 +74,21 @@ def _widen(red, n_fibers):
 
 
 def _calibrate(red, cat, grid, out):
-    """Child process: calibrate once and print JSON (wall and CPU seconds, peak RSS MB, standards used)."""
+    """Child process: calibrate twice and print JSON (wall and CPU seconds of each, peak RSS MB, standards used).
+
+    The first calibration of a process pays once-per-process costs (filter
+    curves, first use of the cached grid); the second is what every further
+    frame of a long-lived worker costs.
+    """
     from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid, output=out, force=True))
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": _peak_rss_mb(),
-                      "n_used": int(run.result.summary["n_stars_used"])}))
+    times = []
+    for _ in range(2):
+        t0, c0 = time.perf_counter(), time.process_time()
+        n_used = int(apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid, output=out, force=True))
+                     .result.summary["n_stars_used"])  # the run is not kept: a worker holds one frame at a time
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
+    print(json.dumps({"first": times[0], "again": times[1], "rss_mb": _peak_rss_mb(), "n_used": n_used}))
 
 
 def _child(cache, red, cat, grid, out):
@@ -130,13 +141,18 @@ def main():
         shutil.rmtree(cold_cache, ignore_errors=True)
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    best = min(warm, key=lambda r: r["seconds"])
-    print(f"{args.fibers} fibers x {args.pixels} px, 20 standards x 520 templates ({best['n_used']} standards used)")
-    print(f"  cold (prepared grid built)      : {cold['seconds']:6.1f} s wall {cold['cpu']:6.1f} s CPU   peak RSS "
-          f"{cold['rss_mb']:5d} MB")
-    print(f"  warm (best of {args.repeat}, grid cached)   : {best['seconds']:6.1f} s wall {best['cpu']:6.1f} s CPU   "
-          f"peak RSS {max(r['rss_mb'] for r in warm):5d} MB   (targets <= 7 s, <= 1843 MB)")
-    print(f"  load average during the run     : {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
+    first = min(warm, key=lambda r: r["first"][0])["first"]
+    again = min(warm, key=lambda r: r["again"][0])["again"]
+    print(f"{args.fibers} fibers x {args.pixels} px, 20 standards x 520 templates ({warm[0]['n_used']} standards used)")
+    c = cold["first"]
+    print(f"  cold: fresh process, prepared grid built       : {c[0]:6.1f} s wall {c[1]:6.1f} s CPU")
+    print(f"  warm: fresh process, grid cached (best of {args.repeat})   : {first[0]:6.1f} s wall {first[1]:6.1f} s "
+          "CPU")
+    print(f"  warm: same process again (best of {args.repeat})           : {again[0]:6.1f} s wall {again[1]:6.1f} s CPU"
+          "   (target <= 7 s)")
+    print(f"  peak RSS of a process (cold | warm), MB        : {cold['rss_mb']} | {max(r['rss_mb'] for r in warm)}"
+          "   (target <= 1843 MB)")
+    print(f"  load average at the end                        : {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
