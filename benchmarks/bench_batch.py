@@ -21,9 +21,15 @@ Reported: wall time of each batch, exposures per minute, the speed-up from 1
 to 2 workers, and the peak RSS of every worker process. Targets on 2 cores:
 ≥ 1.7× from 1 to 2 workers, ≤ 1.5 GB per worker.
 
+``--night`` instead reduces a night as the pipeline would: 20 exposures
+(``--exposures`` to change it) in one batch on a fresh LocalCluster of 2
+workers (worker start-up included; the prepared grid from the cache when an
+earlier run put it there), reporting exposures per minute and the peak RSS of
+each worker.
+
 Usage::
 
-    python benchmarks/bench_batch.py [--grid DIR] [--exposures N] [--repeat N] [--keep DIR]
+    python benchmarks/bench_batch.py [--grid DIR] [--exposures N] [--repeat N] [--keep DIR] [--night]
 
 ``--grid`` defaults to ``$TMPDIR/kspec_bench_bosz_r10000`` (written when
 missing, about 30 s, 450 MB); the cache is ``$KSPEC_FLUXCAL_CACHE`` or
@@ -34,6 +40,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,7 +100,11 @@ def main():
     parser.add_argument("--exposures", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="warm batches per worker count (best is kept)")
     parser.add_argument("--keep", type=Path, help="write the exposures here and keep them (default: a temp folder)")
+    parser.add_argument("--night", action="store_true",
+                        help="one batch of a 20-exposure night on 2 workers (exposures/min, peak RSS per worker)")
     args = parser.parse_args()
+    if args.night and "--exposures" not in sys.argv:
+        args.exposures = 20
     os.environ.setdefault("KSPEC_FLUXCAL_CACHE", str(Path(tempfile.gettempdir()) / "kspec_bench_cache"))
     logging.basicConfig(level=logging.WARNING)
     import distributed  # noqa: F401 — it sets its loggers' levels when imported
@@ -118,6 +129,20 @@ def main():
         reds.append(folder / f"{stem}_red.fits")
     print(f"{len(reds)} exposures ready in {folder} ({time.perf_counter() - t0:.0f} s)")
     config = FluxcalConfig(templates=grid)
+    if args.night:
+        try:
+            night, rss_night, records = _batch(reds, folder, config, 2, folder / "out_night", warm=False)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(folder, ignore_errors=True)
+        n = len(reds)
+        per_task = sorted(r.seconds for r in records)
+        print(f"night: {n} exposures x 20 standards x 520 templates x 12000 px (32 fibers each), 2 workers")
+        print(f"  one batch (workers start, grid from the cache)  : {night:6.1f} s  {60 * n / night:6.1f} "
+              f"exposures/min  (task median {per_task[len(per_task) // 2]:.2f} s)")
+        print(f"  peak RSS per worker, MB                         : {rss_night}  (target <= 1536 MB)")
+        print(f"  peak RSS of the driver, MB                      : {_peak_rss_mb()}")
+        return
     try:
         cold, rss_cold, _ = _batch(reds, folder, config, 2, folder / "out_cold", warm=False)
         one, rss_one, records = _batch(reds, folder, config, 1, folder / "out_1", warm=True, repeat=args.repeat)

@@ -21,8 +21,18 @@ cluster whose nodes share the filesystem).
 * **Failures stay alone.** Every exception of a task becomes a failed record
   with its reason; the other files complete.
 * **Re-runs skip finished files**: a file whose target (the file itself, or
-  its namesake in ``output_dir``) has ``FLUXCAL = T`` is skipped unless
-  ``force``.
+  its namesake in ``output_dir``) has ``FLUXCAL = T`` (and, with
+  ``products``, whose product exists) is skipped unless ``force``.
+* **Workers may die, the scheduler may go.** A task on a worker that dies is
+  run again on another worker by the scheduler (up to
+  ``distributed.scheduler.allowed-failures`` times); the temporary file a
+  killed task leaves beside its target is removed when the batch ends. When
+  the scheduler goes away, the files whose results did not come back are
+  recorded as ``unfinished`` and `calibrate_batch` raises
+  `~kspec_fluxcal.exceptions.BatchIncompleteError` naming them; a re-run
+  finishes them.
+* **A run log**: every batch appends its records to the ECSV run log
+  (`kspec_fluxcal.runlog`) beside its outputs.
 * **Catalogues** come from one file for all frames, a list or dict, or a
   folder searched with `CATALOG_PATTERNS`.
 
@@ -30,11 +40,13 @@ dask and distributed are an optional dependency (``pip install
 kspec_fluxcal[batch]``); they are imported when a batch runs.
 """
 
+import glob
 import logging
 import os
 import time
 import warnings
 from collections import Counter
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,8 +57,9 @@ from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .cache import cache_dir
-from .exceptions import InputDataError, KspecFluxcalError
+from .exceptions import BatchIncompleteError, InputDataError, KspecFluxcalError, OutputWriteError
 from .pipeline import FluxcalConfig, instrument_fwhm, read_red_frame, resolve_template_library
+from .runlog import RUN_LOG_NAME, append_run_log, new_run_id, run_log_table
 from .wavelength import log_uniform_grid
 
 __all__ = ["BatchRecord", "find_catalog", "dask_client", "calibrate_batch", "summary_table"]
@@ -77,7 +90,9 @@ class BatchRecord:
     ----------
     file : str
         The RED file.
-    status : {'ok', 'failed', 'skipped'}
+    status : {'ok', 'failed', 'skipped', 'unfinished'}
+        ``unfinished``: the scheduler was lost before the file's result came
+        back (the file may or may not have been written; a re-run sees).
     output : str
         The calibrated file ('' when none was written).
     n_standards : int or None
@@ -91,6 +106,8 @@ class BatchRecord:
         calibration was applied.
     fallback : bool
         The nightly fallback calibration was applied.
+    worker : str
+        Address of the Dask worker that ran the task ('' when none did).
     """
 
     file: str
@@ -101,6 +118,7 @@ class BatchRecord:
     seconds: float = 0.0
     reason: str = ""
     fallback: bool = False
+    worker: str = ""
 
 
 def _import_distributed():
@@ -196,6 +214,7 @@ def _calibrate_one(red_file, catalog, config, grid_wave, setup_key, cache_root):
     from .templates import PreparedGrid, TemplateLibrary
 
     start = time.perf_counter()
+    worker = _worker_address()
     try:
         # the driver's cache, so that the grid it prepared is a hit here (memory-mapped, not rebuilt)
         os.environ["KSPEC_FLUXCAL_CACHE"] = str(cache_root)
@@ -212,14 +231,24 @@ def _calibrate_one(red_file, catalog, config, grid_wave, setup_key, cache_root):
         return asdict(BatchRecord(
             file=str(red_file), status="ok", output=str(run.output), n_standards=int(summary["n_stars_used"]),
             rms=float(rms) if rms is not None and np.isfinite(rms) else None,
-            seconds=time.perf_counter() - start, fallback=fallback,
+            seconds=time.perf_counter() - start, fallback=fallback, worker=worker,
             reason="nightly fallback calibration applied" if fallback else ""))
     except Exception as exc:  # noqa: BLE001 — every failure of one file becomes its record
         reason = " ".join(str(exc).split())
         if not isinstance(exc, KspecFluxcalError):
             reason = f"{type(exc).__name__}: {reason}"
         return asdict(BatchRecord(file=str(red_file), status="failed", seconds=time.perf_counter() - start,
-                                  reason=reason))
+                                  reason=reason, worker=worker))
+
+
+def _worker_address():
+    """Address of the Dask worker running this task ('' outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
 
 
 def _is_calibrated(path):
@@ -270,7 +299,7 @@ def dask_client(workers=2, scheduler=None):
 
 
 def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None, output_dir=None, force=False,
-                    products=False):
+                    products=False, run_log=True):
     """Calibrate many RED files in parallel on Dask.
 
     Parameters
@@ -299,6 +328,12 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
     products : bool
         Also write each calibration as a product ``<stem>_fluxcal.fits``
         beside the calibrated file (for ``combine-night``).
+    run_log : bool, str or Path
+        True: append the records to the run log ``kspec_fluxcal_runlog.ecsv``
+        (`kspec_fluxcal.runlog`) of each output folder (``output_dir``, or
+        the folder of each file rewritten in place); a path: append them all
+        to that file; False: no run log. A run log that cannot be written is
+        an error in the log, not of the batch (the files are done).
 
     Returns
     -------
@@ -311,6 +346,9 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
         Bad batch options (no files, ``config.output`` or
         ``config.save_calibration`` set, two files of one name with
         ``output_dir``, a missing template library).
+    BatchIncompleteError
+        The scheduler was lost: the unfinished files are named (its
+        ``records`` hold every file's record; the run log is written first).
     KspecFluxcalError
         dask/distributed are not installed.
     """
@@ -349,11 +387,11 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
         target = output_dir / red.name if output_dir is not None else red
         if isinstance(cat, Exception):
             records[i] = BatchRecord(file=str(red), status="failed", reason=str(cat))
-        elif not force and target.exists() and _is_calibrated(target):
+        elif not force and target.exists() and _is_calibrated(target) and (not products or _product(target).exists()):
             records[i] = BatchRecord(file=str(red), status="skipped", output=str(target),
                                      reason="calibrated already (FLUXCAL = T); --force calibrates it again")
         else:
-            product = target.with_name(target.name.split(".")[0] + "_fluxcal.fits") if products else None
+            product = _product(target) if products else None
             file_config = replace(config, output=None if output_dir is None else target, force=force,
                                   save_calibration=product)
             tasks.append((i, red, None if cat is None else cat.resolve(), file_config))
@@ -361,7 +399,53 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
         log.info("%s: %s (%s)", Path(records[i].file).name, records[i].status, records[i].reason)
     if tasks:
         _run(tasks, records, config, workers, scheduler)
-    return [records[i] for i in range(len(red_files))]
+        ended = [t for t in tasks if records[t[0]].status != "unfinished"]  # an unfinished task may still write
+        _remove_partials([t[3].output or t[1] for t in ended] + [t[3].save_calibration for t in ended
+                                                                  if t[3].save_calibration is not None])
+    result = [records[i] for i in range(len(red_files))]
+    if run_log:
+        _write_run_logs(result, output_dir, None if run_log is True else Path(run_log))
+    unfinished = [Path(r.file).name for r in result if r.status == "unfinished"]
+    if unfinished:
+        raise BatchIncompleteError(
+            f"the Dask scheduler was lost; {len(unfinished)} of {len(result)} files are unfinished: "
+            f"{', '.join(unfinished)}. Run the batch again: finished files are skipped.", records=result)
+    return result
+
+
+def _product(target):
+    return target.with_name(target.name.split(".")[0] + "_fluxcal.fits")
+
+
+def _remove_partials(targets):
+    """Remove the temporary files (``.<name>.*.part``) that killed tasks left beside ``targets``.
+
+    Called with the targets of tasks that have ended (their record came
+    back): no live writer owns these files.
+    """
+    for target in targets:
+        target = Path(target)
+        for part in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+            part.unlink(missing_ok=True)
+            log.info("removed %s, left by a task that did not finish", part)
+
+
+def _write_run_logs(records, output_dir, path):
+    """Append the records to the run log of each output folder (or to ``path``); errors are logged."""
+    if path is not None:
+        groups = {path: records}
+    elif output_dir is not None:
+        groups = {output_dir / RUN_LOG_NAME: records}
+    else:
+        groups = {}
+        for record in records:
+            groups.setdefault(Path(record.file).parent / RUN_LOG_NAME, []).append(record)
+    run_id = new_run_id()
+    for log_path, group in groups.items():
+        try:
+            append_run_log(log_path, run_log_table(group, run_id))
+        except OutputWriteError as exc:
+            log.error("%s", exc)
 
 
 def _run(tasks, records, config, workers, scheduler):
@@ -394,7 +478,12 @@ def _run(tasks, records, config, workers, scheduler):
             try:
                 record = BatchRecord(**future.result())
             except Exception as exc:  # noqa: BLE001 — a worker lost (killed, out of memory) fails its file only
-                record = BatchRecord(file=str(red), status="failed", reason=f"{type(exc).__name__}: {exc}")
+                if client.status != "running" or isinstance(exc, (CancelledError, OSError)):
+                    # the scheduler went away (the futures are cancelled, the comm closed): the task's fate is unknown
+                    record = BatchRecord(file=str(red), status="unfinished",
+                                         reason="the Dask scheduler was lost before the result came back")
+                else:
+                    record = BatchRecord(file=str(red), status="failed", reason=f"{type(exc).__name__}: {exc}")
             records[i] = record
             detail = (f"{record.n_standards} standards, rms {_pct(record.rms)}" if record.status == "ok"
                       else record.reason)
@@ -408,7 +497,7 @@ def _pct(value):
 
 
 def summary_table(records):
-    """The batch summary: one row per file (name, status, standards, rms, seconds, reason).
+    """The batch summary: one row per file (name, status, standards, rms, seconds, worker, reason).
 
     Returns
     -------
@@ -422,5 +511,6 @@ def summary_table(records):
     table["rms_pct"].format = ".2f"
     table["seconds"] = [float(r.seconds) for r in records]
     table["seconds"].format = ".1f"
+    table["worker"] = [r.worker or "-" for r in records]
     table["reason"] = [r.reason for r in records]
     return table

@@ -10,7 +10,7 @@
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
-        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] ...
+        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] [--run-log FILE] ...
     kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
@@ -108,6 +108,9 @@ def build_parser():
     where.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
     batch.add_argument("--products", action="store_true",
                        help="also write each calibration as <stem>_fluxcal.fits beside the calibrated file")
+    batch.add_argument("--run-log", type=Path, metavar="FILE",
+                       help="append the run's records to this ECSV run log (default: kspec_fluxcal_runlog.ecsv "
+                            "beside the outputs)")
 
     corr = sub.add_parser("derive-correction", parents=[common],
                           help="derive a template-grid correction from CALSPEC standards")
@@ -194,14 +197,21 @@ def _telluric(args):
 
 def _batch(args):
     from .batch import calibrate_batch, summary_table
+    from .exceptions import BatchIncompleteError
 
     if not args.verbose:  # the cluster's own INFO lines would drown the progress lines
         with contextlib.suppress(ImportError):  # without it, calibrate_batch says what to install
             import distributed  # noqa: F401 — it sets its loggers' levels when imported
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
-                              scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
-                              products=args.products)
+        # a lost scheduler is reported by the batch (unfinished files); not also as the client's reconnect traceback
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    try:
+        records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
+                                  scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
+                                  products=args.products, run_log=args.run_log or True)
+    except BatchIncompleteError as exc:  # the table of what is known, then the one-line error
+        print("\n".join(summary_table(exc.records).pformat(max_lines=-1, max_width=-1)))
+        raise
     print("\n".join(summary_table(records).pformat(max_lines=-1, max_width=-1)))
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "failed", "skipped")}
     print(f"{counts['ok']} calibrated, {counts['failed']} failed, {counts['skipped']} skipped")

@@ -19,6 +19,7 @@ __all__ = [
     "CalibrationError",
     "DownloadError",
     "OutputWriteError",
+    "BatchIncompleteError",
     "KspecFluxcalWarning",
     "PartialBandpassWarning",
     "MissingUnitWarning",
@@ -71,6 +72,18 @@ class OutputWriteError(KspecFluxcalError, OSError):
     Raised after the temporary file is removed: nothing partial is left and an
     input that was to be rewritten in place is unchanged.
     """
+
+
+class BatchIncompleteError(KspecFluxcalError):
+    """A batch ended before every file's result came back (e.g. the Dask scheduler was lost).
+
+    ``records`` holds the record of every file of the batch; the unfinished
+    ones have ``status = 'unfinished'``. Running the batch again finishes them.
+    """
+
+    def __init__(self, message, records=()):
+        super().__init__(message)
+        self.records = list(records)
 
 
 class KspecFluxcalWarning(AstropyUserWarning):
