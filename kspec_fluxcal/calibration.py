@@ -31,12 +31,18 @@ __all__ = [
     "compute_calibration_vectors",
     "smooth_calibration_vectors",
     "PixelVector",
+    "DEFAULT_MAG_FLOOR",
 ]
 
 log = logging.getLogger(__name__)
 
 AB_ZEROPOINT_FNU = 3631e-23
 """f_ν of an AB magnitude of zero, erg s⁻¹ cm⁻² Hz⁻¹ (Oke & Gunn 1983)."""
+
+DEFAULT_MAG_FLOOR = 0.01
+"""Systematic error (mag) added in quadrature to each catalogue band by default: the
+zero-point and passband uncertainties of Refcat2 (PS1) and Gaia DR2 photometry plus
+the synthetic-photometry model error (derivation on the caveats page)."""
 
 
 @dataclass
@@ -99,7 +105,7 @@ def scale_template_to_photometry(
     photometry,
     ebv_grid=None,
     ebv="fit",
-    mag_floor=0.005,
+    mag_floor=DEFAULT_MAG_FLOOR,
     clip_sigma=3.0,
     min_bands=3,
 ):
@@ -125,7 +131,7 @@ def scale_template_to_photometry(
     mag_floor : float
         Systematic error (mag) added in quadrature to every band: zero-point
         and model uncertainties, so that Gaia's millimag errors cannot let one
-        wrong zero point dominate.
+        wrong zero point dominate (`DEFAULT_MAG_FLOOR`; see the caveats page).
     clip_sigma : float
         A band whose residual exceeds this many σ (with the floor) is flagged
         and the fit repeated without it, while ``min_bands`` remain.
@@ -451,8 +457,9 @@ def compute_calibration_vector_for_star(
         Wavelength ranges (Å) masked in the vector (telluric bands).
     extinction, r_v : str, float
         Reddening law, as in `~kspec_fluxcal.extinction.extinction_per_ebv`.
-    knot_spacing : float
-        Knot spacing (Å) of the smooth representation.
+    knot_spacing : float or 'auto'
+        Knot spacing (Å) of the smooth representation (``'auto'``: chosen by
+        the stars, see `smooth_calibration_vectors`).
     line_depth : float
         Pixels where the model dips more than this below its continuum are
         left out of the smooth fit, so line residuals do not print into it.
@@ -570,19 +577,23 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
     ----------
     pixel_vectors : list of `PixelVector`
         On one wavelength grid (one star, or several put on a common grid).
-    knot_spacing : float
-        Knot spacing (Å) of the smooth B-spline form.
+    knot_spacing : float or 'auto'
+        Knot spacing (Å) of the smooth B-spline form; ``'auto'`` lets the
+        stars choose it (`kspec_fluxcal.knot_selection.select_knot_spacing`).
+        Each vector's meta records it (``knot_spacing``, ``knot_selection``).
 
     Returns
     -------
     list of `~kspec_fluxcal.containers.CalibrationVector`
     """
+    from .knot_selection import resolve_knot_spacing
+
     wave = pixel_vectors[0].wave
     cal = np.array([p.cal for p in pixel_vectors])
-    smooth, smooth_var, covered = fit_smooth_vectors(
-        wave, cal, np.array([p.stat_var for p in pixel_vectors]),
-        np.array([p.bad | p.exclude for p in pixel_vectors]), knot_spacing=knot_spacing,
-    )
+    stat_var = np.array([p.stat_var for p in pixel_vectors])
+    exclude = np.array([p.bad | p.exclude for p in pixel_vectors])
+    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude)
+    smooth, smooth_var, covered = fit_smooth_vectors(wave, cal, stat_var, exclude, knot_spacing=choice.spacing)
     smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
     vectors = []
     for i, p in enumerate(pixel_vectors):
@@ -593,7 +604,7 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
             mask=p.bad,
             smooth_factor=np.where(covered[i], smooth[i], np.nan) * p.unit,
             smooth_variance=np.where(covered[i], smooth_var[i], np.nan) * p.unit**2,
-            meta=p.info,
+            meta={**p.info, "knot_spacing": choice.spacing, "knot_selection": choice.summary()},
         ))
     return vectors
 

@@ -5,6 +5,7 @@
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
         [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
+        [--form smooth|pixel] [--knot-spacing auto|ANGSTROM] [--mag-floor MAG]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
@@ -58,6 +59,12 @@ def build_parser():
     derive.add_argument("--min-standards", type=int, default=1, metavar="N",
                         help="fewest usable standards for a frame's own calibration (default 1)")
     derive.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
+    derive.add_argument("--form", choices=("smooth", "pixel"), default="smooth",
+                        help="form of the applied vector: smooth B-spline (default) or per pixel")
+    derive.add_argument("--knot-spacing", default="auto", metavar="AUTO|ANGSTROM",
+                        help="knot spacing of the smooth form in Å, or 'auto' to let the standards choose (default)")
+    derive.add_argument("--mag-floor", type=float, default=None, metavar="MAG",
+                        help="systematic error added in quadrature to each catalogue band (default 0.01 mag)")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -109,9 +116,12 @@ def _configure_logging(args):
 def _config(args, **extra):
     from .pipeline import FluxcalConfig
 
+    fit = {"form": args.form, "knot_spacing": args.knot_spacing}
+    if args.mag_floor is not None:
+        fit["mag_floor"] = args.mag_floor
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
-                         min_standards=args.min_standards, **extra)
+                         min_standards=args.min_standards, **fit, **extra)
 
 
 def _calibrate(args):

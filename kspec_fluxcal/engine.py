@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 
-from .calibration import compute_calibration_vectors, scale_template_to_photometry
+from .calibration import DEFAULT_MAG_FLOOR, compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
+from .error_budget import complete_error_budget
 from .exceptions import CalibrationError, KspecFluxcalError
 
 __all__ = ["StandardStar", "EngineOptions", "derive_flux_calibration"]
@@ -37,19 +38,30 @@ class StandardStar:
 
 @dataclass
 class EngineOptions:
-    """Options of `derive_flux_calibration` (see its parameters)."""
+    """Options of `derive_flux_calibration` (see its parameters).
+
+    ``mag_floor`` (mag) is added in quadrature to every catalogue band's error
+    (`DEFAULT_MAG_FLOOR`, see the caveats page). ``knot_spacing`` is ``'auto'``
+    (chosen per exposure by the standards, `kspec_fluxcal.knot_selection`) or
+    a spacing in Å. ``representation`` is ``'smooth'`` or ``'pixel'``: the
+    form of the star vectors that is combined and applied.
+    ``template_misfit`` is the fractional 1σ template misfit common to all
+    standards: None (the library's floor, `kspec_fluxcal.error_budget`), a
+    number, or a function λ (Å, ndarray) → fraction.
+    """
 
     metric: str = "chi2"
     ebv: object = "fit"
-    mag_floor: float = 0.005
+    mag_floor: float = DEFAULT_MAG_FLOOR
     mask_regions: object = "telluric_default"
-    knot_spacing: float = 250.0
+    knot_spacing: object = "auto"
     representation: str = "smooth"
     combine_method: str = "weighted_mean"
     smooth: bool = False
     smooth_window: int = 51
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
+    template_misfit: object = None
 
 
 def _teff_window(photometry):
@@ -107,7 +119,8 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     grid : `~kspec_fluxcal.templates.PreparedGrid`
         Templates prepared for this instrument set-up (with band fluxes).
     options : `EngineOptions`, optional
-        Metric, reddening mode, masks, smooth form, combination and gates.
+        Metric, reddening mode, masks, smooth form, combination, gates, the
+        magnitude floor and the template-misfit term.
     output_wavelength : `~astropy.units.Quantity`, optional
         Grid of the per-star and combined vectors (default ``grid.wavelength``).
     rejected : list of dict, optional
@@ -119,6 +132,9 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         Its ``summary['per_star_metrics']`` covers every star, rejected ones
         with their reasons; per-star vectors carry the match and scale.
+        ``summary['knot_selection']`` says how the smooth form's knot spacing
+        was chosen and ``summary['error_budget']`` lists the terms of the
+        combined variance (`kspec_fluxcal.error_budget.apply_error_budget`).
     """
     from .masks import load_mask_regions
     from .matching import select_best_templates
@@ -155,7 +171,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     )
     for k, reason in failures:
         _reject(rejected, stars[calibratable[k]], reason)
-    return combine_calibration_vectors(
+    result = combine_calibration_vectors(
         vectors,
         method=options.combine_method,
         smooth=options.smooth,
@@ -164,3 +180,5 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         gates=options.gates,
         rejected=rejected,
     )
+    result.summary["mag_floor"] = float(options.mag_floor)
+    return complete_error_budget(result, grid.meta, options.template_misfit)

@@ -22,6 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from .apply import apply_flux_calibration
+from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
 from .containers import FluxCalibrationResult, make_spectrum
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
@@ -105,6 +106,19 @@ class FluxcalConfig:
         Also write the calibration as a product here (``.fits`` or ``.ecsv``;
         see `kspec_fluxcal.products.save_calibration`), replacing an existing
         file.
+    form : {'smooth', 'pixel'}
+        Form of the star vectors combined and applied: the smooth B-spline
+        form (knot spacing ``knot_spacing``) or the per-pixel form.
+    knot_spacing : 'auto' or float
+        Knot spacing (Å) of the smooth form; ``'auto'`` lets the standards
+        choose it (`kspec_fluxcal.knot_selection`). Recorded as ``FCALKNOT``.
+    mag_floor : float
+        Systematic error (mag) added in quadrature to every catalogue band
+        (default `kspec_fluxcal.calibration.DEFAULT_MAG_FLOOR`; see the
+        caveats page). Recorded as ``FCALMFLR``.
+    template_misfit : None, float or callable
+        The template-misfit term of the error budget (see
+        `kspec_fluxcal.engine.EngineOptions`); None: the library's floor.
     """
 
     catalog: object = None
@@ -124,6 +138,10 @@ class FluxcalConfig:
     fallback: object = None
     min_standards: int = 1
     save_calibration: object = None
+    form: str = "smooth"
+    knot_spacing: object = "auto"
+    mag_floor: float = DEFAULT_MAG_FLOOR
+    template_misfit: object = None
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -147,6 +165,23 @@ class FluxcalConfig:
         self.min_standards = int(self.min_standards)
         if self.calibration is not None and self.fallback is not None:
             raise InputDataError("give either a stored calibration or a fallback, not both.")
+        self._check_fit_options()
+
+    def _check_fit_options(self):
+        """Validate ``form``, ``knot_spacing`` and ``mag_floor`` (the options of issue 12)."""
+        if self.form not in ("smooth", "pixel"):
+            raise InputDataError(f"form must be 'smooth' or 'pixel'; got {self.form!r}.")
+        if self.knot_spacing != "auto":
+            try:
+                self.knot_spacing = float(self.knot_spacing)
+            except (TypeError, ValueError) as exc:
+                raise InputDataError(
+                    f"knot_spacing must be 'auto' or a number of Å; got {self.knot_spacing!r}.") from exc
+            if not np.isfinite(self.knot_spacing) or self.knot_spacing <= 0:
+                raise InputDataError(f"knot_spacing must be 'auto' or a positive number of Å; got {self.knot_spacing}.")
+        self.mag_floor = float(self.mag_floor)
+        if not np.isfinite(self.mag_floor) or self.mag_floor < 0:
+            raise InputDataError(f"mag_floor must be a number of magnitudes ≥ 0; got {self.mag_floor}.")
 
     @classmethod
     def from_args(cls, args=None, **overrides):
@@ -450,6 +485,7 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
         header["FCALMTCH"] = (config.match, "catalogue matching")
         header["FCALEBV"] = (str(config.ebv), "reddening mode")
         header["FCALFWHM"] = (str(origin["lsf"])[:45], "instrument LSF")
+        _budget_cards(header, result.summary)
     for line in _history(result) if not origin.get("source") else origin.get("history", []):
         header.add_history(_ascii(line))
     primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)
@@ -457,6 +493,23 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
     products = result.to_hdulist()
     return primary, variance, products
+
+
+def _budget_cards(header, summary):
+    """Header keys of the knot choice, magnitude floor and error budget (issue 12)."""
+    choice = summary.get("knot_selection") or {}
+    if choice:
+        header["FCALKNOT"] = (float(choice["spacing"]), "[Angstrom] knot spacing of the smooth form")
+        header["FCALKSEL"] = (str(choice["method"]), "how the knot spacing was chosen")
+    if summary.get("mag_floor") is not None:
+        header["FCALMFLR"] = (float(summary["mag_floor"]), "[mag] floor added to catalogue errors")
+    budget = summary.get("error_budget") or {}
+    if budget:
+        header["FCALMISF"] = (str(budget.get("misfit_source", ""))[:40], "template-misfit term source")
+        for name, key in (("noise", "FCALENOI"), ("scale", "FCALESCL"), ("smoothing", "FCALESMO"),
+                          ("template_misfit", "FCALEMIS")):
+            value = budget["terms"][name]["median_fraction"]
+            header[key] = (float(value) if value is not None else -1.0, f"median fractional sigma: {name}")
 
 
 def _write_atomic(hdus, target):
@@ -501,7 +554,9 @@ def _derive(red_filename, frame, config, grid):
             common = log_wavelength_grid(frame.wavelength) * u.AA
             grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
         origin["lsf"] = grid.meta.get("lsf", "")
-        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates)
+        options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
+                                representation=config.form, knot_spacing=config.knot_spacing,
+                                mag_floor=config.mag_floor, template_misfit=config.template_misfit)
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
         if config.fallback is None:
@@ -514,6 +569,7 @@ def _derive(red_filename, frame, config, grid):
             raise CalibrationError(f"{reason}; give a nightly calibration as fallback or lower the minimum.")
         return _fallback(frame, config, result, reason, origin)
     options = {"metric": config.metric, "ebv": config.ebv, "smooth": config.smooth, "match": config.match,
+               "form": config.form, "knot_spacing": config.knot_spacing, "mag_floor": config.mag_floor,
                "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates)}
     result.summary["provenance"] = calibration_provenance(
         red_filename, frame.header, file_sha256(red_filename), origin["template_library"],
