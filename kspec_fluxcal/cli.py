@@ -64,7 +64,7 @@ def build_parser():
     derive.add_argument("--knot-spacing", default="auto", metavar="AUTO|ANGSTROM",
                         help="knot spacing of the smooth form in Å, or 'auto' to let the standards choose (default)")
     derive.add_argument("--mag-floor", type=float, default=None, metavar="MAG",
-                        help="systematic error added in quadrature to each catalogue band (default 0.01 mag)")
+                        help="systematic error added in quadrature to each catalogue band (default 0.005 mag)")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")

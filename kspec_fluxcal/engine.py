@@ -41,6 +41,7 @@ class EngineOptions:
     """Options of `derive_flux_calibration` (see its parameters).
 
     ``mag_floor`` (mag) is added in quadrature to every catalogue band's error
+    and propagated as the zero-point term common to all standards
     (`DEFAULT_MAG_FLOOR`, see the caveats page). ``knot_spacing`` is ``'auto'``
     (chosen per exposure by the standards, `kspec_fluxcal.knot_selection`) or
     a spacing in Å. ``representation`` is ``'smooth'`` or ``'pixel'``: the
@@ -181,4 +182,4 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         rejected=rejected,
     )
     result.summary["mag_floor"] = float(options.mag_floor)
-    return complete_error_budget(result, grid.meta, options.template_misfit)
+    return complete_error_budget(result, grid.meta, options.template_misfit, zero_point_sigma=options.mag_floor)

@@ -10,6 +10,11 @@ ln(Cal), each a function of wavelength:
 ``scale``
     The absolute level: the photometric flux-scale error of the standards,
     averaged over the stars used.
+``zero_point``
+    The catalogue's zero-point error per band (`CATALOG_ZERO_POINT_SIGMA`),
+    common to every standard of the field: propagated through each star's
+    photometric fit (scale and E(B−V)) it gives a level and a tilt that do
+    not average down over stars.
 ``smoothing``
     The choice of the smooth form's flexibility
     (`kspec_fluxcal.knot_selection.KnotChoice.smoothing_log_variance`); zero
@@ -37,14 +42,20 @@ from .containers import CalibrationVector, FluxCalibrationResult
 from .exceptions import InputDataError
 
 __all__ = [
-    "BUDGET_TERMS", "LIBRARY_MISFIT_FILES", "library_misfit_floor", "misfit_function", "apply_error_budget",
+    "BUDGET_TERMS", "CATALOG_ZERO_POINT_SIGMA", "LIBRARY_MISFIT_FILES", "library_misfit_floor", "misfit_function",
+    "apply_error_budget",
     "complete_error_budget",
 ]
 
 log = logging.getLogger(__name__)
 
-BUDGET_TERMS = ("noise", "scale", "smoothing", "template_misfit")
+BUDGET_TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
 """Names of the terms of the budget, in the order they are reported."""
+
+CATALOG_ZERO_POINT_SIGMA = 0.005
+"""Default rms (mag) of a catalogue band's zero point over a field: the ATLAS Refcat2
+systematics (≤ 5 mmag rms away from the Galactic plane, Tonry et al. 2018, ApJ 867, 105).
+The engine uses its ``mag_floor`` (by default the same 5 mmag)."""
 
 LIBRARY_MISFIT_FILES = {"ck04models": "template_misfit_ck04.ecsv", "bosz2024": "template_misfit_ck04.ecsv"}
 """Per-library floor of the template-misfit term: a table of the fractional 1σ misfit
@@ -136,7 +147,32 @@ def _scale_log_variance(result):
     return (1.2533**2 if n > 2 else 1.0) * float(np.mean(gray)) / n
 
 
-def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_label="", representation=None):
+def _zero_point_log_variance(result, wave, extinction, r_v, sigma):
+    """Variance of ln(Cal) from band zero points common to all standards (median over the used stars).
+
+    For a star whose fit has the design J (used bands × (offset, E(B−V)))
+    and weights W, a common offset δm of the catalogue magnitudes moves the
+    fit by A δm, A = (JᵀWJ)⁻¹JᵀW, and ln F(λ) by −0.4 ln 10 (1, k(λ)) A δm.
+    """
+    from .extinction import extinction_per_ebv
+
+    k = extinction_per_ebv(wave, extinction, r_v)
+    terms = []
+    for vec in result.per_star_vectors:
+        design = vec.meta.get("phot_design") or {}
+        if not vec.meta.get("used") or not design.get("jacobian"):
+            continue
+        jac = np.asarray(design["jacobian"], dtype=float)
+        w = np.asarray(design["weights"], dtype=float)
+        fisher = jac.T @ (w[:, None] * jac)
+        sens = np.linalg.pinv(fisher) @ (jac.T * w)
+        cov = sigma**2 * sens @ sens.T
+        terms.append((0.4 * np.log(10)) ** 2 * (cov[0, 0] + 2 * k * cov[0, 1] + k**2 * cov[1, 1]))
+    return np.median(terms, axis=0) if terms else np.zeros_like(wave)
+
+
+def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_label="", representation=None,
+                       zero_point_sigma=CATALOG_ZERO_POINT_SIGMA, extinction="F99", r_v=3.1):
     """Add the smoothing and template-misfit terms to a combined calibration and record every term.
 
     Parameters
@@ -152,6 +188,10 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     representation : {'smooth', 'pixel'}, optional
         Form of the combined vector (default: ``result.summary['representation']``);
         the smoothing term applies to the smooth form only.
+    zero_point_sigma : float
+        rms (mag) of the catalogue zero point of each band, common to all standards.
+    extinction, r_v : str, float
+        The reddening law fitted (for the tilt of the zero-point term).
 
     Returns
     -------
@@ -170,7 +210,9 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     with np.errstate(divide="ignore", invalid="ignore"):
         statistical = np.where(ok, variance / factor**2, 0.0)
     scale = np.minimum(_scale_log_variance(result), statistical)
-    terms = {"noise": statistical - scale, "scale": scale}
+    terms = {"noise": statistical - scale, "scale": scale,
+             "zero_point": np.where(ok, _zero_point_log_variance(result, wave, extinction, r_v, zero_point_sigma),
+                                    0.0)}
     smoothing = np.zeros(wave.size)
     if knot_choice is not None and representation == "smooth":
         smoothing = np.maximum(knot_choice.smoothing_term(wave), 0.0)
@@ -206,7 +248,7 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary)
 
 
-def complete_error_budget(result, grid_meta, template_misfit=None):
+def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_sigma=CATALOG_ZERO_POINT_SIGMA):
     """`apply_error_budget` for the engine: the knot choice read from the star vectors, the misfit resolved.
 
     The star vectors' meta carry the choice (``knot_selection``, written by
@@ -221,6 +263,8 @@ def complete_error_budget(result, grid_meta, template_misfit=None):
         The prepared grid's meta (for the per-library floor).
     template_misfit : None, float or callable
         See `misfit_function`.
+    zero_point_sigma : float
+        rms (mag) of the catalogue zero points, common to all standards.
     """
     from .combine import _with_meta
     from .knot_selection import KnotChoice
@@ -235,4 +279,5 @@ def complete_error_budget(result, grid_meta, template_misfit=None):
         vectors.append(_with_meta(vec, meta))
     result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
     function, label = misfit_function(template_misfit, grid_meta)
-    return apply_error_budget(result, choice, function, label)
+    return apply_error_budget(result, choice, function, label, zero_point_sigma=zero_point_sigma,
+                              extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1))

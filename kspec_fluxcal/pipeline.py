@@ -506,8 +506,8 @@ def _budget_cards(header, summary):
     budget = summary.get("error_budget") or {}
     if budget:
         header["FCALMISF"] = (str(budget.get("misfit_source", ""))[:40], "template-misfit term source")
-        for name, key in (("noise", "FCALENOI"), ("scale", "FCALESCL"), ("smoothing", "FCALESMO"),
-                          ("template_misfit", "FCALEMIS")):
+        for name, key in (("noise", "FCALENOI"), ("scale", "FCALESCL"), ("zero_point", "FCALEZP"),
+                          ("smoothing", "FCALESMO"), ("template_misfit", "FCALEMIS")):
             value = budget["terms"][name]["median_fraction"]
             header[key] = (float(value) if value is not None else -1.0, f"median fractional sigma: {name}")
 
