@@ -414,7 +414,7 @@ def _spline_coefficients(x, y, w, knots, degree, clip_sigma, max_iter):
                              minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
         rhs = (basis.T @ (wu * y).T).T
         scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
-        cov = np.linalg.pinv(normal + 1e-12 * scale * np.eye(n_coef))
+        cov = np.linalg.inv(normal + 1e-12 * scale * np.eye(n_coef))  # LU: ~10x faster than pinv at 100 knots
         coef = np.einsum("sij,sj->si", cov, rhs)
         resid = y - (basis @ coef.T).T
         new_use = good & (np.abs(resid) * np.sqrt(w) < clip_sigma)

@@ -120,7 +120,7 @@ class KnotChoice:
 
 
 def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDIDATE_SPACINGS,
-                        default=DEFAULT_SPACING, max_points=3000):
+                        default=DEFAULT_SPACING, max_points=1500):
     """Choose the knot spacing of the smooth vectors by leave-one-star-out prediction.
 
     Parameters
