@@ -45,7 +45,8 @@ TELLURIC_BANDS = ((6867.0, 6950.0, 0.35), (7160.0, 7330.0, 0.15), (7594.0, 7690.
 """(start, end, depth) of the deep telluric bands, Å (air)."""
 
 FINE_STEP = 0.04
-"""Å, sampling of the sky truth (intrinsic line profiles need < ~3 km/s)."""
+"""Å, sampling of synthetic sky truth (intrinsic line profiles need < ~3 km/s); CALSPEC
+stars (R ≈ 500–1000) are sampled at FWHM/30, enough for their own resolution."""
 
 
 def ps1_bandpasses():
@@ -199,11 +200,12 @@ def make_frame(n_standards=8, n_pix=12400, wave_range=(3600.0, 9800.0), fwhm=2.0
     """
     rng = np.random.default_rng(seed)
     throughput = Throughput.random(rng)
-    fine = np.arange(3000.0, 11000.0, FINE_STEP)
+    step = max(FINE_STEP, fwhm / 30.0) if calspec_files else FINE_STEP
+    fine = np.arange(3000.0, 11000.0, step)
     pix = np.linspace(wave_range[0], wave_range[1], n_pix)
     bandpasses = ps1_bandpasses()
     zero_points = {b: rng.normal(0.0, zero_point_sigma) for b in PS1}
-    kernel = Gaussian1DKernel(fwhm / (2 * np.sqrt(2 * np.log(2))) / FINE_STEP)
+    kernel = Gaussian1DKernel(fwhm / (2 * np.sqrt(2 * np.log(2))) / step)
     atmosphere = telluric_transmission(fine, rng)
     window = (fine > wave_range[0] - 50) & (fine < wave_range[1] + 50)
     stars = ([calspec_star(p, fine) for p in calspec_files] if calspec_files
