@@ -43,8 +43,8 @@ DEFAULT_MAG_FLOOR = 0.005
 """Systematic error (mag) added in quadrature to each catalogue band by default: the
 zero-point error of a field's catalogue photometry — ATLAS Refcat2 (PS1 g r i z) is
 uniform to ≤ 5 mmag rms away from the Galactic plane (Tonry et al. 2018), Gaia DR2
-zero points are known to ≈ 2 mmag (Evans et al. 2018). Being common to all standards,
-it is also propagated as the ``zero_point`` term of `kspec_fluxcal.error_budget`."""
+zero points are known to ≈ 2 mmag (Evans et al. 2018). The part common to all
+standards is the ``zero_point`` term of `kspec_fluxcal.error_budget`."""
 
 
 @dataclass

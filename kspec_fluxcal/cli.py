@@ -5,7 +5,7 @@
     kspec-fluxcal calibrate RED.fits --catalog CAT.csv [--templates DIR] [--output OUT.fits]
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
         [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
-        [--form smooth|pixel] [--knot-spacing auto|ANGSTROM] [--mag-floor MAG]
+        [--form smooth|pixel] [--knot-spacing auto|ANGSTROM] [--mag-floor MAG] [--zero-point-sigma MAG]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
@@ -65,6 +65,8 @@ def build_parser():
                         help="knot spacing of the smooth form in Å, or 'auto' to let the standards choose (default)")
     derive.add_argument("--mag-floor", type=float, default=None, metavar="MAG",
                         help="systematic error added in quadrature to each catalogue band (default 0.005 mag)")
+    derive.add_argument("--zero-point-sigma", type=float, default=None, metavar="MAG",
+                        help="catalogue zero-point error shared by all standards, in the error budget (default 0.005)")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -119,6 +121,8 @@ def _config(args, **extra):
     fit = {"form": args.form, "knot_spacing": args.knot_spacing}
     if args.mag_floor is not None:
         fit["mag_floor"] = args.mag_floor
+    if args.zero_point_sigma is not None:
+        fit["zero_point_sigma"] = args.zero_point_sigma
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
                          min_standards=args.min_standards, **fit, **extra)

@@ -17,7 +17,7 @@ from astropy import units as u
 from .calibration import DEFAULT_MAG_FLOOR, compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
-from .error_budget import complete_error_budget
+from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget
 from .exceptions import CalibrationError, KspecFluxcalError
 
 __all__ = ["StandardStar", "EngineOptions", "derive_flux_calibration"]
@@ -41,8 +41,9 @@ class EngineOptions:
     """Options of `derive_flux_calibration` (see its parameters).
 
     ``mag_floor`` (mag) is added in quadrature to every catalogue band's error
-    and propagated as the zero-point term common to all standards
-    (`DEFAULT_MAG_FLOOR`, see the caveats page). ``knot_spacing`` is ``'auto'``
+    (`DEFAULT_MAG_FLOOR`, see the caveats page); ``zero_point_sigma`` (mag) is
+    the catalogue zero-point error common to all standards, propagated as the
+    ``zero_point`` term of the error budget (0 for a catalogue without). ``knot_spacing`` is ``'auto'``
     (chosen per exposure by the standards, `kspec_fluxcal.knot_selection`) or
     a spacing in Å. ``representation`` is ``'smooth'`` or ``'pixel'``: the
     form of the star vectors that is combined and applied.
@@ -63,6 +64,7 @@ class EngineOptions:
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
     template_misfit: object = None
+    zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
 
 
 def _teff_window(photometry):
@@ -182,4 +184,6 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         rejected=rejected,
     )
     result.summary["mag_floor"] = float(options.mag_floor)
-    return complete_error_budget(result, grid.meta, options.template_misfit, zero_point_sigma=options.mag_floor)
+    result.summary["zero_point_sigma"] = float(options.zero_point_sigma)
+    return complete_error_budget(result, grid.meta, options.template_misfit,
+                                 zero_point_sigma=options.zero_point_sigma)

@@ -54,8 +54,8 @@ BUDGET_TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
 
 CATALOG_ZERO_POINT_SIGMA = 0.005
 """Default rms (mag) of a catalogue band's zero point over a field: the ATLAS Refcat2
-systematics (≤ 5 mmag rms away from the Galactic plane, Tonry et al. 2018, ApJ 867, 105).
-The engine uses its ``mag_floor`` (by default the same 5 mmag)."""
+systematics (≤ 5 mmag rms away from the Galactic plane, Tonry et al. 2018, ApJ 867, 105);
+``EngineOptions.zero_point_sigma`` / ``--zero-point-sigma`` override it."""
 
 LIBRARY_MISFIT_FILES = {"ck04models": "template_misfit_ck04.ecsv", "bosz2024": "template_misfit_ck04.ecsv"}
 """Per-library floor of the template-misfit term: a table of the fractional 1σ misfit

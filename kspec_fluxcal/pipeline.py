@@ -26,6 +26,7 @@ from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
 from .containers import FluxCalibrationResult, make_spectrum
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
+from .error_budget import CATALOG_ZERO_POINT_SIGMA
 from .exceptions import (
     AlreadyCalibratedError,
     CalibrationError,
@@ -119,6 +120,10 @@ class FluxcalConfig:
     template_misfit : None, float or callable
         The template-misfit term of the error budget (see
         `kspec_fluxcal.engine.EngineOptions`); None: the library's floor.
+    zero_point_sigma : float
+        Catalogue zero-point error (mag) shared by all standards, the
+        ``zero_point`` term of the error budget (default
+        `kspec_fluxcal.error_budget.CATALOG_ZERO_POINT_SIGMA`). Recorded as ``FCALZPS``.
     """
 
     catalog: object = None
@@ -142,6 +147,7 @@ class FluxcalConfig:
     knot_spacing: object = "auto"
     mag_floor: float = DEFAULT_MAG_FLOOR
     template_misfit: object = None
+    zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -179,9 +185,11 @@ class FluxcalConfig:
                     f"knot_spacing must be 'auto' or a number of Å; got {self.knot_spacing!r}.") from exc
             if not np.isfinite(self.knot_spacing) or self.knot_spacing <= 0:
                 raise InputDataError(f"knot_spacing must be 'auto' or a positive number of Å; got {self.knot_spacing}.")
-        self.mag_floor = float(self.mag_floor)
-        if not np.isfinite(self.mag_floor) or self.mag_floor < 0:
-            raise InputDataError(f"mag_floor must be a number of magnitudes ≥ 0; got {self.mag_floor}.")
+        for name in ("mag_floor", "zero_point_sigma"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value) or value < 0:
+                raise InputDataError(f"{name} must be a number of magnitudes ≥ 0; got {value}.")
+            setattr(self, name, value)
 
     @classmethod
     def from_args(cls, args=None, **overrides):
@@ -503,6 +511,8 @@ def _budget_cards(header, summary):
         header["FCALKSEL"] = (str(choice["method"]), "how the knot spacing was chosen")
     if summary.get("mag_floor") is not None:
         header["FCALMFLR"] = (float(summary["mag_floor"]), "[mag] floor added to catalogue errors")
+    if summary.get("zero_point_sigma") is not None:
+        header["FCALZPS"] = (float(summary["zero_point_sigma"]), "[mag] catalogue zero-point error")
     budget = summary.get("error_budget") or {}
     if budget:
         header["FCALMISF"] = (str(budget.get("misfit_source", ""))[:40], "template-misfit term source")
@@ -556,7 +566,8 @@ def _derive(red_filename, frame, config, grid):
         origin["lsf"] = grid.meta.get("lsf", "")
         options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
                                 representation=config.form, knot_spacing=config.knot_spacing,
-                                mag_floor=config.mag_floor, template_misfit=config.template_misfit)
+                                mag_floor=config.mag_floor, template_misfit=config.template_misfit,
+                                zero_point_sigma=config.zero_point_sigma)
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
         if config.fallback is None:
@@ -570,6 +581,7 @@ def _derive(red_filename, frame, config, grid):
         return _fallback(frame, config, result, reason, origin)
     options = {"metric": config.metric, "ebv": config.ebv, "smooth": config.smooth, "match": config.match,
                "form": config.form, "knot_spacing": config.knot_spacing, "mag_floor": config.mag_floor,
+               "zero_point_sigma": config.zero_point_sigma,
                "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates)}
     result.summary["provenance"] = calibration_provenance(
         red_filename, frame.header, file_sha256(red_filename), origin["template_library"],

@@ -48,13 +48,13 @@ def test_defaults_record_the_choice_and_the_budget(frame, synthetic_grid_dir, tm
 
 def test_pixel_form_fixed_knots_and_floor(frame, synthetic_grid_dir, tmp_path):
     header, result = _run(frame, synthetic_grid_dir, tmp_path / "pixel.fits", "--form", "pixel",
-                          "--knot-spacing", "200", "--mag-floor", "0.02")
+                          "--knot-spacing", "200", "--mag-floor", "0.02", "--zero-point-sigma", "0.02")
     assert header["FCALFORM"] == "pixel"
     assert header["FCALKNOT"] == 200.0 and header["FCALKSEL"] == "fixed"
-    assert header["FCALMFLR"] == 0.02
+    assert header["FCALMFLR"] == 0.02 and header["FCALZPS"] == 0.02
     assert result.summary["error_budget"]["terms"]["smoothing"]["median_fraction"] == 0
     _, default = _run(frame, synthetic_grid_dir, tmp_path / "pixel5.fits", "--form", "pixel")
-    # a larger floor means a larger zero-point term
+    # a larger zero-point error means a larger zero-point term
     assert (result.summary["error_budget"]["terms"]["zero_point"]["median_fraction"]
             > 3 * default.summary["error_budget"]["terms"]["zero_point"]["median_fraction"])
     vec = result.combined_vector
@@ -78,6 +78,7 @@ def test_caller_misfit_goes_into_the_variance(frame, synthetic_grid_dir, tmp_pat
 @pytest.mark.parametrize("options, match", [
     ({"form": "spline"}, "form"), ({"knot_spacing": "wide"}, "knot_spacing"),
     ({"knot_spacing": -100}, "knot_spacing"), ({"mag_floor": -0.01}, "mag_floor"),
+    ({"zero_point_sigma": np.nan}, "zero_point_sigma"),
 ])
 def test_bad_options_are_refused(options, match):
     with pytest.raises(InputDataError, match=match):
@@ -87,3 +88,4 @@ def test_bad_options_are_refused(options, match):
 def test_engine_defaults():
     options = EngineOptions()
     assert options.knot_spacing == "auto" and options.template_misfit is None and options.mag_floor == 0.005
+    assert options.zero_point_sigma == 0.005
