@@ -1,6 +1,6 @@
 """How close a calibration is to a known truth: the figures the accuracy tests, the demo and the benchmarks report.
 
-Accuracy is the median and 95th percentile of |Cal/truth − 1| over the
+Accuracy is the median and 95th percentile of abs(Cal/truth − 1) over the
 unmasked pixels; honesty is the rms of the pulls (Cal − truth)/σ, which is 1
 when the stated variance is right. Judge honesty pooled over several noise
 realisations: one exposure's pulls share one draw of the level error.

@@ -22,7 +22,7 @@ from .exceptions import CalibrationError, InputDataError
 from .extinction import extinction_per_ebv
 from .photometry.ab import ab_mag_of_fnu_values
 from .quantities import value_in
-from .splines import bspline_basis, fit_bspline_rows, interior_knots
+from .splines import bin_weighted, bspline_basis, fit_bspline_rows, interior_knots
 from .wavelength import interpolate_masked
 
 __all__ = [
@@ -31,9 +31,18 @@ __all__ = [
     "compute_calibration_vector_for_star",
     "compute_calibration_vectors",
     "smooth_calibration_vectors",
+    "DEFAULT_MAG_FLOOR",
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAG_FLOOR = 0.005
+"""Systematic error (mag) added in quadrature to each catalogue band by default: the
+zero-point error of a field's catalogue photometry — ATLAS Refcat2 (PS1 g r i z) is
+uniform to ≤ 5 mmag rms away from the Galactic plane (Tonry et al. 2018), Gaia DR2
+zero points are known to ≈ 2 mmag (Evans et al. 2018). The part common to all
+standards is the ``zero_point`` term of `kspec_fluxcal.error_budget`."""
+
 
 @dataclass
 class PhotometricScale:
@@ -55,6 +64,9 @@ class PhotometricScale:
     chi2: float = np.nan
     ndof: int = 0
     covariance: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
+    design: dict = field(default_factory=dict)
+    """``jacobian`` (n_used, 2) of the used bands' magnitudes in (offset, E(B−V)) and their
+    ``weights`` 1/σ²: what `kspec_fluxcal.error_budget` needs to propagate catalogue zero points."""
 
     def log_flux_variance(self, extinction_per_ebv):
         """Variance of ln(scaled, reddened model flux) where A(λ)/E(B−V) = ``extinction_per_ebv``.
@@ -90,7 +102,7 @@ def scale_template_to_photometry(
     photometry,
     ebv_grid=None,
     ebv="fit",
-    mag_floor=0.005,
+    mag_floor=DEFAULT_MAG_FLOOR,
     clip_sigma=3.0,
     min_bands=3,
 ):
@@ -116,7 +128,7 @@ def scale_template_to_photometry(
     mag_floor : float
         Systematic error (mag) added in quadrature to every band: zero-point
         and model uncertainties, so that Gaia's millimag errors cannot let one
-        wrong zero point dominate.
+        wrong zero point dominate (`DEFAULT_MAG_FLOOR`; see the caveats page).
     clip_sigma : float
         A band whose residual exceeds this many σ (with the floor) is flagged
         and the fit repeated without it, while ``min_bands`` remain.
@@ -185,6 +197,7 @@ def scale_template_to_photometry(
         chi2=float(fit["chi2"]),
         ndof=int(fit["ndof"]),
         covariance=fit["covariance"],
+        design={"jacobian": fit["jacobian"][use].tolist(), "weights": (1.0 / sigma[use] ** 2).tolist()},
     )
 
 
@@ -249,6 +262,7 @@ def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
         e_best = grid[0] if fit_ebv or ebv is None else float(ebv)
         offset, chi2_best = solve(e_best)
         cov = np.array([[1.0 / np.sum(w), 0.0], [0.0, 0.0]])
+        jac = np.stack([np.ones_like(w), np.zeros_like(w)], axis=1)
         npar = 1
     ndof = int(np.count_nonzero(use)) - npar
     if ndof > 0 and chi2_best / ndof > 1:
@@ -262,6 +276,7 @@ def _fit_offset_and_ebv(mag_at, obs, sigma, use, grid, ebv):
         "ebv_error": float(ebv_err),
         "chi2": float(chi2_best),
         "ndof": ndof,
+        "jacobian": jac,
     }
 
 
@@ -307,7 +322,7 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
     degree = 3
     interior = interior_knots(x_used, lo, hi, knot_spacing, min_points=8)
     weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
-    xb, yb, wb = _bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
+    xb, yb, wb = bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
     cov, coef, chi2_red = fit_bspline_rows(xb, yb, wb, interior, degree, lo, hi, clip_sigma, max_iter)
     basis = bspline_basis(wave, interior, degree, lo, hi)
     cols = basis.indices.reshape(wave.size, degree + 1)  # each row: degree + 1 consecutive basis functions
@@ -323,24 +338,6 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
 
 _SMOOTH_FIT_POINTS = 3000
 """Spline fits use at most about this many (binned) points: ample for knots every ~250 Å."""
-
-
-def _bin_weighted(x, y, w, factor):
-    """Inverse-variance weighted means of ``y`` (n_star, n_pix) in bins of ``factor`` pixels.
-
-    Returns the bin centres, the means and their weights (summed inverse
-    variances, 0 for empty bins); a trailing partial bin is kept.
-    """
-    if factor == 1:
-        return x, y, w
-    n = x.size
-    edges = np.arange(0, n, factor)
-    sum_w = np.add.reduceat(w, edges, axis=1)
-    sum_wy = np.add.reduceat(w * y, edges, axis=1)
-    centres = np.add.reduceat(x, edges) / np.diff(np.append(edges, n))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(sum_w > 0, sum_wy / sum_w, 0.0)
-    return centres, means, sum_w
 
 
 def fit_smooth_vector(wavelength, values, variance, exclude, knot_spacing=250.0, clip_sigma=4.0, max_iter=5):
@@ -382,8 +379,9 @@ def compute_calibration_vector_for_star(
         Wavelength ranges (Å) masked in the vector (telluric bands).
     extinction, r_v : str, float
         Reddening law, as in `~kspec_fluxcal.extinction.extinction_per_ebv`.
-    knot_spacing : float or `~astropy.units.Quantity`
-        Knot spacing (Å when a bare number) of the smooth representation.
+    knot_spacing : float, `~astropy.units.Quantity` or 'auto'
+        Knot spacing (Å when a bare number) of the smooth representation
+        (``'auto'``: chosen by the stars, see `smooth_calibration_vectors`).
     line_depth : float
         Pixels where the model dips more than this below its continuum are
         left out of the smooth fit, so line residuals do not print into it.
@@ -478,6 +476,7 @@ def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r
         "scale_factor": phot_scale.scale,
         "scale_error": phot_scale.scale_error,
         "phot_log_variance": phot_scale.gray_log_variance,
+        "phot_design": phot_scale.design,
         "ebv": phot_scale.ebv,
         "ebv_error": phot_scale.ebv_error,
         "band_residuals": dict(phot_scale.residuals),
@@ -509,19 +508,24 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
     ----------
     pixel_vectors : list of `PixelVector`
         On one wavelength grid (one star, or several put on a common grid).
-    knot_spacing : float or `~astropy.units.Quantity`
-        Knot spacing (Å when a bare number) of the smooth B-spline form.
+    knot_spacing : float, `~astropy.units.Quantity` or 'auto'
+        Knot spacing (Å when a bare number) of the smooth B-spline form;
+        ``'auto'`` lets the stars choose it
+        (`kspec_fluxcal.knot_selection.select_knot_spacing`). Each vector's
+        meta records it (``knot_spacing``, ``knot_selection``).
 
     Returns
     -------
     list of `~kspec_fluxcal.containers.CalibrationVector`
     """
+    from .knot_selection import resolve_knot_spacing
+
     wave = pixel_vectors[0].wave
     cal = np.array([p.cal for p in pixel_vectors])
-    smooth, smooth_var, covered = fit_smooth_vectors(
-        wave, cal, np.array([p.stat_var for p in pixel_vectors]),
-        np.array([p.bad | p.exclude for p in pixel_vectors]), knot_spacing=knot_spacing,
-    )
+    stat_var = np.array([p.stat_var for p in pixel_vectors])
+    exclude = np.array([p.bad | p.exclude for p in pixel_vectors])
+    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude)
+    smooth, smooth_var, covered = fit_smooth_vectors(wave, cal, stat_var, exclude, knot_spacing=choice.spacing)
     smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
     vectors = []
     for i, p in enumerate(pixel_vectors):
@@ -532,7 +536,7 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
             mask=p.bad,
             smooth_factor=np.where(covered[i], smooth[i], np.nan) * p.unit,
             smooth_variance=np.where(covered[i], smooth_var[i], np.nan) * p.unit**2,
-            meta=p.info,
+            meta={**p.info, "knot_spacing": choice.spacing, "knot_selection": choice.summary()},
         ))
     return vectors
 

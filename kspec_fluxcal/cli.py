@@ -6,6 +6,7 @@
         [--fwhm FWHM_A] [--metric chi2|huber] [--smooth] [--match position|order] [--plots DIR] [--force]
         [--save-calibration FILE] [--fallback NIGHT.fits [--min-standards N]]
         [--template-correction FILE|auto|none] [--telluric | --no-telluric]
+        [--form smooth|pixel] [--knot-spacing auto|ANGSTROM] [--mag-floor MAG] [--zero-point-sigma MAG]
     kspec-fluxcal calibrate RED.fits --calibration FILE [--output OUT.fits] [--force]
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
@@ -67,6 +68,14 @@ def build_parser():
     derive.add_argument("--telluric", action=argparse.BooleanOptionalAction, default=None,
                         help="correct the telluric windows with the transmission measured on the standards "
                              "(default: yes unless the frame has TELCOR = T); --no-telluric leaves them bridged")
+    derive.add_argument("--form", choices=("smooth", "pixel"), default="smooth",
+                        help="form of the applied vector: smooth B-spline (default) or per pixel")
+    derive.add_argument("--knot-spacing", default="auto", metavar="AUTO|ANGSTROM",
+                        help="knot spacing of the smooth form in Å, or 'auto' to let the standards choose (default)")
+    derive.add_argument("--mag-floor", type=float, default=None, metavar="MAG",
+                        help="systematic error added in quadrature to each catalogue band (default 0.005 mag)")
+    derive.add_argument("--zero-point-sigma", type=float, default=None, metavar="MAG",
+                        help="catalogue zero-point error shared by all standards, in the error budget (default 0.005)")
 
     cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
@@ -144,10 +153,15 @@ def _configure_logging(args):
 def _config(args, **extra):
     from .pipeline import FluxcalConfig
 
+    fit = {"form": args.form, "knot_spacing": args.knot_spacing}
+    if args.mag_floor is not None:
+        fit["mag_floor"] = args.mag_floor
+    if args.zero_point_sigma is not None:
+        fit["zero_point_sigma"] = args.zero_point_sigma
     return FluxcalConfig(templates=args.templates, fwhm=args.fwhm, metric=args.metric, smooth=args.smooth,
                          match=args.match, force=args.force, fallback=args.fallback,
                          min_standards=args.min_standards, template_correction=args.template_correction,
-                         telluric=args.telluric, **extra)
+                         telluric=args.telluric, **fit, **extra)
 
 
 def _calibrate(args):

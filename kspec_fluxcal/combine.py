@@ -119,7 +119,6 @@ def combine_calibration_vectors(
     representation=None,
     gates=None,
     rejected=None,
-    template_misfit=None,
 ):
     """Combine per-star calibration vectors into one.
 
@@ -144,10 +143,6 @@ def combine_calibration_vectors(
     rejected : list of dict, optional
         Stars already rejected upstream (each with ``star_name``, ``fiber_id``,
         ``reject_reason``); they are carried into the summary.
-    template_misfit : callable, optional
-        f(wavelength in Å, ndarray) → fractional 1σ of the misfit all
-        templates share; (f × C)² is added to the combined variance (it does
-        not average down over stars).
 
     Returns
     -------
@@ -179,14 +174,8 @@ def combine_calibration_vectors(
     if not active.any():
         _raise_none_left(vectors, reasons, prior)
 
-    result = _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
-                      smooth_window, representation, gates)
-    if template_misfit is not None:  # a systematic shared by every star: it does not average down
-        vec = result.combined_vector
-        frac = np.asarray(template_misfit(vec.wavelength.to_value(u.AA)), dtype=float)
-        vec.cal_variance = vec.cal_variance + (frac * vec.cal_factor) ** 2
-        result.summary["template_misfit_in_variance"] = True
-    return result
+    return _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth,
+                    smooth_window, representation, gates)
 
 
 def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, sigma_clip, smooth, smooth_window,
@@ -197,7 +186,7 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
     for i, dev, _ in outliers:
         reasons[i] = f"shape deviates from the other stars ({100 * dev:.1f}% rms)"
 
-    gray_var = np.array([_gray_variance(v.meta) for v in vectors])
+    gray_var = np.array([gray_log_variance(v.meta) for v in vectors])
     # the gray normalisation removes each star's gray error from its shape; it enters the level only
     lvar = np.maximum(lvar - gray_var[:, None], 0.25 * lvar)
     n_used = int(np.count_nonzero(active))
@@ -240,7 +229,7 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
         meta["used"] = bool(active[i])
         meta["reject_reason"] = reasons[i]
         meta["gray_factor"] = float(np.exp(gray[i] - level)) if np.isfinite(gray[i]) else None
-        per_star.append(_with_meta(vec, meta))
+        per_star.append(with_meta(vec, meta))
         with np.errstate(invalid="ignore"):
             residuals.append((np.exp(shape[i] - mean) - 1.0) * u.one)
     used_res = np.array([r.value for r, a in zip(residuals, active) if a])
@@ -332,7 +321,7 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5):
     return gray, shape, active, rejected
 
 
-def _gray_variance(meta):
+def gray_log_variance(meta):
     """Variance of ln(gray factor) of a star: its photometric flux-scale error.
 
     ``phot_log_variance`` (the variance of the log model flux at the pivot
@@ -347,7 +336,7 @@ def _gray_variance(meta):
     return float((err / scale) ** 2)
 
 
-def _with_meta(vec, meta):
+def with_meta(vec, meta):
     """A copy of a (validated) vector with another meta; the arrays are shared."""
     out = copy.copy(vec)
     out.meta = meta

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 
-from .calibration import compute_calibration_vectors, scale_template_to_photometry
+from .calibration import DEFAULT_MAG_FLOOR, compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
+from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget
 from .exceptions import CalibrationError, KspecFluxcalError
 from .quantities import value_in
 
@@ -40,21 +41,23 @@ class StandardStar:
 class EngineOptions:
     """Options of `derive_flux_calibration` (see its parameters).
 
-    ``template_misfit`` is None or a callable f(wavelength in Å, ndarray) →
-    fractional 1σ (ndarray) of the misfit the templates share (e.g.
-    `~kspec_fluxcal.templates.TemplateCorrection.fractional_sigma`);
-    it does not average down over stars, and (f × C)² is added to the combined
-    calibration's variance.
-
-    ``knot_spacing`` (of the smooth vector) is a length: a Quantity, or a bare
-    number of Å.
+    ``mag_floor`` (mag) is added in quadrature to every catalogue band's error
+    (`DEFAULT_MAG_FLOOR`, see the caveats page); ``zero_point_sigma`` (mag) is
+    the catalogue zero-point error common to all standards, propagated as the
+    ``zero_point`` term of the error budget (0 for a catalogue without). ``knot_spacing`` is ``'auto'``
+    (chosen per exposure by the standards, `kspec_fluxcal.knot_selection`) or
+    a spacing in Å. ``representation`` is ``'smooth'`` or ``'pixel'``: the
+    form of the star vectors that is combined and applied.
+    ``template_misfit`` is the fractional 1σ template misfit common to all
+    standards: None (the library's floor, `kspec_fluxcal.error_budget`), a
+    number, or a function λ (Å, ndarray) → fraction.
     """
 
     metric: str = "chi2"
     ebv: object = "fit"
-    mag_floor: float = 0.005
+    mag_floor: float = DEFAULT_MAG_FLOOR
     mask_regions: object = "telluric_default"
-    knot_spacing: float = 250.0
+    knot_spacing: object = "auto"
     representation: str = "smooth"
     combine_method: str = "weighted_mean"
     smooth: bool = False
@@ -62,10 +65,12 @@ class EngineOptions:
     use_teff_window: bool = True
     gates: QualityGates = field(default_factory=QualityGates)
     template_misfit: object = None
+    zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
     telluric: bool = False
 
     def __post_init__(self):
-        self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
+        if not (isinstance(self.knot_spacing, str) and self.knot_spacing == "auto"):
+            self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
 
 
 def _teff_window(photometry):
@@ -123,10 +128,11 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     grid : `~kspec_fluxcal.templates.PreparedGrid`
         Templates prepared for this instrument set-up (with band fluxes).
     options : `EngineOptions`, optional
-        Metric, reddening mode, masks, smooth form, combination and gates;
-        ``telluric=True`` also measures the telluric transmission on the stars
-        used (`kspec_fluxcal.telluric.derive_telluric_transmission`; the
-        result's ``telluric``).
+        Metric, reddening mode, masks, smooth form, combination, gates, the
+        magnitude floor and the template-misfit term; ``telluric=True`` also
+        measures the telluric transmission on the stars used
+        (`kspec_fluxcal.telluric.derive_telluric_transmission`; the result's
+        ``telluric``).
     output_wavelength : `~astropy.units.Quantity`, optional
         Grid of the per-star and combined vectors (default ``grid.wavelength``).
     rejected : list of dict, optional
@@ -138,6 +144,9 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         Its ``summary['per_star_metrics']`` covers every star, rejected ones
         with their reasons; per-star vectors carry the match and scale.
+        ``summary['knot_selection']`` says how the smooth form's knot spacing
+        was chosen and ``summary['error_budget']`` lists the terms of the
+        combined variance (`kspec_fluxcal.error_budget.apply_error_budget`).
     """
     from .masks import load_mask_regions
     from .matching import select_best_templates
@@ -182,8 +191,11 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         representation=options.representation,
         gates=options.gates,
         rejected=rejected,
-        template_misfit=options.template_misfit,
     )
+    result.summary["mag_floor"] = float(options.mag_floor)
+    result.summary["zero_point_sigma"] = float(options.zero_point_sigma)
+    result = complete_error_budget(result, grid.meta, options.template_misfit,
+                                   zero_point_sigma=options.zero_point_sigma)
     if options.telluric:
         failed = {k for k, _ in failures}
         ok = [i for k, i in enumerate(calibratable) if k not in failed]

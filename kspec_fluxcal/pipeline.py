@@ -22,9 +22,11 @@ from astropy.utils.exceptions import AstropyUserWarning
 from . import __version__
 from .apply import apply_flux_calibration
 from .atmosphere import read_airmass, transfer_to_airmass
+from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
 from .containers import FluxCalibrationResult, TelluricTransmission, make_spectrum, telluric_window_string
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
+from .error_budget import CATALOG_ZERO_POINT_SIGMA
 from .exceptions import (
     AlreadyCalibratedError,
     CalibrationError,
@@ -129,6 +131,23 @@ class FluxcalConfig:
         already (then it is skipped with a warning). True: the same, but a
         frame with ``TELCOR = T`` or no transmission available is an error.
         False: no correction; the windows stay bridged by the smooth vector.
+    form : {'smooth', 'pixel'}
+        Form of the star vectors combined and applied: the smooth B-spline
+        form (knot spacing ``knot_spacing``) or the per-pixel form.
+    knot_spacing : 'auto' or float
+        Knot spacing (Å) of the smooth form; ``'auto'`` lets the standards
+        choose it (`kspec_fluxcal.knot_selection`). Recorded as ``FCALKNOT``.
+    mag_floor : float
+        Systematic error (mag) added in quadrature to every catalogue band
+        (default `kspec_fluxcal.calibration.DEFAULT_MAG_FLOOR`; see the
+        caveats page). Recorded as ``FCALMFLR``.
+    template_misfit : None, float or callable
+        The template-misfit term of the error budget (see
+        `kspec_fluxcal.engine.EngineOptions`); None: the library's floor.
+    zero_point_sigma : float
+        Catalogue zero-point error (mag) shared by all standards, the
+        ``zero_point`` term of the error budget (default
+        `kspec_fluxcal.error_budget.CATALOG_ZERO_POINT_SIGMA`). Recorded as ``FCALZPS``.
     """
 
     catalog: object = None
@@ -150,6 +169,11 @@ class FluxcalConfig:
     save_calibration: object = None
     template_correction: object = "auto"
     telluric: object = None
+    form: str = "smooth"
+    knot_spacing: object = "auto"
+    mag_floor: float = DEFAULT_MAG_FLOOR
+    template_misfit: object = None
+    zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
 
     KSPECDR_NAMES = {
         "CALIBFLUX": "enabled",
@@ -174,6 +198,25 @@ class FluxcalConfig:
         self.min_standards = int(self.min_standards)
         if self.calibration is not None and self.fallback is not None:
             raise InputDataError("give either a stored calibration or a fallback, not both.")
+        self._check_fit_options()
+
+    def _check_fit_options(self):
+        """Validate ``form``, ``knot_spacing`` and ``mag_floor`` (the options of issue 12)."""
+        if self.form not in ("smooth", "pixel"):
+            raise InputDataError(f"form must be 'smooth' or 'pixel'; got {self.form!r}.")
+        if self.knot_spacing != "auto":
+            try:
+                self.knot_spacing = float(self.knot_spacing)
+            except (TypeError, ValueError) as exc:
+                raise InputDataError(
+                    f"knot_spacing must be 'auto' or a number of Å; got {self.knot_spacing!r}.") from exc
+            if not np.isfinite(self.knot_spacing) or self.knot_spacing <= 0:
+                raise InputDataError(f"knot_spacing must be 'auto' or a positive number of Å; got {self.knot_spacing}.")
+        for name in ("mag_floor", "zero_point_sigma"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value) or value < 0:
+                raise InputDataError(f"{name} must be a number of magnitudes ≥ 0; got {value}.")
+            setattr(self, name, value)
 
     @classmethod
     def from_args(cls, args=None, **overrides):
@@ -481,6 +524,7 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
         header["FCALMTCH"] = (config.match, "catalogue matching")
         header["FCALEBV"] = (str(config.ebv), "reddening mode")
         header["FCALFWHM"] = (str(origin["lsf"])[:45], "instrument LSF")
+        _budget_cards(header, result.summary)
     for line in _history(result) if not origin.get("source") else origin.get("history", []):
         header.add_history(_ascii(line))
     primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)
@@ -488,6 +532,32 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
     products = result.to_hdulist()
     return primary, variance, products
+
+
+def _template_misfit(config, library):
+    """The template-misfit term: the configured one, else the library correction's uncertainty, else None (floor)."""
+    if config.template_misfit is not None:
+        return config.template_misfit
+    return library.correction.fractional_sigma if library.correction is not None else None
+
+
+def _budget_cards(header, summary):
+    """Header keys of the knot choice, magnitude floor and error budget (issue 12)."""
+    choice = summary.get("knot_selection") or {}
+    if choice:
+        header["FCALKNOT"] = (float(choice["spacing"]), "[Angstrom] knot spacing of the smooth form")
+        header["FCALKSEL"] = (str(choice["method"]), "how the knot spacing was chosen")
+    if summary.get("mag_floor") is not None:
+        header["FCALMFLR"] = (float(summary["mag_floor"]), "[mag] floor added to catalogue errors")
+    if summary.get("zero_point_sigma") is not None:
+        header["FCALZPS"] = (float(summary["zero_point_sigma"]), "[mag] catalogue zero-point error")
+    budget = summary.get("error_budget") or {}
+    if budget:
+        header["FCALMISF"] = (str(budget.get("misfit_source", ""))[:40], "template-misfit term source")
+        for name, key in (("noise", "FCALENOI"), ("scale", "FCALESCL"), ("zero_point", "FCALEZP"),
+                          ("smoothing", "FCALESMO"), ("template_misfit", "FCALEMIS")):
+            value = budget["terms"][name]["median_fraction"]
+            header[key] = (float(value) if value is not None else -1.0, f"median fractional sigma: {name}")
 
 
 def _derive(red_filename, frame, config, grid):
@@ -509,8 +579,9 @@ def _derive(red_filename, frame, config, grid):
             grid = PreparedGrid.build(library, common, fwhm, fwhm_poly_coeffs=poly)
         origin["lsf"] = grid.meta.get("lsf", "")
         options = EngineOptions(metric=config.metric, ebv=config.ebv, smooth=config.smooth, gates=config.gates,
-                                template_misfit=None if library.correction is None
-                                else library.correction.fractional_sigma,
+                                representation=config.form, knot_spacing=config.knot_spacing,
+                                mag_floor=config.mag_floor, template_misfit=_template_misfit(config, library),
+                                zero_point_sigma=config.zero_point_sigma,
                                 telluric=config.telluric is not False and not frame.header.get("TELCOR"))
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
     except CalibrationError as exc:
@@ -524,6 +595,8 @@ def _derive(red_filename, frame, config, grid):
             raise CalibrationError(f"{reason}; give a nightly calibration as fallback or lower the minimum.")
         return _fallback(frame, config, result, reason, origin)
     options = {"metric": config.metric, "ebv": config.ebv, "smooth": config.smooth, "match": config.match,
+               "form": config.form, "knot_spacing": config.knot_spacing, "mag_floor": config.mag_floor,
+               "zero_point_sigma": config.zero_point_sigma,
                "max_sep_arcsec": config.max_sep, "lsf": origin["lsf"], "gates": asdict(config.gates),
                "template_correction": origin["template_correction"]}
     result.summary["provenance"] = calibration_provenance(

@@ -79,13 +79,56 @@ def normal_covariance(basis, w):
     return linalg.cho_solve(factor, np.eye(normal.shape[0])), bw
 
 
+def bspline_normal_matrices(x, interior, degree, lo, hi, ridge=1e-12):
+    """The basis at ``x`` and a function giving every row's normal matrix BᵀWB for weights ``w`` (n_row, n).
+
+    Each row's matrix is assembled from the band structure of the basis
+    (``degree + 1`` non-zeros a row) with one `numpy.bincount`; a ridge of
+    ``ridge`` × the mean diagonal keeps unconstrained coefficients finite.
+    """
+    basis = bspline_basis(x, interior, degree, lo, hi)
+    n_coef = basis.shape[1]
+    cols = basis.indices.reshape(x.size, degree + 1)
+    vals = basis.data.reshape(x.size, degree + 1)
+    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
+    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
+
+    def normal_of(w):
+        n_row = w.shape[0]
+        index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
+        normal = np.bincount(index, weights=(w[:, :, None] * pair[None]).ravel(),
+                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
+        scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
+        return normal + ridge * scale * np.eye(n_coef)
+
+    return basis, normal_of
+
+
+def bin_weighted(x, y, w, factor):
+    """Inverse-variance weighted means of ``y`` (n_row, n) in bins of ``factor`` samples.
+
+    Returns the bin centres, the means and their weights (summed inverse
+    variances, 0 for empty bins); a trailing partial bin is kept.
+    """
+    if factor == 1:
+        return x, y, w
+    n = x.size
+    edges = np.arange(0, n, factor)
+    sum_w = np.add.reduceat(w, edges, axis=1)
+    sum_wy = np.add.reduceat(w * y, edges, axis=1)
+    centres = np.add.reduceat(x, edges) / np.diff(np.append(edges, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(sum_w > 0, sum_wy / sum_w, 0.0)
+    return centres, means, sum_w
+
+
 def fit_bspline_rows(x, y, w, interior, degree, lo, hi, clip_sigma, max_iter):
     """Clipped weighted least-squares B-spline coefficients for every row of ``y``, as one batch.
 
     Each row's normal matrix is assembled from the band structure of the
     basis (``degree + 1`` non-zeros a row) with one `numpy.bincount`, and the
-    systems are solved as one stack (a pseudo-inverse, so a row whose data
-    leave a coefficient unconstrained still gets the minimum-norm solution).
+    systems are solved as one stack (a tiny ridge keeps a coefficient that a
+    row's data leave unconstrained finite).
 
     Parameters
     ----------
@@ -112,29 +155,20 @@ def fit_bspline_rows(x, y, w, interior, degree, lo, hi, clip_sigma, max_iter):
     chi2_red : ndarray, shape (n_row,)
         Reduced χ² of the kept points.
     """
-    basis = bspline_basis(x, interior, degree, lo, hi)
-    n_coef = basis.shape[1]
-    cols = basis.indices.reshape(x.size, degree + 1)
-    vals = basis.data.reshape(x.size, degree + 1)
-    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
-    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
-    n_row = y.shape[0]
-    index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
+    basis, normal_of = bspline_normal_matrices(x, interior, degree, lo, hi)
     good = w > 0
     use = good.copy()
     for _ in range(max_iter):
         wu = np.where(use, w, 0.0)
-        normal = np.bincount(index, weights=(wu[:, :, None] * pair[None]).ravel(),
-                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
+        normal = normal_of(wu)
         rhs = (basis.T @ (wu * y).T).T
-        scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
-        cov = np.linalg.pinv(normal + 1e-12 * scale * np.eye(n_coef))
+        cov = np.linalg.inv(normal)  # LU: ~10x faster than a pseudo-inverse at 100 coefficients
         coef = np.einsum("sij,sj->si", cov, rhs)
         resid = y - (basis @ coef.T).T
         new_use = good & (np.abs(resid) * np.sqrt(w) < clip_sigma)
         if np.array_equal(new_use, use):
             break
         use = new_use
-    ndof = np.maximum(np.count_nonzero(use, axis=1) - n_coef, 1)
+    ndof = np.maximum(np.count_nonzero(use, axis=1) - basis.shape[1], 1)
     chi2_red = np.sum(np.where(use, resid**2 * w, 0.0), axis=1) / ndof
     return cov, coef, chi2_red

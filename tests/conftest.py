@@ -1,7 +1,9 @@
 """Shared fixtures: the real reference data in ../shared/data and synthetic data sets.
 
 Slow tests are marked ``@pytest.mark.slow`` and run with ``--run-slow``
-(pytest-skip-slow, installed with pytest-astropy).
+(pytest-skip-slow, installed with pytest-astropy). Tests of the real data skip
+when it is absent, except where the environment variable ``CI`` is set: there
+they fail, so that a CI run cannot pass without them.
 """
 
 import os
@@ -20,11 +22,13 @@ def pytest_configure(config):
 
 
 def _shared(subdir):
+    """The reference-data folder ``subdir``; skips when absent, but fails when env ``CI`` is set."""
     path = SHARED_DATA / subdir
     if not path.is_dir():
+        message = f"reference data {path} is absent (it lives in ../shared/data beside the repository)"
         if os.environ.get("CI"):
-            pytest.fail(f"reference data {path} is absent, but CI is set: CI must provide ../shared/data")
-        pytest.skip(f"reference data {path} is absent (it lives in ../shared/data beside the repository)")
+            pytest.fail(f"{message}; CI must run the real-data tests, so provide it there", pytrace=False)
+        pytest.skip(message)
     return path
 
 

@@ -23,11 +23,11 @@ TELLURIC = load_mask_regions("telluric_default")
 FWHM_POLY = (0.0, 1.0 / 4000.0)
 
 
-def _simulate_and_calibrate(grid_dir, tmp_path, seed):
+def _simulate_and_calibrate(grid_dir, tmp_path, seed, **options):
     exposure = make_exposure(n_standards=8, n_science=2, n_sky=1, n_pix=8000, fwhm=2.0, fwhm_poly=FWHM_POLY,
                              teff_range=(5300, 7700), logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=seed)
     red, cat = exposure.write(tmp_path, stem=f"sim{seed}")
-    run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid_dir))
+    run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid_dir, **options))
     used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
     level = np.median(exposure.truth["gray"][used])
     truth = exposure.truth["system_calibration"] / level
@@ -60,8 +60,13 @@ def test_simulated_stars_parameters_recovered(simulated):
 
 @pytest.mark.slow
 def test_simulated_errors_are_honest(synthetic_grid_dir, tmp_path):
-    """Pooled over exposures, (Cal − truth)/σ has an rms of about 1."""
-    pulls = [_simulate_and_calibrate(synthetic_grid_dir, tmp_path, seed)[2]["pull_rms"] for seed in (21, 22, 23, 24)]
+    """Pooled over exposures, (Cal − truth)/σ has an rms of about 1.
+
+    The simulated catalogue has no zero-point errors, so the calibration is
+    told so (``zero_point_sigma=0``: no zero-point term).
+    """
+    pulls = [_simulate_and_calibrate(synthetic_grid_dir, tmp_path, seed, zero_point_sigma=0.0)[2]["pull_rms"]
+             for seed in (21, 22, 23, 24)]
     pooled = np.sqrt(np.mean(np.square(pulls)))
     assert 0.8 <= pooled <= 1.25
 
@@ -86,3 +91,31 @@ def test_real_calspec_stars_through_the_command_line(calspec_dir, ck04_dir, tmp_
     assert accuracy["p95_abs_error"] <= 0.034
     assert accuracy["n_pixels"] > 0.6 * np.count_nonzero(
         (exposure.truth["wavelength"] > 3800 * u.AA) & (exposure.truth["wavelength"] < 9200 * u.AA))
+
+
+def test_real_calspec_errors_are_honest(calspec_dir, ck04_dir, tmp_path):
+    """Pooled over four noise realisations, the ck04 misfit floor makes (Cal − truth)/σ about 1.
+
+    Without the floor (``template_misfit=0``) the same frames give a pooled
+    pull rms near 1.5: star-to-star scatter cannot see the misfit the G
+    dwarfs share.
+    """
+    files = sorted(calspec_dir.glob("*.fits*"))
+    pulls = {"floor": [], "none": []}
+    for seed in (1, 2, 3, 4):
+        exposure = make_calspec_exposure(files, fwhm=30.0, n_pix=621, gray_range=(0.7, 1.0), seed=seed)
+        red, cat = exposure.write(tmp_path, stem=f"cs{seed}")
+        for label, misfit in (("floor", None), ("none", 0.0)):
+            run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=ck04_dir, fwhm=30.0, template_misfit=misfit,
+                                                   output=tmp_path / f"cs{seed}_{label}.fits"))
+            used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
+            truth = exposure.truth["system_calibration"] / np.median(exposure.truth["gray"][used])
+            accuracy = calibration_accuracy(run.result, exposure.truth["wavelength"], truth,
+                                            wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)
+            pulls[label].append(accuracy["pull_rms"])
+            if label == "floor":
+                assert accuracy["median_abs_error"] <= 0.008
+                assert accuracy["p95_abs_error"] <= 0.025
+    pooled = {k: np.sqrt(np.mean(np.square(v))) for k, v in pulls.items()}
+    assert 0.6 <= pooled["floor"] <= 1.3
+    assert pooled["none"] > pooled["floor"] * 1.3

@@ -12,6 +12,7 @@ from kspec_fluxcal.calspec_correction import derive_template_correction, leave_o
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.combine import combine_calibration_vectors
 from kspec_fluxcal.containers import CalibrationVector, FluxCalibrationResult
+from kspec_fluxcal.error_budget import apply_error_budget
 from kspec_fluxcal.exceptions import InputDataError, KspecFluxcalWarning
 from kspec_fluxcal.simulate import make_calspec_exposure
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
@@ -122,14 +123,16 @@ def _vector(level, wave, n=3):
 def test_template_misfit_adds_a_shared_variance():
     wave = np.linspace(4000.0, 7000.0, 31)
     vectors = [_vector(lv, wave, i) for i, lv in enumerate((1.0, 1.01, 0.99))]
-    plain = combine_calibration_vectors(vectors)
+    combined = combine_calibration_vectors(vectors)
     corr = _toy()
-    with_misfit = combine_calibration_vectors(vectors, template_misfit=corr.fractional_sigma)
+    plain = apply_error_budget(combined, zero_point_sigma=0.0)
+    with_misfit = apply_error_budget(combined, template_misfit=corr.fractional_sigma, misfit_label=corr.label,
+                                     zero_point_sigma=0.0)
     c = plain.combined_vector.cal_factor.value
     extra = with_misfit.combined_vector.cal_variance.value - plain.combined_vector.cal_variance.value
     np.testing.assert_allclose(extra, (corr.fractional_sigma(wave) * c) ** 2, rtol=1e-10)
     np.testing.assert_array_equal(with_misfit.combined_vector.cal_factor.value, c)
-    assert with_misfit.summary["template_misfit_in_variance"]
+    assert with_misfit.summary["error_budget"]["misfit_source"] == corr.label
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +222,7 @@ def test_calibrate_records_the_correction(calspec_dir, ck04_dir, tmp_path, optio
     else:
         assert header["FCALTCOR"] == label
         assert result.summary["template_correction"]["label"] == label
-        assert result.summary["template_misfit_in_variance"]
+        assert result.summary["error_budget"]["terms"]["template_misfit"]["median_fraction"] > 0
 
 
 # ---------------------------------------------------------------------------

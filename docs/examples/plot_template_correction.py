@@ -83,7 +83,7 @@ fig.tight_layout()
 # one-standard frame of the held-out star (FWHM 30 Å, noise, telluric bands;
 # `~kspec_fluxcal.calspec_correction.calspec_frame_accuracy`) without any
 # correction and with the one derived without it. Figures: median and 95th
-# percentile of |Cal/truth − 1| over 3800–9200 Å, and the pull rms (the
+# percentile of abs(Cal/truth − 1) over 3800–9200 Å, and the pull rms (the
 # correction's σ is in the error budget; without a correction there is no
 # misfit term).
 

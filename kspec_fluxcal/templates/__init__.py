@@ -16,7 +16,7 @@ from ..bosz import BoszModelName, parse_bosz_filename
 from .correction import TemplateCorrection
 from .library import PARAMETER_SCALES, TemplateLibrary
 from .lsf import TemplateResolutionWarning, lsf_operator, prepare_template
-from .prepared import DEFAULT_EBV_GRID, PreparedGrid
+from .prepared import PreparedGrid
 
 __all__ = [
     "BoszModelName",
@@ -27,6 +27,5 @@ __all__ = [
     "TemplateResolutionWarning",
     "lsf_operator",
     "prepare_template",
-    "DEFAULT_EBV_GRID",
     "PreparedGrid",
 ]

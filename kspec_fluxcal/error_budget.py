@@ -1,0 +1,284 @@
+"""The error budget of a combined calibration: each term, added and accounted for.
+
+``CAL_VARIANCE`` of the combined vector is the sum of four variances of
+ln(Cal), each a function of wavelength:
+
+``noise``
+    The counts' noise and the reddening tilt of each star's photometric fit,
+    as the combination averages them over stars (with the star-to-star
+    scatter where it is larger) — what `~kspec_fluxcal.combine` computes.
+``scale``
+    The absolute level: the photometric flux-scale error of the standards,
+    averaged over the stars used.
+``zero_point``
+    The catalogue's zero-point error per band (`CATALOG_ZERO_POINT_SIGMA`),
+    common to every standard of the field: propagated through each star's
+    photometric fit (scale and E(B−V)) it gives a level and a tilt that do
+    not average down over stars.
+``smoothing``
+    The choice of the smooth form's flexibility
+    (`kspec_fluxcal.knot_selection.KnotChoice.smoothing_log_variance`); zero
+    for the per-pixel form and for a fixed or default spacing.
+``template_misfit``
+    The misfit of the template library common to all standards (stars of one
+    kind share it, so star-to-star scatter cannot reveal it and it does not
+    average down). It is the caller's ``template_misfit(λ)`` when given, else
+    the per-library floor of `library_misfit_floor`.
+
+`apply_error_budget` adds the last two to the combined vector and records
+every term (median fractional σ and share of the total variance) in
+``summary['error_budget']`` (written to ``FCALSUM``).
+"""
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.table import Table
+
+from .containers import CalibrationVector, FluxCalibrationResult
+from .exceptions import InputDataError
+
+__all__ = [
+    "BUDGET_TERMS", "CATALOG_ZERO_POINT_SIGMA", "LIBRARY_MISFIT_FILES", "library_misfit_floor", "misfit_function",
+    "apply_error_budget",
+    "complete_error_budget",
+]
+
+log = logging.getLogger(__name__)
+
+BUDGET_TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
+"""Names of the terms of the budget, in the order they are reported."""
+
+CATALOG_ZERO_POINT_SIGMA = 0.005
+"""Default rms (mag) of a catalogue band's zero point over a field: the ATLAS Refcat2
+systematics (≤ 5 mmag rms away from the Galactic plane, Tonry et al. 2018, ApJ 867, 105);
+``EngineOptions.zero_point_sigma`` / ``--zero-point-sigma`` override it."""
+
+LIBRARY_MISFIT_FILES = {"ck04models": "template_misfit_ck04.ecsv", "bosz2024": "template_misfit_ck04.ecsv"}
+"""Per-library floor of the template-misfit term: a table of the fractional 1σ misfit
+common to F/G standards against wavelength (Å, air), derived from the CALSPEC F/G
+stars with the ck04 grid by ``benchmarks/derive_misfit_floor.py``. BOSZ 2024 uses the
+ck04 floor until a BOSZ comparison exists (conservative: BOSZ models are newer)."""
+
+
+def _is_synthetic(grid_meta):
+    """True for a SYNTHETIC library written by `kspec_fluxcal.simulate` (its README says so)."""
+    source = grid_meta.get("source")
+    if not source:
+        return False
+    readme = Path(source) / "README.txt"
+    try:
+        return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith("SYNTHETIC")
+    except OSError:
+        return False
+
+
+def _table_function(table):
+    wave = np.asarray(u.Quantity(table["WAVELENGTH"], u.AA).value, dtype=float)
+    frac = np.asarray(table["FRACTION"], dtype=float)
+
+    def misfit(wavelength):
+        return np.interp(np.asarray(wavelength, dtype=float), wave, frac)
+
+    return misfit
+
+
+def library_misfit_floor(grid_meta):
+    """The template-misfit floor of a prepared grid's library: (function or None, label).
+
+    Parameters
+    ----------
+    grid_meta : dict
+        `~kspec_fluxcal.templates.PreparedGrid.meta` (``library_kind``, ``source``).
+
+    Returns
+    -------
+    function or None
+        λ (Å, ndarray) → fractional 1σ misfit; None (no term) for a SYNTHETIC
+        library, whose models are the truth of the simulated stars, and for
+        an unknown kind.
+    str
+        Where the floor comes from (for ``FCALSUM`` and the header).
+    """
+    kind = grid_meta.get("library_kind")
+    if _is_synthetic(grid_meta):
+        return None, "none (SYNTHETIC library)"
+    name = LIBRARY_MISFIT_FILES.get(kind)
+    if name is None:
+        return None, f"none (no floor for library kind {kind!r})"
+    with resources.as_file(resources.files("kspec_fluxcal") / "data" / name) as path:
+        table = Table.read(path, format="ascii.ecsv")
+    return _table_function(table), f"floor {name}"
+
+
+def misfit_function(template_misfit, grid_meta):
+    """Resolve `~kspec_fluxcal.engine.EngineOptions.template_misfit` into (function or None, label).
+
+    ``None`` gives the library floor (`library_misfit_floor`); a number is a
+    constant fraction; a callable λ (Å) → fraction is used as it is.
+    """
+    if template_misfit is None:
+        return library_misfit_floor(grid_meta)
+    if callable(template_misfit):
+        owner = getattr(template_misfit, "__self__", None)
+        return template_misfit, getattr(owner, "label", "caller's template_misfit")
+    try:
+        value = float(template_misfit)
+    except (TypeError, ValueError) as exc:
+        raise InputDataError(
+            f"template_misfit must be None, a fraction or a function of wavelength (Å); got {template_misfit!r}."
+        ) from exc
+    if not np.isfinite(value) or value < 0:
+        raise InputDataError(f"template_misfit must be a fraction ≥ 0; got {value}.")
+    return (lambda wavelength: np.full(np.shape(wavelength), value)), f"constant {value:g}"
+
+
+def _scale_log_variance(result):
+    """Variance of ln(level): the photometric scale errors of the used stars, as the combination averages them."""
+    from .combine import gray_log_variance
+
+    used = [v for v in result.per_star_vectors if v.meta.get("used")]
+    if not used:
+        return 0.0
+    gray = np.array([gray_log_variance(v.meta) for v in used])
+    n = len(used)
+    return (1.2533**2 if n > 2 else 1.0) * float(np.mean(gray)) / n
+
+
+def _zero_point_log_variance(result, wave, extinction, r_v, sigma):
+    """Variance of ln(Cal) from band zero points common to all standards (median over the used stars).
+
+    For a star whose fit has the design J (used bands × (offset, E(B−V)))
+    and weights W, a common offset δm of the catalogue magnitudes moves the
+    fit by A δm, A = (JᵀWJ)⁻¹JᵀW, and ln F(λ) by −0.4 ln 10 (1, k(λ)) A δm.
+    """
+    from .extinction import extinction_per_ebv
+
+    k = extinction_per_ebv(wave, extinction, r_v)
+    terms = []
+    for vec in result.per_star_vectors:
+        design = vec.meta.get("phot_design") or {}
+        if not vec.meta.get("used") or not design.get("jacobian"):
+            continue
+        jac = np.asarray(design["jacobian"], dtype=float)
+        w = np.asarray(design["weights"], dtype=float)
+        fisher = jac.T @ (w[:, None] * jac)
+        sens = np.linalg.pinv(fisher) @ (jac.T * w)
+        cov = sigma**2 * sens @ sens.T
+        terms.append((0.4 * np.log(10)) ** 2 * (cov[0, 0] + 2 * k * cov[0, 1] + k**2 * cov[1, 1]))
+    return np.median(terms, axis=0) if terms else np.zeros_like(wave)
+
+
+def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_label="", representation=None,
+                       zero_point_sigma=CATALOG_ZERO_POINT_SIGMA, extinction="F99", r_v=3.1):
+    """Add the smoothing and template-misfit terms to a combined calibration and record every term.
+
+    Parameters
+    ----------
+    result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The combination (its variance holds the noise and scale terms).
+    knot_choice : `~kspec_fluxcal.knot_selection.KnotChoice`, optional
+        The choice of the smooth form, with its smoothing term.
+    template_misfit : callable, optional
+        λ (Å, ndarray) → fractional 1σ misfit common to all standards.
+    misfit_label : str
+        Where ``template_misfit`` comes from (recorded).
+    representation : {'smooth', 'pixel'}, optional
+        Form of the combined vector (default: ``result.summary['representation']``);
+        the smoothing term applies to the smooth form only.
+    zero_point_sigma : float
+        rms (mag) of the catalogue zero point of each band, common to all standards.
+    extinction, r_v : str, float
+        The reddening law fitted (for the tilt of the zero-point term).
+
+    Returns
+    -------
+    `~kspec_fluxcal.containers.FluxCalibrationResult`
+        A new result: the combined vector's variance is the whole budget and
+        ``summary['error_budget']`` lists, per term, the median fractional σ
+        and the share of the total variance over the defined pixels.
+    """
+    combined = result.combined_vector
+    representation = representation or result.summary.get("representation", "smooth")
+    wave = combined.wavelength.to_value(u.AA)
+    unit = combined.unit
+    factor = combined.cal_factor.to_value(unit)
+    variance = combined.cal_variance.to_value(unit**2)
+    ok = ~combined.mask & np.isfinite(factor) & np.isfinite(variance) & (factor > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistical = np.where(ok, variance / factor**2, 0.0)
+    scale = np.minimum(_scale_log_variance(result), statistical)
+    terms = {"noise": statistical - scale, "scale": scale,
+             "zero_point": np.where(ok, _zero_point_log_variance(result, wave, extinction, r_v, zero_point_sigma),
+                                    0.0)}
+    smoothing = np.zeros(wave.size)
+    if knot_choice is not None and representation == "smooth":
+        smoothing = np.maximum(knot_choice.smoothing_term(wave), 0.0)
+    terms["smoothing"] = np.where(ok, smoothing, 0.0)
+    misfit = np.zeros(wave.size)
+    if template_misfit is not None:
+        misfit = np.asarray(template_misfit(wave), dtype=float)
+        if misfit.shape != wave.shape or np.any(~np.isfinite(misfit[ok])) or np.any(misfit[ok] < 0):
+            raise InputDataError(
+                "template_misfit(wavelength) must return one finite fraction ≥ 0 per wavelength; check the function."
+            )
+    terms["template_misfit"] = np.where(ok, misfit**2, 0.0)
+    total = sum(terms.values())
+    new_variance = np.where(ok, factor**2 * total, np.nan)
+    total_sum = float(np.sum(total[ok])) if ok.any() else 0.0
+    budget = {"terms": {}, "misfit_source": misfit_label or "none", "representation": representation}
+    for name in BUDGET_TERMS:
+        term = terms[name][ok]
+        budget["terms"][name] = {
+            "median_fraction": float(np.median(np.sqrt(term))) if term.size else None,
+            "share": float(np.sum(term) / total_sum) if total_sum > 0 else None,
+        }
+    budget["median_total_fraction"] = float(np.median(np.sqrt(total[ok]))) if ok.any() else None
+    summary = {**result.summary, "error_budget": budget}
+    if knot_choice is not None:
+        summary["knot_selection"] = knot_choice.summary()
+    vector = CalibrationVector(wavelength=combined.wavelength, cal_factor=combined.cal_factor,
+                               cal_variance=new_variance * unit**2, mask=combined.mask,
+                               meta={**combined.meta, "error_budget": list(BUDGET_TERMS)})
+    log.info("error budget (median fractional sigma): %s", ", ".join(
+        f"{k} {100 * v['median_fraction']:.2f}%" for k, v in budget["terms"].items()
+        if v["median_fraction"] is not None))
+    return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary)
+
+
+def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_sigma=CATALOG_ZERO_POINT_SIGMA):
+    """`apply_error_budget` for the engine: the knot choice read from the star vectors, the misfit resolved.
+
+    The star vectors' meta carry the choice (``knot_selection``, written by
+    `~kspec_fluxcal.calibration.smooth_calibration_vectors`); it moves to the
+    summary, and each star keeps only its ``knot_spacing``.
+
+    Parameters
+    ----------
+    result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The combination of the exposure's standards.
+    grid_meta : dict
+        The prepared grid's meta (for the per-library floor).
+    template_misfit : None, float or callable
+        See `misfit_function`.
+    zero_point_sigma : float
+        rms (mag) of the catalogue zero points, common to all standards.
+    """
+    from .combine import with_meta
+    from .knot_selection import KnotChoice
+
+    choice = None
+    vectors = []
+    for vec in result.per_star_vectors:
+        meta = dict(vec.meta)
+        selection = meta.pop("knot_selection", None)
+        if choice is None and selection:
+            choice = KnotChoice.from_summary(selection)
+        vectors.append(with_meta(vec, meta))
+    result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
+    function, label = misfit_function(template_misfit, grid_meta)
+    return apply_error_budget(result, choice, function, label, zero_point_sigma=zero_point_sigma,
+                              extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1))

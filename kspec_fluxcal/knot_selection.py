@@ -1,0 +1,219 @@
+"""Knot spacing of the smooth calibration chosen by the standards of the exposure.
+
+The smooth form of a star's vector is a cubic B-spline with interior knots
+about every ``h`` Å. Too large an ``h`` smooths away instrument structure that
+every standard shares (VPH-grating, dichroic and coating ripples of a few
+hundred Å); too small an ``h`` follows noise and each star's own template
+misfit. `select_knot_spacing` picks ``h`` by **leave-one-star-out prediction
+error**: for every candidate spacing the splines of all stars are fitted at
+once; each star's binned per-pixel ln(Cal) is then predicted by the weighted
+mean shape of the *other* stars (gray terms removed) and the squared
+prediction errors, weighted by the held-out star's own inverse variance, are
+summed over stars and wavelengths. Noise and star-specific misfit of the held
+-out star are independent of the prediction, so the error is smallest where
+the shared structure is followed and the others' noise is not.
+
+With fewer than `MIN_STARS_FOR_SELECTION` standards the prediction cannot be
+checked and `DEFAULT_SPACING` is used.
+
+The choice also gives the smoothing (model-selection) term of the error
+budget: the local mean square of the difference between the combined shape at
+the chosen spacing and at the next finer candidate, averaged over one knot
+interval (`KnotChoice.smoothing_log_variance`).
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy import units as u
+from scipy.ndimage import uniform_filter1d
+
+from .exceptions import InputDataError
+from .quantities import value_in
+from .splines import bin_weighted, bspline_normal_matrices, interior_knots
+
+__all__ = [
+    "CANDIDATE_SPACINGS", "DEFAULT_SPACING", "MIN_STARS_FOR_SELECTION", "KnotChoice", "select_knot_spacing",
+    "resolve_knot_spacing",
+]
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_SPACINGS = (60.0, 85.0, 120.0, 170.0, 250.0, 350.0, 500.0)
+"""Knot spacings (Å) tried by `select_knot_spacing`, about √2 apart."""
+
+DEFAULT_SPACING = 250.0
+"""Knot spacing (Å) with one or two standards: smooth enough that one star's noise and
+template misfit on ~100 Å scales are not followed; structure finer than this is not
+recovered (an exposure with ≥ 3 standards chooses for itself)."""
+
+MIN_STARS_FOR_SELECTION = 3
+"""Fewest standards for a leave-one-star-out choice (with two, each predicts only the other)."""
+
+_CLIP = 4.0
+"""Held-out residuals are capped at this many σ, so one bad star or pixel cannot set the choice."""
+
+_SUMMARY_POINTS = 200
+"""Samples of the smoothing term kept in `KnotChoice.summary` (it varies on knot scales only)."""
+
+
+@dataclass
+class KnotChoice:
+    """The knot spacing used for the smooth vectors of one exposure and why.
+
+    Attributes
+    ----------
+    spacing : float
+        Chosen interior knot spacing (Å).
+    method : str
+        ``'loso'`` (leave-one-star-out), ``'default'`` (fewer than
+        `MIN_STARS_FOR_SELECTION` stars) or ``'fixed'`` (given by the user).
+    candidates : tuple of float
+        Spacings tried (Å).
+    scores : list of float
+        Mean capped squared prediction error (per unit variance) of each
+        candidate; NaN where not computed.
+    n_stars : int
+        Standards the choice used.
+    wavelength : ndarray
+        Å, where ``smoothing_log_variance`` is given.
+    smoothing_log_variance : ndarray
+        Variance of ln(Cal) attributed to the choice of smoothing (0 for the
+        default and fixed choices, for which nothing measures it).
+    """
+
+    spacing: float
+    method: str
+    candidates: tuple = ()
+    scores: list = field(default_factory=list)
+    n_stars: int = 0
+    wavelength: np.ndarray = None
+    smoothing_log_variance: np.ndarray = None
+
+    def smoothing_term(self, wavelength):
+        """Variance of ln(Cal) from the smoothing choice, interpolated onto ``wavelength`` (Å)."""
+        wave = np.asarray(wavelength, dtype=float)
+        if self.wavelength is None or self.smoothing_log_variance is None:
+            return np.zeros_like(wave)
+        return np.interp(wave, self.wavelength, self.smoothing_log_variance)
+
+    def summary(self):
+        """A JSON-able dict (the smoothing term resampled to a few hundred points)."""
+        out = {"spacing": float(self.spacing), "method": self.method,
+               "candidates": [float(c) for c in self.candidates],
+               "scores": [float(s) for s in self.scores], "n_stars": int(self.n_stars)}
+        if self.wavelength is not None:
+            sample = np.linspace(self.wavelength[0], self.wavelength[-1], _SUMMARY_POINTS)
+            out["smoothing_wavelength"] = sample.tolist()
+            out["smoothing_fraction"] = np.sqrt(np.maximum(self.smoothing_term(sample), 0.0)).tolist()
+        return out
+
+    @classmethod
+    def from_summary(cls, summary):
+        """Inverse of `summary` (for choices read back from a file)."""
+        wave = summary.get("smoothing_wavelength")
+        frac = summary.get("smoothing_fraction")
+        return cls(spacing=float(summary["spacing"]), method=summary["method"],
+                   candidates=tuple(summary.get("candidates", ())), scores=list(summary.get("scores", [])),
+                   n_stars=int(summary.get("n_stars", 0)),
+                   wavelength=None if wave is None else np.asarray(wave, float),
+                   smoothing_log_variance=None if frac is None else np.asarray(frac, float) ** 2)
+
+
+def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDIDATE_SPACINGS,
+                        default=DEFAULT_SPACING, max_points=1500):
+    """Choose the knot spacing of the smooth vectors by leave-one-star-out prediction.
+
+    Parameters
+    ----------
+    wavelength : ndarray, shape (n_pix,)
+        Å, increasing (the common grid of the stars' vectors).
+    values, variance : ndarray, shape (n_star, n_pix)
+        Per-pixel calibration factors and their (counts-only) variances.
+    exclude : ndarray of bool, shape (n_star, n_pix)
+        Pixels kept out of the smooth fits (bad pixels, strong lines, telluric bands).
+    candidates : sequence of float
+        Spacings to try (Å).
+    default : float
+        Spacing used with fewer than `MIN_STARS_FOR_SELECTION` stars (Å).
+    max_points : int
+        The per-pixel vectors are binned to at most about this many points.
+
+    Returns
+    -------
+    `KnotChoice`
+    """
+    wave = np.asarray(wavelength, dtype=float)
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    variance = np.atleast_2d(np.asarray(variance, dtype=float))
+    cands = np.sort(np.asarray(candidates, dtype=float))
+    if cands.size == 0 or np.any(~np.isfinite(cands)) or np.any(cands <= 0):
+        raise InputDataError(f"candidate knot spacings must be positive numbers of Å; got {list(candidates)}.")
+    n_star = values.shape[0]
+    if n_star < MIN_STARS_FOR_SELECTION:
+        log.info("%d standard(s): knot spacing %.0f Å by default", n_star, default)
+        return KnotChoice(float(default), "default", tuple(cands), [np.nan] * cands.size, n_star)
+    good = ~np.atleast_2d(exclude) & np.isfinite(values) & np.isfinite(variance) & (variance > 0) & (values > 0)
+    weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    xb, yb, wb = bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // max_points, 1))
+    used = wb > 0
+    x_used = [xb[g] for g in used]
+    lo, hi = min(x[0] for x in x_used), max(x[-1] for x in x_used)
+    xc = np.clip(xb, lo, hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y_log = np.where(used, np.log(np.where(used, yb, 1.0)), 0.0)
+        w_log = np.where(used, wb * yb**2, 0.0)  # inverse variance of ln(binned value)
+    # weight of a star in the shape mean: its inverse variance smoothed along λ (as its spline's would be)
+    mean_weight = uniform_filter1d(w_log, max(xb.size // 50, 1), axis=1)
+
+    shapes = []
+    scores = np.full(cands.size, np.nan)
+    for k, spacing in enumerate(cands):
+        model = _fit_log_splines(xc, y_log, w_log, interior_knots(x_used, lo, hi, spacing, min_points=8), lo, hi)
+        gray = np.median(np.where(used, model - np.median(model, axis=0), np.nan), axis=1)
+        gray = np.where(np.isfinite(gray), gray, 0.0)
+        shape = model - gray[:, None]
+        w = np.where(used, mean_weight, 0.0)
+        total_w, total = w.sum(axis=0), (w * shape).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            others = (total[None] - w * shape) / (total_w[None] - w)
+            combined = total / total_w
+        valid = used & np.isfinite(others)
+        resid = np.where(valid, y_log - others, 0.0)
+        offset = np.sum(w_log * resid * valid, axis=1) / np.maximum(np.sum(w_log * valid, axis=1), 1e-300)
+        z2 = np.where(valid, (resid - offset[:, None]) ** 2 * w_log, 0.0)
+        scores[k] = np.sum(np.minimum(z2, _CLIP**2)) / max(np.count_nonzero(valid), 1)
+        shapes.append(combined)
+    best = int(np.nanargmin(scores))
+    n_terms = np.count_nonzero(used)
+    tolerance = scores[best] * np.sqrt(2.0 / max(n_terms, 1))
+    best = int(np.max(np.flatnonzero(scores <= scores[best] + tolerance)))  # the smoothest of the equals
+    smoothing = np.zeros(xb.size)
+    if best > 0:
+        diff = np.where(np.isfinite(shapes[best]) & np.isfinite(shapes[best - 1]), shapes[best] - shapes[best - 1], 0.0)
+        step = np.median(np.diff(xb))
+        smoothing = uniform_filter1d(diff**2, max(int(round(cands[best] / step)), 1), mode="nearest")
+    log.info("knot spacing %.0f Å chosen by leave-one-star-out over %d standards (scores %s)", cands[best], n_star,
+             ", ".join(f"{c:.0f}:{s:.3f}" for c, s in zip(cands, scores)))
+    return KnotChoice(float(cands[best]), "loso", tuple(cands), scores.tolist(), n_star, xb, smoothing)
+
+
+def _fit_log_splines(x, y, w, interior, lo, hi, degree=3):
+    """Weighted least-squares B-splines of every row of ``y`` on shared knots, evaluated at ``x`` (one solve each)."""
+    basis, normal_of = bspline_normal_matrices(x, interior, degree, lo, hi, ridge=1e-10)
+    rhs = (basis.T @ (w * y).T).T
+    coef = np.linalg.solve(normal_of(w), rhs[:, :, None])[:, :, 0]
+    return (basis @ coef.T).T
+
+
+def resolve_knot_spacing(knot_spacing, wavelength, values, variance, exclude):
+    """A `KnotChoice` for ``knot_spacing``: ``'auto'`` selects (`select_knot_spacing`), a number is fixed (Å)."""
+    if isinstance(knot_spacing, str):
+        if knot_spacing != "auto":
+            raise InputDataError(f"knot_spacing must be 'auto' or a number of Å; got {knot_spacing!r}.")
+        return select_knot_spacing(wavelength, values, variance, exclude)
+    spacing = float(value_in(knot_spacing, u.AA, "knot_spacing"))
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise InputDataError(f"knot_spacing must be 'auto' or a positive number of Å; got {knot_spacing!r}.")
+    return KnotChoice(spacing, "fixed", (spacing,), [np.nan], int(np.atleast_2d(values).shape[0]))

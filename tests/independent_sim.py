@@ -1,0 +1,278 @@
+"""An independent simulator of KSPEC RED frames, for accuracy tests and benchmarks.
+
+It shares no code path with what it tests: nothing of kspec_fluxcal's LSF,
+band integrals, extinction, telluric or noise code is imported.
+
+* **Stars** ("sky truth"): the SYNTHETIC analytic model of
+  `kspec_fluxcal.simulate.synthetic_stellar_spectrum` with intrinsic line
+  profiles (``resolution=None``) on a 0.04 Å grid, at random parameters
+  between grid nodes, Doppler shifted — or real CALSPEC stars.
+* **Reddening**: G23 (Gordon et al. 2023, `dust_extinction`), while the package
+  fits F99.
+* **Instrument**: a direct Gaussian convolution (`astropy.convolution`) to a
+  constant FWHM, sampled at the pixel centres; a throughput with two ripples
+  (1–2 % on 250–600 Å and 0.5–1 % on 150–250 Å) and a dichroic-like step
+  (2–4 %, 40 Å wide) at random phases and positions.
+* **Atmosphere**: deep bands inside the usual telluric windows and weak lines
+  (0.3–1.5 % deep) everywhere, outside the windows too.
+* **Catalogue**: PS1 g r i z AB magnitudes from synphot
+  ``Observation.effstim`` with the speclite Pan-STARRS curves, a zero-point
+  offset per band and frame (5 mmag rms, the Refcat2 systematics of Tonry et
+  al. 2018) and 0.01 mag errors; Gaia and 2MASS left empty.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy import constants as const
+from astropy import units as u
+from astropy.convolution import Gaussian1DKernel, convolve
+from astropy.io import fits
+from astropy.table import Table
+
+FLAM = u.erg / u.s / u.cm**2 / u.AA
+C_KMS = const.c.to_value(u.km / u.s)
+PS1 = ("g", "r", "i", "z")
+REFCAT_COLUMNS = (
+    "dstDegrees", "objid", "RA", "Dec", "plx", "dplx", "pmra", "dpmra", "pmdec", "dpmdec",
+    "Gaia", "dGaia", "BP", "dBP", "RP", "dRP", "Teff", "AGaia", "dupvar", "Ag", "rp1", "r1",
+    "r10", "g", "dg", "gchi", "gcontrib", "r", "dr", "rchi", "rcontrib", "i", "di", "ichi",
+    "icontrib", "z", "dz", "zchi", "zcontrib", "nstat", "J", "dJ", "H", "dH", "K", "dK",
+)
+TELLURIC_BANDS = ((6867.0, 6950.0, 0.35), (7160.0, 7330.0, 0.15), (7594.0, 7690.0, 0.6),
+                  (8130.0, 8340.0, 0.1), (8940.0, 9190.0, 0.2), (9310.0, 9640.0, 0.3))
+"""(start, end, depth) of the deep telluric bands, Å (air)."""
+
+FINE_STEP = 0.04
+"""Å, sampling of synthetic sky truth (intrinsic line profiles need < ~3 km/s); CALSPEC
+stars (R ≈ 500–1000) are sampled at FWHM/30, enough for their own resolution."""
+
+
+def ps1_bandpasses():
+    """The Pan-STARRS1 g r i z curves of speclite as synphot `~synphot.SpectralElement` objects."""
+    import speclite.filters
+    from synphot import SpectralElement
+    from synphot.models import Empirical1D
+
+    curves = {}
+    for band in PS1:
+        f = speclite.filters.load_filter(f"panstarrs-{band}")
+        curves[band] = SpectralElement(Empirical1D, points=np.asarray(f.wavelength) * u.AA,
+                                       lookup_table=np.asarray(f.response), keep_neg=False)
+    return curves
+
+
+def ab_magnitudes(wavelength, flux, bandpasses):
+    """Photon-counting AB magnitudes of F_λ (erg s⁻¹ cm⁻² Å⁻¹) on ``wavelength`` (Å), by synphot."""
+    from synphot import Observation, SourceSpectrum
+    from synphot.models import Empirical1D
+
+    source = SourceSpectrum(Empirical1D, points=wavelength * u.AA, lookup_table=flux * FLAM, keep_neg=False)
+    return {b: float(Observation(source, bp).effstim(u.ABmag).value) for b, bp in bandpasses.items()}
+
+
+def g23_reddening(wavelength, ebv, r_v=3.1):
+    """10^(−0.4 A(λ)) of the G23 law (dust_extinction), wavelength in Å."""
+    from dust_extinction.parameter_averages import G23
+
+    return G23(Rv=r_v).extinguish(np.asarray(wavelength) * u.AA, Ebv=ebv)
+
+
+@dataclass
+class Throughput:
+    """A structured instrument: flux per count Cal(λ) = h c / (A t λ η(λ)), erg s⁻¹ cm⁻² Å⁻¹ per ct."""
+
+    ripple1: tuple  # (amplitude, period Å, phase)
+    ripple2: tuple
+    step: tuple  # (amplitude, centre Å, width Å)
+
+    @classmethod
+    def random(cls, rng):
+        """Ripples of 1–2 % (250–600 Å) and 0.5–1 % (150–250 Å), a ±2–4 % step at 5300–6700 Å."""
+        return cls((rng.uniform(0.01, 0.02), rng.uniform(250.0, 600.0), rng.uniform(0, 2 * np.pi)),
+                   (rng.uniform(0.005, 0.01), rng.uniform(150.0, 250.0), rng.uniform(0, 2 * np.pi)),
+                   (rng.choice([-1, 1]) * rng.uniform(0.02, 0.04), rng.uniform(5300.0, 6700.0), 40.0))
+
+    def efficiency(self, wavelength):
+        lam = np.asarray(wavelength, dtype=float)
+        eta = 0.3 * np.exp(-0.5 * ((lam - 6300.0) / 2600.0) ** 2)
+        for amp, period, phase in (self.ripple1, self.ripple2):
+            eta = eta * (1 + amp * np.sin(2 * np.pi * lam / period + phase))
+        amp, centre, width = self.step
+        return eta * (1 + amp * 0.5 * (1 + np.tanh((lam - centre) / width)))
+
+    def __call__(self, wavelength):
+        lam = np.asarray(wavelength, dtype=float)
+        hc = (const.h * const.c).to_value(u.erg * u.AA)
+        return hc / (1e4 * 600.0 * lam * self.efficiency(lam))
+
+
+def telluric_transmission(wavelength, rng):
+    """Deep bands inside the usual windows and ~200 weak lines (0.3–1.5 %, σ 0.3 Å) over 5000–9800 Å."""
+    lam = np.asarray(wavelength, dtype=float)
+    trans = np.ones_like(lam)
+    for a, b, depth in TELLURIC_BANDS:
+        inside = (lam > a) & (lam < b)
+        trans[inside] *= 1 - depth * np.sin(np.pi * (lam[inside] - a) / (b - a)) ** 2
+    for centre, depth in zip(rng.uniform(5000.0, 9800.0, 200), rng.uniform(0.003, 0.015, 200)):
+        near = np.abs(lam - centre) < 2.0
+        trans[near] *= 1 - depth * np.exp(-0.5 * ((lam[near] - centre) / 0.3) ** 2)
+    return trans
+
+
+@dataclass
+class IndependentFrame:
+    """A RED frame, its catalogue and the truth (``wavelength`` Å, ``calibration``, ``gray``)."""
+
+    hdulist: fits.HDUList
+    catalog: Table
+    truth: dict = field(default_factory=dict)
+
+    def write(self, directory, stem="ind"):
+        """Write ``<stem>_red.fits`` and ``<stem>_refcat.csv``; return their paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        red, cat = directory / f"{stem}_red.fits", directory / f"{stem}_refcat.csv"
+        self.hdulist.writeto(red, overwrite=True)
+        lines = [", ".join(REFCAT_COLUMNS)]
+        for row in self.catalog:
+            lines.append(",".join("" if not np.isfinite(row[c]) else f"{row[c]:.7g}" for c in REFCAT_COLUMNS))
+        cat.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return red, cat
+
+    def reference_calibration(self, used_fibers):
+        """The truth a calibration should recover: Cal(λ) over the median gray loss of the used standards."""
+        return self.truth["calibration"] / np.median(self.truth["gray"][list(used_fibers)])
+
+
+def synthetic_star(rng, fine, teff_range=(5300.0, 7700.0), logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4),
+                   ebv_range=(0.0, 0.1), rv_range=(-100.0, 100.0)):
+    """A SYNTHETIC star as it arrives at the telescope on ``fine`` (Å): (surface flux reddened, truth)."""
+    from kspec_fluxcal.simulate import synthetic_stellar_spectrum
+
+    params = dict(teff=rng.uniform(*teff_range), logg=rng.uniform(*logg_range), feh=rng.uniform(*feh_range))
+    rv, ebv = rng.uniform(*rv_range), rng.uniform(*ebv_range)
+    flux, _ = synthetic_stellar_spectrum(fine / (1 + rv / C_KMS), **params)
+    return flux * g23_reddening(fine, ebv), dict(rv_kms=rv, ebv=ebv, **params)
+
+
+def calspec_star(path, fine):
+    """A real CALSPEC star (vacuum wavelengths converted to air by Morton 2000, written out here) on ``fine``."""
+    with fits.open(path) as hdul:
+        data = hdul[1].data
+        vac = np.asarray(data["WAVELENGTH"], float)
+        flux = np.asarray(data["FLUX"], float)
+    good = np.isfinite(vac) & np.isfinite(flux) & (flux > 0)
+    vac, flux = vac[good], flux[good]
+    order = np.argsort(vac)
+    vac, flux = vac[order], flux[order]
+    s2 = (1e4 / vac) ** 2
+    air = vac / (1 + 8.34254e-5 + 2.406147e-2 / (130 - s2) + 1.5998e-4 / (38.9 - s2))
+    return np.interp(fine, air, flux), {"name": Path(path).name.split("_stis")[0].upper()}
+
+
+def make_frame(n_standards=8, n_pix=12400, wave_range=(3600.0, 9800.0), fwhm=2.0, snr_range=(30.0, 150.0),
+               gray_range=(0.7, 1.0), mag_range=(13.0, 15.5), zero_point_sigma=0.005, mag_error=0.01,
+               calspec_files=None, seed=1):
+    """Simulate a RED frame of standards (TYPE 'C') with an independent instrument and catalogue.
+
+    Parameters
+    ----------
+    n_standards : int
+        Synthetic standards (ignored when ``calspec_files`` is given: one per file).
+    n_pix, wave_range, fwhm : int, tuple, float
+        Pixels over ``wave_range`` (Å, air) and the Gaussian LSF FWHM (Å).
+    snr_range, gray_range, mag_range : tuple
+        Median S/N per pixel, gray aperture loss and PS1 r magnitude ranges.
+    zero_point_sigma : float
+        rms (mag) of the per-band catalogue zero-point offset of the frame.
+    mag_error : float
+        Catalogue magnitude error (mag) of every band.
+    calspec_files : list of Path, optional
+        Real CALSPEC stars as the standards instead of synthetic ones.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    `IndependentFrame`
+    """
+    rng = np.random.default_rng(seed)
+    throughput = Throughput.random(rng)
+    step = max(FINE_STEP, fwhm / 30.0) if calspec_files else FINE_STEP
+    fine = np.arange(3000.0, 11000.0, step)
+    pix = np.linspace(wave_range[0], wave_range[1], n_pix)
+    bandpasses = ps1_bandpasses()
+    zero_points = {b: rng.normal(0.0, zero_point_sigma) for b in PS1}
+    kernel = Gaussian1DKernel(fwhm / (2 * np.sqrt(2 * np.log(2))) / step)
+    atmosphere = telluric_transmission(fine, rng)
+    window = (fine > wave_range[0] - 50) & (fine < wave_range[1] + 50)
+    stars = ([calspec_star(p, fine) for p in calspec_files] if calspec_files
+             else [synthetic_star(rng, fine) for _ in range(n_standards)])
+    n = len(stars)
+    counts, variance, gray = np.zeros((n, n_pix)), np.zeros((n, n_pix)), rng.uniform(*gray_range, n)
+    rows, truth_stars = [], []
+    for f, (flux, info) in enumerate(stars):
+        mags = ab_magnitudes(fine, flux, bandpasses)
+        scale = 10 ** (-0.4 * (rng.uniform(*mag_range) - mags["r"])) if not calspec_files else 1.0
+        mags = {b: m - 2.5 * np.log10(scale) for b, m in mags.items()}
+        arriving = scale * flux[window] * atmosphere[window]
+        observed = np.interp(pix, fine[window], convolve(arriving, kernel, boundary="extend"))
+        clean = gray[f] * observed / throughput(pix)
+        level = np.median(clean)
+        k = level / rng.uniform(*snr_range) ** 2
+        variance[f] = k * (clean + 0.01 * level)
+        counts[f] = clean + rng.normal(size=n_pix) * np.sqrt(variance[f])
+        row = {c: np.nan for c in REFCAT_COLUMNS}
+        row.update(dstDegrees=0.0, objid=1000 + f, RA=150.0 + 0.01 * f, Dec=2.0, plx=1.0, dplx=0.05, pmra=0.0,
+                   dpmra=0.1, pmdec=0.0, dpmdec=0.1, dupvar=0, nstat=0)
+        for b in PS1:
+            row[b] = mags[b] + zero_points[b] + rng.normal(0.0, mag_error)
+            row[f"d{b}"] = mag_error
+        rows.append(row)
+        truth_stars.append(dict(fiber=f, gray=gray[f], **info))
+    primary = fits.PrimaryHDU(counts.astype(np.float32))
+    primary.header["BUNIT"] = "ct"
+    primary.header["SPECFWHM"] = (float(fwhm), "instrument FWHM (Angstrom)")
+    primary.header["COMMENT"] = "SYNTHETIC frame made by tests/independent_sim.py"
+    wave_hdu = fits.ImageHDU(pix, name="WAVELA")
+    wave_hdu.header["BUNIT"] = "Angstrom"
+    fibres = Table({"TYPE": np.array(["C"] * n, dtype="U1"),
+                    "NAME": np.array([str(s[1].get("name", f"STD{f:03d}")) for f, s in enumerate(stars)], dtype="U32"),
+                    "RA": 150.0 + 0.01 * np.arange(n), "DEC": np.full(n, 2.0), "MAGNITUDE": np.full(n, np.nan)})
+    fib_hdu = fits.table_to_hdu(fibres)
+    fib_hdu.name = "FIBRES"
+    hdul = fits.HDUList([primary, fits.ImageHDU(variance.astype(np.float32), name="VARIANCE"), wave_hdu, fib_hdu])
+    catalog = Table(rows=[[r[c] for c in REFCAT_COLUMNS] for r in rows], names=REFCAT_COLUMNS)
+    truth = dict(wavelength=pix, calibration=throughput(pix), gray=gray, stars=truth_stars,
+                 throughput=throughput, zero_points=zero_points)
+    return IndependentFrame(hdul, catalog, truth)
+
+
+def accuracy(result, frame, wave_range=(3700.0, 9500.0), exclude=TELLURIC_BANDS):
+    """Median and 95th percentile of |Cal/truth − 1| and the pulls (Cal − truth)/σ, on the frame's pixels.
+
+    The comparison interpolates the combined vector linearly onto the frame's
+    pixels and leaves out masked pixels, ``exclude`` windows (±20 Å) and
+    what lies outside ``wave_range``.
+    """
+    used = [m["fiber_id"] for m in result.summary["per_star_metrics"] if m.get("used")]
+    vec = result.combined_vector
+    wave = vec.wavelength.to_value(u.AA)
+    factor = vec.cal_factor.to_value(vec.unit)
+    sigma = np.sqrt(vec.cal_variance.to_value(vec.unit**2))
+    pix = frame.truth["wavelength"]
+    ok = ~vec.mask & np.isfinite(factor) & np.isfinite(sigma)
+    cal = np.interp(pix, wave[ok], factor[ok], left=np.nan, right=np.nan)
+    sig = np.interp(pix, wave[ok], sigma[ok], left=np.nan, right=np.nan)
+    bad = np.interp(pix, wave, (~ok).astype(float)) > 0
+    sel = ~bad & np.isfinite(cal) & (pix >= wave_range[0]) & (pix <= wave_range[1])
+    for a, b, _ in exclude:
+        sel &= ~((pix > a - 20) & (pix < b + 20))
+    truth = frame.reference_calibration(used)
+    err = cal[sel] / truth[sel] - 1
+    pulls = (cal[sel] - truth[sel]) / sig[sel]
+    return {"median_abs_error": float(np.median(np.abs(err))), "p95_abs_error": float(np.percentile(np.abs(err), 95)),
+            "pull_rms": float(np.sqrt(np.mean(pulls**2))), "pulls": pulls, "n_pixels": int(sel.sum()),
+            "n_stars_used": len(used)}

@@ -1,0 +1,82 @@
+"""Knot spacing chosen by the standards (leave-one-star-out) and its record."""
+
+import numpy as np
+import pytest
+
+from kspec_fluxcal.calibration import fit_smooth_vectors
+from kspec_fluxcal.exceptions import InputDataError
+from kspec_fluxcal.knot_selection import (
+    CANDIDATE_SPACINGS,
+    DEFAULT_SPACING,
+    KnotChoice,
+    resolve_knot_spacing,
+    select_knot_spacing,
+)
+
+WAVE = np.linspace(3600.0, 9800.0, 6200)
+
+
+def _stars(shared, n_star=8, snr=80.0, seed=0):
+    """Per-pixel vectors: a shared shape × each star's gray factor and smooth tilt, with noise."""
+    rng = np.random.default_rng(seed)
+    x = (WAVE - 6700.0) / 3100.0
+    base = 1e-16 * (1 + 0.3 * x) * shared
+    gray = rng.uniform(0.7, 1.0, n_star)[:, None]
+    tilt = 1 + 0.002 * rng.normal(size=(n_star, 1)) * x[None]
+    truth = base[None] * tilt / gray
+    sigma = truth / snr
+    values = truth + sigma * rng.normal(size=truth.shape)
+    return values, sigma**2, np.zeros(values.shape, bool), base
+
+
+def test_shared_ripple_is_followed():
+    ripple = 1 + 0.015 * np.sin(2 * np.pi * WAVE / 350.0)
+    values, var, exclude, base = _stars(ripple)
+    choice = select_knot_spacing(WAVE, values, var, exclude)
+    assert choice.method == "loso" and choice.n_stars == 8
+    assert choice.spacing <= 120.0
+    smooth, _, _ = fit_smooth_vectors(WAVE, values, var, exclude, knot_spacing=choice.spacing)
+    shape = smooth / np.median(smooth / base, axis=1)[:, None] / base
+    assert np.sqrt(np.mean((np.mean(shape, axis=0) - 1) ** 2)) < 0.003
+    coarse, _, _ = fit_smooth_vectors(WAVE, values, var, exclude, knot_spacing=250.0)
+    coarse_shape = coarse / np.median(coarse / base, axis=1)[:, None] / base
+    assert np.sqrt(np.mean((np.mean(coarse_shape, axis=0) - 1) ** 2)) > 0.006
+
+
+def test_smooth_truth_with_noise_is_not_followed():
+    values, var, exclude, _ = _stars(np.ones_like(WAVE), snr=15.0)
+    choice = select_knot_spacing(WAVE, values, var, exclude)
+    assert choice.spacing >= 250.0
+
+
+def test_scores_one_per_candidate_and_smoothing_term():
+    ripple = 1 + 0.015 * np.sin(2 * np.pi * WAVE / 350.0)
+    values, var, exclude, _ = _stars(ripple, seed=3)
+    choice = select_knot_spacing(WAVE, values, var, exclude)
+    assert len(choice.scores) == len(CANDIDATE_SPACINGS)
+    assert np.all(np.isfinite(choice.scores))
+    term = choice.smoothing_term(WAVE)
+    assert term.shape == WAVE.shape and np.all(term >= 0)
+    summary = choice.summary()
+    again = KnotChoice.from_summary(summary)
+    assert again.spacing == choice.spacing and again.method == "loso"
+    np.testing.assert_allclose(again.smoothing_term(WAVE), term, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_star", [1, 2])
+def test_one_or_two_stars_use_the_default(n_star):
+    values, var, exclude, _ = _stars(np.ones_like(WAVE), n_star=n_star)
+    choice = select_knot_spacing(WAVE, values, var, exclude)
+    assert choice.method == "default" and choice.spacing == DEFAULT_SPACING
+    assert np.all(choice.smoothing_term(WAVE) == 0)
+
+
+def test_resolve_fixed_and_bad_values():
+    values, var, exclude, _ = _stars(np.ones_like(WAVE), n_star=3)
+    fixed = resolve_knot_spacing(180, WAVE, values, var, exclude)
+    assert fixed.method == "fixed" and fixed.spacing == 180.0
+    for bad in ("often", -5.0, np.nan):
+        with pytest.raises(InputDataError, match="knot_spacing"):
+            resolve_knot_spacing(bad, WAVE, values, var, exclude)
+    with pytest.raises(InputDataError, match="candidate"):
+        select_knot_spacing(WAVE, values, var, exclude, candidates=(0.0, 100.0))
