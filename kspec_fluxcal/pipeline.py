@@ -201,7 +201,7 @@ class FluxcalConfig:
         self._check_fit_options()
 
     def _check_fit_options(self):
-        """Validate ``form``, ``knot_spacing`` and ``mag_floor`` (the options of issue 12)."""
+        """Validate ``form``, ``knot_spacing`` and ``mag_floor`` (the fit options)."""
         if self.form not in ("smooth", "pixel"):
             raise InputDataError(f"form must be 'smooth' or 'pixel'; got {self.form!r}.")
         if self.knot_spacing != "auto":
@@ -542,7 +542,7 @@ def _template_misfit(config, library):
 
 
 def _budget_cards(header, summary):
-    """Header keys of the knot choice, magnitude floor and error budget (issue 12)."""
+    """Header keys of the knot choice, magnitude floor and error budget."""
     choice = summary.get("knot_selection") or {}
     if choice:
         header["FCALKNOT"] = (float(choice["spacing"]), "[Angstrom] knot spacing of the smooth form")
