@@ -34,6 +34,7 @@ from astropy import units as u
 from scipy.optimize import nnls
 
 from .exceptions import InputDataError
+from .io.text import read_columns
 
 __all__ = [
     "BETA",
@@ -211,15 +212,8 @@ class ExtinctionCurve:
         third column gives one per row.
         """
         path = Path(path)
-        try:
-            data = np.loadtxt(path, comments="#", ndmin=2, dtype=float)
-        except (OSError, ValueError) as exc:
-            raise InputDataError(
-                f"cannot read the extinction curve {path} ({exc}); it needs two columns, wavelength (Å) and k "
-                "(mag per airmass), with '#' comments."
-            ) from exc
-        if data.shape[1] < 2 or data.shape[0] < 2:
-            raise InputDataError(f"the extinction curve {path} needs at least two rows of wavelength and k.")
+        data = read_columns(path, "extinction curve", "two columns, wavelength (Å) and k (mag per airmass)",
+                            min_rows=2)
         order = np.argsort(data[:, 0])
         data = data[order]
         sigma = data[:, 2] if data.shape[1] > 2 else np.full(data.shape[0], float(error))

@@ -15,6 +15,7 @@ from astropy import units as u
 
 from .containers import make_spectrum, spectrum_variance, validate_spectrum
 from .exceptions import InputDataError
+from .io.text import read_columns
 from .wavelength import as_wavelength
 
 __all__ = [
@@ -58,15 +59,7 @@ def as_regions(regions):
 
 @functools.lru_cache(maxsize=32)
 def _read_regions(path):
-    try:
-        data = np.loadtxt(path, comments="#", ndmin=2, dtype=float)
-    except (OSError, ValueError) as exc:
-        raise InputDataError(
-            f"cannot read mask regions from {path} ({exc}); the file needs two columns, start and end in Å, "
-            "with '#' comments."
-        ) from exc
-    if data.size and data.shape[1] < 2:
-        raise InputDataError(f"mask file {path} needs two columns (start end, Å).")
+    data = read_columns(path, "mask file", "two columns, start and end in Å")
     data = data[:, :2] if data.size else np.empty((0, 2))
     data.setflags(write=False)
     return data

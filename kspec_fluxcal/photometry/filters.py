@@ -16,6 +16,7 @@ from astropy import units as u
 
 from ..containers import FilterCurve
 from ..exceptions import InputDataError
+from ..io.text import read_columns
 from ..wavelength import as_wavelength_quantity, vacuum_to_air
 from .ab import C_AA_PER_S
 
@@ -254,15 +255,7 @@ def load_filter_curves(names=None):
 
 
 def _read_filter_table(path, wavelength_unit):
-    try:
-        data = np.loadtxt(path, comments="#", ndmin=2, dtype=float)
-    except (OSError, ValueError) as exc:
-        raise InputDataError(
-            f"cannot read filter file {path} ({exc}); it must hold two numeric columns "
-            "(wavelength, transmission) with '#' comments."
-        ) from exc
-    if data.shape[1] < 2:
-        raise InputDataError(f"filter file {path} has {data.shape[1]} column(s); it needs wavelength and transmission.")
+    data = read_columns(path, "filter file", "two numeric columns, wavelength and transmission")
     return (data[:, 0] * u.Unit(wavelength_unit)).to_value(u.AA), data[:, 1]
 
 
