@@ -59,3 +59,21 @@ def synthetic_grid_dir(tmp_path_factory):
     write_bosz_grid(dest, teffs=range(5000, 8001, 250), loggs=(4.0, 4.5), fehs=(-1.0, -0.5, 0.0, 0.5),
                     resolution=10000, wave_range=(3000.0, 26000.0), layout="mast")
     return dest
+
+
+@pytest.fixture(scope="session")
+def write_small_frames():
+    """A function ``write(folder, stems, seed)``: small SYNTHETIC frames with their catalogues (<stem>_refcat.csv).
+
+    Four standards, one science and one sky fiber, 3000 pixels, FWHM 2.5 Å;
+    frame ``i`` uses ``seed + i``. Returns ``folder``.
+    """
+    from kspec_fluxcal.simulate import make_exposure
+
+    def write(folder, stems, seed):
+        for i, stem in enumerate(stems):
+            make_exposure(n_standards=4, n_science=1, n_sky=1, n_pix=3000, fwhm=2.5, teff_range=(5300, 7700),
+                          logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=seed + i).write(folder, stem=stem)
+        return folder
+
+    return write

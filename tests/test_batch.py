@@ -11,7 +11,6 @@ from kspec_fluxcal.cli import main
 from kspec_fluxcal.exceptions import InputDataError
 from kspec_fluxcal.pipeline import FluxcalConfig
 from kspec_fluxcal.products import load_calibration
-from kspec_fluxcal.simulate import make_exposure
 
 pytest.importorskip("distributed")
 
@@ -19,12 +18,9 @@ GOOD = ("n1_0001", "n1_0002", "n1_0003")
 
 
 @pytest.fixture(scope="module")
-def night_folder(tmp_path_factory):
+def night_folder(tmp_path_factory, write_small_frames):
     """Three small SYNTHETIC frames with their catalogues (<base>_refcat.csv) and one truncated frame."""
-    folder = tmp_path_factory.mktemp("batch")
-    for i, stem in enumerate(GOOD):
-        make_exposure(n_standards=4, n_science=1, n_sky=1, n_pix=3000, fwhm=2.5, teff_range=(5300, 7700),
-                      logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=40 + i).write(folder, stem=stem)
+    folder = write_small_frames(tmp_path_factory.mktemp("batch"), GOOD, seed=40)
     data = (folder / "n1_0001_red.fits").read_bytes()
     (folder / "n1_0004_red.fits").write_bytes(data[: len(data) // 2])  # cut short, as by a full disk
     shutil.copy(folder / "n1_0001_refcat.csv", folder / "n1_0004_refcat.csv")

@@ -25,7 +25,6 @@ from astropy.io import fits
 import kspec_fluxcal
 from kspec_fluxcal.batch import calibrate_batch
 from kspec_fluxcal.runlog import RUN_LOG_NAME, read_run_log
-from kspec_fluxcal.simulate import make_exposure
 
 pytest.importorskip("distributed")
 
@@ -142,13 +141,9 @@ def cluster(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
+def night(tmp_path_factory, write_small_frames):
     """Five small SYNTHETIC frames with their catalogues (<base>_refcat.csv)."""
-    folder = tmp_path_factory.mktemp("cluster_night")
-    for i, stem in enumerate(STEMS):
-        make_exposure(n_standards=4, n_science=1, n_sky=1, n_pix=3000, fwhm=2.5, teff_range=(5300, 7700),
-                      logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=90 + i).write(folder, stem=stem)
-    return folder
+    return write_small_frames(tmp_path_factory.mktemp("cluster_night"), STEMS, seed=90)
 
 
 def _reds(folder):

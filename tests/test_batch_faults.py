@@ -17,7 +17,6 @@ from astropy.io import fits
 from kspec_fluxcal.batch import BatchRecord, calibrate_batch
 from kspec_fluxcal.exceptions import OutputWriteError
 from kspec_fluxcal.runlog import RUN_LOG_COLUMNS, RUN_LOG_NAME, append_run_log, read_run_log, run_log_table
-from kspec_fluxcal.simulate import make_exposure
 
 distributed = pytest.importorskip("distributed")
 
@@ -25,13 +24,9 @@ STEMS = ("f_0001", "f_0002", "f_0003")
 
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
+def frames(tmp_path_factory, write_small_frames):
     """Three small SYNTHETIC frames with their catalogues (<base>_refcat.csv)."""
-    folder = tmp_path_factory.mktemp("faults")
-    for i, stem in enumerate(STEMS):
-        make_exposure(n_standards=4, n_science=1, n_sky=1, n_pix=3000, fwhm=2.5, teff_range=(5300, 7700),
-                      logg_range=(4.05, 4.45), feh_range=(-0.9, 0.4), seed=70 + i).write(folder, stem=stem)
-    return folder
+    return write_small_frames(tmp_path_factory.mktemp("faults"), STEMS, seed=70)
 
 
 @pytest.fixture
