@@ -6,11 +6,13 @@ interpolation of `~kspec_fluxcal.matching.select_best_templates`, then the
 scale and E(B−V) to the star's synthetic photometry — at a resolution where
 both the spectra and the grid are reliable (FWHM 30 Å for ck04), takes
 spectrum / model smoothed on continuum scales (B-spline with 250 Å knots, the
-smooth form of the calibration vectors; lines deeper than 10 % masked), and
-averages the usable stars at each wavelength. The stars' scatter about it is
-the correction's per-wavelength uncertainty. Stars whose refined parameters
-end on the edge of the grid (metal-poor stars beyond the lowest [M/H]) are
-reported, not used. The result is a
+smooth form of the calibration vectors; lines deeper than 10 % masked). The
+correction a template receives is a kernel-weighted mean of these curves in
+[M/H] (bandwidth chosen by leave-one-star-out), inside the training stars'
+span of Teff and [M/H]; its per-wavelength uncertainty is the
+leave-one-star-out predictive scatter, i.e. that of a star it has not seen.
+Stars fitted on the grid's [M/H] edge train the edge templates; stars on any
+other edge are reported, not used. The result is a
 `~kspec_fluxcal.templates.correction.TemplateCorrection`.
 
 All wavelengths are in Å, in air.
@@ -26,8 +28,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from .exceptions import InputDataError
-from .stats import MEDIAN_VARIANCE_FACTOR
-from .templates.correction import TemplateCorrection
+from .templates.correction import FEH_KERNEL, TemplateCorrection
 
 __all__ = ["derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
 
@@ -66,7 +67,10 @@ def derive_template_correction(
     snr=300.0,
     normalise_range=(4000.0, 9000.0),
     exclude=(),
-    combination="mean",
+    edge_stars=False,
+    bandwidths=(0.1, 0.2, 0.3, 0.5, 1.0, 3.0),
+    domain_margin=(250.0, 0.25),
+    score_range=(3800.0, 9200.0),
     name=None,
     command=None,
 ):
@@ -80,22 +84,36 @@ def derive_template_correction(
     its synthetic Refcat2-band photometry — and take spectrum / model,
     smoothed by a B-spline of ``knot_spacing`` knots with pixels where the
     model dips more than ``line_depth`` below its continuum left out, and
-    normalised to a median of 1 over ``normalise_range``. The usable stars
-    are averaged at each wavelength (``combination``), renormalised the same
-    way.
+    normalised to a median of 1 over ``normalise_range``.
 
-    The uncertainty is the stars' rms scatter about the combined curve
-    (N − 1 degrees of freedom) times sqrt(1 + 1/N) (mean) or
-    sqrt(1 + π/(2N)) (median) — a new star scatters about the curve like the
-    derivation stars, and the curve itself is uncertain — with a floor of
-    0.2 %. The linear dependence of the misfit on Teff
-    across the usable stars is measured and reported in ``meta['teff_dependence']``
-    (not applied).
+    The correction depends on the template's [M/H]: a template at [M/H] = f
+    receives the mean of the training stars' curves weighted by
+    exp(−½((f − f_s)/h)²), f_s each star's fitted [M/H] (metal-poor and
+    solar-metallicity stars have misfits of opposite sign below 4300 Å). The
+    bandwidth h is the one of ``bandwidths`` whose leave-one-star-out
+    prediction error (rms over ``score_range``, mean over the stars) is the
+    smallest; a large h is the plain mean. The leave-one-out prediction
+    mirrors the application: each template corrected at its own [M/H] node,
+    the star interpolated between its two bracketing nodes.
 
-    A star is not used when its refined parameters sit on the edge of the
-    grid (e.g. a metal-poor star below the lowest [M/H]: its misfit is that
-    of the wrong models) or when it is listed in ``exclude``; it is reported
-    in ``meta['stars']`` with the reason, and its curve is kept.
+    The correction applies inside a domain: the training stars' span of Teff
+    and [M/H] widened by ``domain_margin``; templates outside it stay
+    uncorrected, and standards fitted outside it get the library's misfit
+    floor in the error budget.
+
+    The uncertainty is the leave-one-star-out predictive scatter: at each
+    wavelength, the rms over the training stars of (curve / correction
+    derived without the star − 1) with the chosen bandwidth — how well the
+    correction predicts a star it has not seen — with a floor of 0.2 %.
+    The linear dependence of the misfit on Teff across the training stars is
+    measured and reported in ``meta['teff_dependence']`` (not applied).
+
+    A star whose refined parameters sit on the edge of the grid is used only
+    when the edge is the [M/H] edge and ``edge_stars`` is true: it is then
+    fitted with the edge templates, as a metal-poor standard of a frame would
+    be, and its curve is what those templates need. Otherwise (or when it is
+    listed in ``exclude``) it is reported in ``meta['stars']`` with the
+    reason and its curve is kept.
 
     Parameters
     ----------
@@ -123,10 +141,14 @@ def derive_template_correction(
         Range (Å) over which each curve's median is set to 1.
     exclude : sequence of str
         Star names (file stem before ``_stis``, e.g. ``'hd031128'``) not to use.
-    combination : {'mean', 'median'}
-        How the stars' curves are combined. With the four usable CALSPEC
-        stars the mean did better in the leave-one-star-out test (a median of
-        three is one star's curve).
+    edge_stars : bool
+        Use stars fitted on the grid's [M/H] edge (see above).
+    bandwidths : sequence of float
+        Candidate kernel widths in [M/H] (dex).
+    domain_margin : (float, float)
+        Widening of the training span: Teff (K), [M/H] (dex).
+    score_range : (float, float)
+        Wavelength range (Å) of the leave-one-out score that chooses the bandwidth.
     name : str, optional
         Name of the correction (default ``'<library kind>-calspec'``).
     command : str, optional
@@ -200,8 +222,13 @@ def derive_template_correction(
         curve = curve / np.nanmedian(curve[norm])
         curves[names[i]] = curve
         edge = [k for k, on in refined_on_grid_edge(match, grid).items() if on]
+        info["on_edge"] = edge
         if names[i] in exclude:
             info["reason"] = "excluded by request"
+        elif edge == ["feh"] and edge_stars:
+            info["used"] = True
+            info["reason"] = f"fitted on the grid's [M/H] edge (feh = {info['feh']}): trains the edge templates"
+            used.append(names[i])
         elif edge:
             info["reason"] = (f"outside the grid: refined {', '.join(edge)} on the grid's edge "
                               f"({', '.join(f'{k} = {info[k]}' for k in edge)})")
@@ -223,16 +250,29 @@ def derive_template_correction(
     lo, hi = np.flatnonzero(defined)[[0, -1]]
     keep = slice(lo, hi + 1)
     stack = stack[:, keep]
-    if combination not in ("median", "mean"):
-        raise InputDataError(f"combination must be 'median' or 'mean'; got {combination!r}.")
-    factor = np.median(stack, axis=0) if combination == "median" else np.mean(stack, axis=0)
+    wave = target[keep]
+    factor = np.mean(stack, axis=0)
     factor = factor / np.median(factor[norm[keep]])
     n = len(used)
     scatter = np.sqrt(np.sum((stack - factor) ** 2, axis=0) / (n - 1))
-    sigma = np.maximum(scatter * np.sqrt(1.0 + (MEDIAN_VARIANCE_FACTOR if combination == "median" else 1.0) / n),
-                       _SIGMA_FLOOR)
+    train = [next(s for s in stars if s["name"] == name) for name in used]
+    teffs = np.array([s["teff"] for s in train])
+    fehs = np.array([s["feh"] for s in train])
+    nodes = np.unique(np.asarray(lib.entries["feh"], dtype=float))
+    scoring = (wave >= score_range[0]) & (wave <= score_range[1])
+    scores, residuals = {}, {}
+    for h in bandwidths:
+        residuals[h] = _leave_one_out_residuals(stack, teffs, fehs, nodes, float(h), domain_margin, norm[keep])
+        scores[h] = float(np.mean(np.sqrt(np.mean(residuals[h][:, scoring] ** 2, axis=1))))
+    best = min(bandwidths, key=lambda h: scores[h])
+    sigma = np.maximum(np.sqrt(np.mean(residuals[best] ** 2, axis=0)), _SIGMA_FLOOR)
+    log.info("[M/H] bandwidth %.2f dex chosen by leave-one-star-out (rms %s)", best,
+             ", ".join(f"{h:g}: {100 * v:.2f}%" for h, v in scores.items()))
+    model = {"kind": FEH_KERNEL, "bandwidth_dex": float(best), "training": used,
+             "feh": [float(f) for f in fehs], "teff": [float(t) for t in teffs],
+             "domain": _domain(teffs, fehs, domain_margin),
+             "bandwidth_scores": {f"{h:g}": round(v, 6) for h, v in scores.items()}}
 
-    teffs = np.array([s["teff"] for s in stars if s["used"]])
     teff_dependence = None
     if n >= 3 and np.ptp(teffs) > 0:
         dt = (teffs - teffs.mean()) / 1000.0
@@ -254,11 +294,15 @@ def derive_template_correction(
         "used_stars": used,
         "fit": {"fwhm_A": float(fwhm), "wave_range_A": [float(w) for w in wave_range], "n_pix": int(n_pix),
                 "knot_spacing_A": float(knot_spacing), "line_depth": float(line_depth), "snr": float(snr),
-                "normalise_range_A": [float(w) for w in normalise_range], "combination": combination,
-                "sigma": f"rms scatter of the used stars about the {combination} x sqrt(1 + "
-                         f"{'pi/2' if combination == 'median' else '1'}/N), floor 0.002",
+                "normalise_range_A": [float(w) for w in normalise_range],
+                "bandwidths_dex": [float(h) for h in bandwidths], "score_range_A": [float(w) for w in score_range],
+                "domain_margin": {"teff_K": float(domain_margin[0]), "feh_dex": float(domain_margin[1])},
+                "edge_stars": bool(edge_stars),
+                "sigma": "leave-one-star-out rms of (star curve / correction predicted without it - 1), "
+                         "floor 0.002",
                 "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
                               "to synthetic PS1 griz/Gaia/2MASS photometry"},
+        "model": model,
         "teff_dependence": teff_dependence,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "kspec_fluxcal_version": __version__,
@@ -266,8 +310,46 @@ def derive_template_correction(
         "extrapolation": "held at the end values outside the wavelength range",
     }
     # rounded so that the ECSV file is compact and reads back to the same fingerprint
-    return TemplateCorrection(np.round(target[keep], 4), np.round(factor, 6), np.round(sigma, 6), meta,
+    return TemplateCorrection(np.round(wave, 4), np.round(factor, 6), np.round(sigma, 6), meta,
                               {k: np.round(v[keep], 6) for k, v in curves.items()})
+
+
+def _domain(teffs, fehs, margin):
+    """The training span of Teff (K) and [M/H] (dex) widened by ``margin`` (K, dex)."""
+    return {"teff": [float(np.min(teffs) - margin[0]), float(np.max(teffs) + margin[0])],
+            "feh": [round(float(np.min(fehs) - margin[1]), 4), round(float(np.max(fehs) + margin[1]), 4)]}
+
+
+def _node_factor(stack, fehs, teffs, h, margin, nodes, teff, feh):
+    """What a star of ``teff``, ``feh`` receives: the kernel factor of the bracketing [M/H] nodes, interpolated.
+
+    This mirrors the application: every template is corrected at its own
+    node (1 outside the domain) and the fit interpolates between nodes.
+    """
+    domain = _domain(teffs, fehs, margin)
+    value = float(np.clip(feh, nodes[0], nodes[-1]))
+    j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, nodes.size - 2))
+    a = (value - nodes[j]) / (nodes[j + 1] - nodes[j])
+    out = np.zeros(stack.shape[1])
+    for node, weight in ((nodes[j], 1.0 - a), (nodes[j + 1], a)):
+        inside = domain["teff"][0] <= teff <= domain["teff"][1] and domain["feh"][0] <= node <= domain["feh"][1]
+        if inside:
+            k = np.exp(-0.5 * ((fehs - node) / h) ** 2)
+            out += weight * (k @ stack) / np.sum(k)
+        else:
+            out += weight
+    return out
+
+
+def _leave_one_out_residuals(stack, teffs, fehs, nodes, h, margin, norm):
+    """Each training star's curve over the correction derived without it, normalised over ``norm``, minus 1."""
+    out = np.empty_like(stack)
+    for i in range(stack.shape[0]):
+        rest = np.arange(stack.shape[0]) != i
+        predicted = _node_factor(stack[rest], fehs[rest], teffs[rest], h, margin, nodes, teffs[i], fehs[i])
+        ratio = stack[i] / predicted
+        out[i] = ratio / np.median(ratio[norm]) - 1.0
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -334,10 +416,12 @@ def calspec_frame_accuracy(calspec_files, templates, correction, seed, fwhm=30.0
 def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, **derive_kwargs):
     """Leave-one-star-out test of the correction over the usable CALSPEC stars.
 
-    For each star used by the full derivation: derive the correction
-    without it (`derive_template_correction` with the star excluded), then
-    calibrate single-standard frames of that star (`calspec_frame_accuracy`,
-    one per seed) without any correction and with the one derived without it.
+    For each star used by the full derivation and not on the grid's edge
+    (the pipeline rejects a standard fitted on the [M/H] edge, so a frame of
+    it cannot be calibrated): derive the correction without it
+    (`derive_template_correction` with the star excluded), then calibrate
+    single-standard frames of that star (`calspec_frame_accuracy`, one per
+    seed) without any correction and with the one derived without it.
 
     Parameters
     ----------
@@ -364,7 +448,8 @@ def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, 
     full = derive_template_correction(files, templates, fwhm=fwhm, **derive_kwargs)
     exclude = list(derive_kwargs.pop("exclude", ()))
     rows, corrections = [], {}
-    for star in full.meta["used_stars"]:
+    held_out = [s["name"] for s in full.meta["stars"] if s["used"] and not s.get("on_edge")]
+    for star in held_out:
         corr = derive_template_correction(files, templates, fwhm=fwhm, exclude=[*exclude, star], **derive_kwargs)
         corrections[star] = corr
         target = [f for f in files if _star_name(f) == star]

@@ -50,7 +50,9 @@ class EngineOptions:
     form of the star vectors that is combined and applied.
     ``template_misfit`` is the fractional 1σ template misfit common to all
     standards: None (the library's floor, `kspec_fluxcal.error_budget`), a
-    number, or a function λ (Å, ndarray) → fraction.
+    number, a function λ (Å, ndarray) → fraction, or a
+    `~kspec_fluxcal.templates.correction.TemplateCorrection` (its σ for the
+    standards inside its domain, the floor for the others).
     """
 
     metric: str = "chi2"

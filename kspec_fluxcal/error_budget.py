@@ -22,8 +22,11 @@ ln(Cal), each a function of wavelength:
 ``template_misfit``
     The misfit of the template library common to all standards (stars of one
     kind share it, so star-to-star scatter cannot reveal it and it does not
-    average down). It is the caller's ``template_misfit(λ)`` when given, else
-    the per-library floor of `library_misfit_floor`.
+    average down). It is the caller's ``template_misfit(λ)`` when given; for
+    a template correction, its uncertainty for a new star where the standard
+    lies inside the correction's domain and the library floor where it does
+    not (rms over the used standards); else the per-library floor of
+    `library_misfit_floor`.
 
 `apply_error_budget` adds the last two to the combined vector and records
 every term (median fractional σ and share of the total variance) in
@@ -114,14 +117,36 @@ def library_misfit_floor(grid_meta):
     return _table_function(table), f"floor {name}"
 
 
-def misfit_function(template_misfit, grid_meta):
+def misfit_function(template_misfit, grid_meta, standards=()):
     """Resolve `~kspec_fluxcal.engine.EngineOptions.template_misfit` into (function or None, label).
 
     ``None`` gives the library floor (`library_misfit_floor`); a number is a
-    constant fraction; a callable λ (Å) → fraction is used as it is.
+    constant fraction; a callable λ (Å) → fraction is used as it is; a
+    template correction (`~kspec_fluxcal.templates.correction.TemplateCorrection`)
+    gives its uncertainty for the standards inside its domain and the library
+    floor for the others (``TemplateCorrection.misfit_for_standards``; the
+    label is the correction's, followed by ``+floor`` when some standards
+    are outside its domain).
+
+    Parameters
+    ----------
+    template_misfit : None, float, callable or TemplateCorrection
+        The configured term.
+    grid_meta : dict
+        The prepared grid's meta (for the per-library floor).
+    standards : sequence of (float, float)
+        (Teff in K, [M/H] in dex) of the used standards; only a template
+        correction looks at them.
     """
     if template_misfit is None:
         return library_misfit_floor(grid_meta)
+    if hasattr(template_misfit, "misfit_for_standards"):
+        floor, floor_label = library_misfit_floor(grid_meta)
+        function, n_in = template_misfit.misfit_for_standards(list(standards), floor)
+        if n_in < len(standards):
+            log.info("template-misfit term: %d of %d standards outside the domain of %s, %s for them",
+                     len(standards) - n_in, len(standards), template_misfit.label, floor_label)
+        return function, template_misfit.label + ("+floor" if n_in < len(standards) else "")
     if callable(template_misfit):
         owner = getattr(template_misfit, "__self__", None)
         return template_misfit, getattr(owner, "label", "caller's template_misfit")
@@ -262,8 +287,8 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
         The combination of the exposure's standards.
     grid_meta : dict
         The prepared grid's meta (for the per-library floor).
-    template_misfit : None, float or callable
-        See `misfit_function`.
+    template_misfit : None, float, callable or TemplateCorrection
+        See `misfit_function` (a correction is given the used standards' fitted Teff and [M/H]).
     zero_point_sigma : float
         rms (mag) of the catalogue zero points, common to all standards.
     """
@@ -279,6 +304,8 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
             choice = KnotChoice.from_summary(selection)
         vectors.append(with_meta(vec, meta))
     result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
-    function, label = misfit_function(template_misfit, grid_meta)
+    standards = [(float(v.meta["teff"]), float(v.meta["feh"])) for v in vectors
+                 if v.meta.get("used", True) and v.meta.get("teff") is not None and v.meta.get("feh") is not None]
+    function, label = misfit_function(template_misfit, grid_meta, standards)
     return apply_error_budget(result, choice, function, label, zero_point_sigma=zero_point_sigma,
                               extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1))

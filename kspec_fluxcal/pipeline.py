@@ -143,7 +143,9 @@ class FluxcalConfig:
         caveats page). Recorded as ``FCALMFLR``.
     template_misfit : None, float or callable
         The template-misfit term of the error budget (see
-        `kspec_fluxcal.engine.EngineOptions`); None: the library's floor.
+        `kspec_fluxcal.engine.EngineOptions`); None: the template
+        correction's σ for the standards inside its domain and the library's
+        floor for the others (the floor alone without a correction).
     zero_point_sigma : float
         Catalogue zero-point error (mag) shared by all standards, the
         ``zero_point`` term of the error budget (default
@@ -535,10 +537,10 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
 
 
 def _template_misfit(config, library):
-    """The template-misfit term: the configured one, else the library correction's uncertainty, else None (floor)."""
+    """The template-misfit term: the configured one, else the library's correction, else None (the floor)."""
     if config.template_misfit is not None:
         return config.template_misfit
-    return library.correction.fractional_sigma if library.correction is not None else None
+    return library.correction
 
 
 def _budget_cards(header, summary):
@@ -606,7 +608,13 @@ def _derive(red_filename, frame, config, grid):
     result.summary["template_correction"] = None if correction is None else {
         "label": correction.label, "name": correction.name, "fingerprint": correction.fingerprint,
         "library_kind": correction.meta.get("library_kind"), "used_stars": correction.meta.get("used_stars"),
-        "date": correction.meta.get("date"), "misfit_variance_in_cal_variance": True}
+        "date": correction.meta.get("date"), "misfit_variance_in_cal_variance": True,
+        "model": (correction.model or {}).get("kind", "constant"),
+        "domain": (correction.model or {}).get("domain"),
+        "standards_outside_domain": [
+            str(v.meta.get("star_name")) for v in result.per_star_vectors
+            if v.meta.get("used", True) and v.meta.get("teff") is not None
+            and not correction.covers(v.meta["teff"], v.meta["feh"])]}
     return result, origin
 
 

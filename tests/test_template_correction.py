@@ -32,8 +32,79 @@ def _toy(name="toy", kind="ck04models"):
                               meta={"name": name, "library_kind": kind}, curves={"star_a": [1.0, 1.1, 0.9, 1.0]})
 
 
+def _kernel_toy():
+    """A [M/H]-dependent correction of two training stars (curves of opposite sign in the blue)."""
+    wave = np.array([4000.0, 5000.0, 6000.0, 7000.0])
+    curves = {"poor": np.array([1.03, 1.0, 0.99, 1.0]), "rich": np.array([0.97, 1.0, 1.01, 1.0])}
+    model = {"kind": "feh-kernel", "bandwidth_dex": 0.3, "training": ["poor", "rich"], "feh": [-1.0, 0.0],
+             "teff": [6000.0, 6200.0], "domain": {"teff": [5750.0, 6450.0], "feh": [-1.25, 0.25]}}
+    return TemplateCorrection(wave, [1.0, 1.0, 1.0, 1.0], [0.02, 0.01, 0.005, 0.003],
+                              meta={"name": "kern", "library_kind": "ck04models", "model": model}, curves=curves)
+
+
+def _kernel_mean(corr, feh):
+    """The kernel-weighted mean of the training curves, computed here from the file's own numbers."""
+    model = corr.meta["model"]
+    w = [np.exp(-0.5 * ((feh - f) / model["bandwidth_dex"]) ** 2) for f in model["feh"]]
+    return sum(wi * corr.curves[n] for wi, n in zip(w, model["training"])) / sum(w)
+
+
 # ---------------------------------------------------------------------------
 # the correction object
+
+
+def test_kernel_correction_depends_on_feh_and_stops_at_its_domain(tmp_path):
+    corr = _kernel_toy()
+    wave = corr.wavelength.value
+    np.testing.assert_allclose(corr.factor_for(wave, 6000.0, -0.5), _kernel_mean(corr, -0.5), rtol=1e-12)
+    # near a training star the factor approaches its curve; midway the two cancel
+    blue = [4000.0]
+    assert abs(corr.factor_for(blue, 6000.0, -1.0)[0] - 1.03) < abs(corr.factor_for(blue, 6000.0, 0.0)[0] - 1.03)
+    np.testing.assert_allclose(corr.factor_for(wave, 6000.0, -0.5), 1.0, atol=1e-12)
+    for teff, feh in ((5500.0, 0.0), (6000.0, 0.5), (7000.0, -0.5)):  # outside: uncorrected
+        assert not corr.covers(teff, feh)
+        np.testing.assert_array_equal(corr.factor_for(wave, teff, feh), 1.0)
+    assert corr.covers(6000.0, 0.25) and corr.covers(5750.0, -1.25)
+    corr.write(tmp_path / "k.ecsv")
+    back = TemplateCorrection.read(tmp_path / "k.ecsv")
+    assert back.fingerprint == corr.fingerprint
+    np.testing.assert_array_equal(back.factor_for(wave, 6100.0, -0.3), corr.factor_for(wave, 6100.0, -0.3))
+    # the model is part of the fingerprint (caches of corrected grids follow it)
+    other = _kernel_toy()
+    other.meta["model"]["bandwidth_dex"] = 0.5
+    assert TemplateCorrection(wave, other.factor, other.sigma, other.meta, other.curves).fingerprint != corr.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"kind": "spline"}, "unknown template correction model"),
+     ({"training": ["poor", "absent"]}, "missing curves: absent"),
+     ({"bandwidth_dex": 0.0}, "bandwidth_dex > 0")],
+)
+def test_bad_kernel_models_are_refused(change, match):
+    toy = _kernel_toy()
+    with pytest.raises(InputDataError, match=match):
+        TemplateCorrection(toy.wavelength, toy.factor, toy.sigma, {**toy.meta, "model": {**toy.model, **change}},
+                           toy.curves)
+
+
+def test_misfit_term_uses_the_floor_for_standards_outside_the_domain():
+    corr = _kernel_toy()
+    wave = np.linspace(4000.0, 7000.0, 7)
+
+    def floor(w):
+        return np.full(np.shape(w), 0.015)
+
+    inside, n_in = corr.misfit_for_standards([(6000.0, -0.2), (6100.0, -0.8)], floor)
+    assert n_in == 2
+    np.testing.assert_allclose(inside(wave), np.interp(wave, corr.wavelength.value, corr.sigma), rtol=1e-12)
+    mixed, n_in = corr.misfit_for_standards([(6000.0, -0.2), (5200.0, 0.0)], floor)
+    assert n_in == 1
+    np.testing.assert_allclose(mixed(wave), np.sqrt((corr.fractional_sigma(wave) ** 2 + 0.015**2) / 2), rtol=1e-12)
+    outside, n_in = corr.misfit_for_standards([(5200.0, 0.0)], floor)
+    assert n_in == 0
+    np.testing.assert_allclose(outside(wave), 0.015)
+
 
 
 def test_correction_interpolates_and_holds_its_ends():
@@ -106,7 +177,58 @@ def test_shipped_correction_records_its_provenance():
     assert corr.meta["fit"]["fwhm_A"] == 30.0 and corr.meta["date"]
     assert 0.9 < corr.factor.min() and corr.factor.max() < 1.1
     assert np.all(corr.sigma >= 0.002)
+    # the model: a kernel in [M/H] over the used stars, inside their span widened by the recorded margin
+    model, fit = corr.model, corr.meta["fit"]
+    assert model["kind"] == "feh-kernel" and model["training"] == corr.meta["used_stars"]
+    assert model["bandwidth_dex"] in fit["bandwidths_dex"]
+    stars = {s["name"]: s for s in corr.meta["stars"]}
+    fehs = [stars[n]["feh"] for n in model["training"]]
+    teffs = [stars[n]["teff"] for n in model["training"]]
+    margin = fit["domain_margin"]
+    np.testing.assert_allclose(model["domain"]["feh"], [min(fehs) - margin["feh_dex"], max(fehs) + margin["feh_dex"]])
+    np.testing.assert_allclose(model["domain"]["teff"], [min(teffs) - margin["teff_K"], max(teffs) + margin["teff_K"]])
 
+
+def _node_prediction(curves, fehs, teffs, h, margin, nodes, teff, feh):
+    """What the library gives a star: each bracketing [M/H] node corrected by the kernel (1 outside), interpolated."""
+    lo, hi = min(fehs) - margin["feh_dex"], max(fehs) + margin["feh_dex"]
+    t_ok = min(teffs) - margin["teff_K"] <= teff <= max(teffs) + margin["teff_K"]
+    f = min(max(feh, nodes[0]), nodes[-1])
+    j = min(max(int(np.searchsorted(nodes, f, side="right")) - 1, 0), len(nodes) - 2)
+    a = (f - nodes[j]) / (nodes[j + 1] - nodes[j])
+    out = 0.0
+    for node, weight in ((nodes[j], 1 - a), (nodes[j + 1], a)):
+        if t_ok and lo <= node <= hi:
+            k = np.exp(-0.5 * ((np.array(fehs) - node) / h) ** 2)
+            out = out + weight * sum(ki * c for ki, c in zip(k, curves)) / k.sum()
+        else:
+            out = out + weight
+    return out
+
+
+def test_shipped_sigma_is_the_leave_one_star_out_scatter(ck04_dir):
+    """σ for a new star: the rms over the used stars of their curve over the correction derived without them."""
+    corr = TemplateCorrection.read(shipped_correction_path("ck04models"))
+    wave = corr.wavelength.value
+    fit, model = corr.meta["fit"], corr.model
+    stars = {s["name"]: s for s in corr.meta["stars"]}
+    names = model["training"]
+    nodes = np.unique(np.asarray(TemplateLibrary(ck04_dir, correction=None).entries["feh"], float))
+    norm = (wave >= fit["normalise_range_A"][0]) & (wave <= fit["normalise_range_A"][1])
+    resid = []
+    for name in names:
+        rest = [n for n in names if n != name]
+        pred = _node_prediction([corr.curves[n] for n in rest], [stars[n]["feh"] for n in rest],
+                                [stars[n]["teff"] for n in rest], model["bandwidth_dex"], fit["domain_margin"],
+                                nodes, stars[name]["teff"], stars[name]["feh"])
+        ratio = corr.curves[name] / pred
+        resid.append(ratio / np.median(ratio[norm]) - 1)
+    expected = np.maximum(np.sqrt(np.mean(np.square(resid), axis=0)), 0.002)
+    np.testing.assert_allclose(corr.sigma, expected, atol=2e-6)
+    # the held-out metal-poor HD 111980 lies outside the domain of the other three: uncorrected, so its own
+    # misfit (≈ +2 % below 4100 Å, where the G0 dwarfs need −2 %) is in σ there
+    blue = (wave > 3800) & (wave < 4100)
+    assert np.median(corr.sigma[blue]) > 0.01
 
 # ---------------------------------------------------------------------------
 # the template-misfit term of the error budget
@@ -147,20 +269,25 @@ def test_library_applies_the_correction_before_the_lsf(ck04_dir):
     assert default.fingerprint != raw.fingerprint
     toy = TemplateLibrary(ck04_dir, correction=_toy())
     assert len({raw.fingerprint, default.fingerprint, toy.fingerprint}) == 3
-    t_raw, t_cor = raw.load_template(5), default.load_template(5)
-    expected = shipped.factor_at(t_raw.wavelength)
+    entries = raw.entries
+    inside = int(np.flatnonzero((entries["teff"] == 6000) & (entries["feh"] == 0.0))[0])
+    outside = int(np.flatnonzero((entries["teff"] == 5000) & (entries["feh"] == 0.0))[0])
+    t_raw, t_cor = raw.load_template(inside), default.load_template(inside)
+    expected = np.interp(t_raw.wavelength.value, shipped.wavelength.value, _kernel_mean(shipped, 0.0))
     assert np.ptp(expected) > 0.03
     np.testing.assert_allclose(t_cor.flux.value, t_raw.flux.value * expected, rtol=1e-6)
     np.testing.assert_allclose(t_cor.continuum.value, t_raw.continuum.value * expected, rtol=1e-6)
+    # a template outside the correction's domain (Teff 5000 K) is as the file gives it
+    np.testing.assert_array_equal(default.load_template(outside).flux, raw.load_template(outside).flux)
     # the raw grid is still raw after the corrected one was cached (no shared cache entry)
-    np.testing.assert_array_equal(TemplateLibrary(ck04_dir, correction=None).load_template(5).flux, t_raw.flux)
+    np.testing.assert_array_equal(TemplateLibrary(ck04_dir, correction=None).load_template(inside).flux, t_raw.flux)
     target = np.linspace(4000, 9000, 300)
-    solar = dict(teff_range=(5750, 6250), logg_range=(4.5, 4.5), feh_range=(0.0, 0.0))
+    solar = dict(teff_range=(6000, 6250), logg_range=(4.5, 4.5), feh_range=(0.0, 0.0))
     g_raw = PreparedGrid.build(raw, target, 30.0, entries=raw.query(**solar), bands=("ps1_g",))
     g_cor = PreparedGrid.build(default, target, 30.0, entries=default.query(**solar), bands=("ps1_g",))
     assert g_raw.key != g_cor.key
-    np.testing.assert_allclose(g_cor.flux / g_raw.flux, np.broadcast_to(shipped.factor_at(target), g_raw.flux.shape),
-                               rtol=1e-3)
+    factor = np.interp(target, shipped.wavelength.value, _kernel_mean(shipped, 0.0))
+    np.testing.assert_allclose(g_cor.flux / g_raw.flux, np.broadcast_to(factor, g_raw.flux.shape), rtol=1e-3)
     assert "corrected by ck04models-calspec" in repr(default)
 
 
@@ -191,6 +318,7 @@ def test_shipped_file_is_what_the_command_makes(calspec_dir, ck04_dir, tmp_path)
     np.testing.assert_allclose(made.sigma, shipped.sigma, atol=2e-6)
     assert made.meta["used_stars"] == shipped.meta["used_stars"]
     assert made.meta["fit"] == shipped.meta["fit"]
+    assert made.model == shipped.model and made.fingerprint == shipped.fingerprint
 
 
 def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
@@ -223,6 +351,11 @@ def test_calibrate_records_the_correction(calspec_dir, ck04_dir, tmp_path, optio
         assert header["FCALTCOR"] == label
         assert result.summary["template_correction"]["label"] == label
         assert result.summary["error_budget"]["terms"]["template_misfit"]["median_fraction"] > 0
+        summary = result.summary["template_correction"]
+        assert summary["model"] == "feh-kernel" and summary["domain"]["feh"][0] < -0.7
+        # the four stars lie inside the domain: the misfit term is the correction's own σ
+        assert summary["standards_outside_domain"] == []
+        assert result.summary["error_budget"]["misfit_source"] == label
 
 
 # ---------------------------------------------------------------------------
@@ -231,24 +364,28 @@ def test_calibrate_records_the_correction(calspec_dir, ck04_dir, tmp_path, optio
 
 @pytest.mark.slow
 def test_leave_one_star_out(calspec_dir, ck04_dir):
-    """The correction derived without a star improves that star's p95 (near-solar G dwarfs), pulls stay honest.
+    """The correction derived without a star does not make that star worse on average, and the pulls are honest.
 
-    The metal-poor F7 dwarf HD 111980 is not improved by a correction learned
-    from the three G0 dwarfs (its blue misfit has the other sign): that is
-    reported in the docs, and asserted here only through its pulls.
+    HD 111980 ([M/H] ≈ −0.7) lies outside the [M/H] span of the other three
+    stars: its templates stay uncorrected, so its frames match those without
+    any correction (to the corrected nodes it was never fitted with).
     """
     files = sorted(calspec_dir.glob("*.fits*"))
     table, corrections = leave_one_star_out(files, ck04_dir, seeds=(1, 2))
     assert set(corrections) == set(USABLE)
-    for star in SOLAR_G_DWARFS:
+    assert not corrections["hd111980"].covers(6100.0, -0.725)
+    for star in USABLE:
         rows = table[table["star"] == star]
         before = rows[rows["case"] == "none"]["p95_abs_error"]
         after = rows[rows["case"] == "leave-one-out"]["p95_abs_error"]
-        assert np.mean(after) < np.mean(before)
-        assert np.max(after) <= 0.025
+        if star == "hd111980":
+            np.testing.assert_allclose(after, before, rtol=1e-3)  # its own templates are the raw ones
+        else:
+            assert np.mean(after) < np.mean(before)
+            assert np.max(after) <= 0.025
     loo = table[table["case"] == "leave-one-out"]
     pooled = np.sqrt(np.mean(np.square(loo["pull_rms"])))
-    assert 0.6 <= pooled <= 1.3
+    assert 0.7 <= pooled <= 1.3
 
 
 def test_correction_improves_an_in_sample_star_frame(calspec_dir, ck04_dir):

@@ -27,12 +27,17 @@ stops after part 1. Nothing is downloaded.
 # The shipped correction
 # ----------------------
 #
-# ``factor`` multiplies every template (before the line spread function);
-# ``sigma`` is its fractional 1σ as applied to one star: the scatter of the
-# CALSPEC stars about it. Each star's own curve (spectrum / best-fitting
-# model, smoothed on 250 Å knots, lines masked) is kept in the file. The two
-# metal-poor stars fall below the grid's lowest [M/H] = −1: their curves are
-# shown dashed and were not used.
+# The correction depends on the template's [M/H]: a template at [M/H] = f is
+# multiplied (before the line spread function) by the mean of the used
+# stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's fitted
+# [M/H] — ``factor_for(λ, Teff, [M/H])``. The metal-poor HD 111980 and the
+# three G0 dwarfs need opposite corrections below 4300 Å. Templates outside
+# the domain (the used stars' span of Teff and [M/H] widened by a margin) stay
+# uncorrected. ``sigma`` is the fractional 1σ for a star the correction has
+# not seen (the leave-one-star-out predictive scatter). Each star's own
+# curve (spectrum / best-fitting model, smoothed on 250 Å knots, lines
+# masked) is kept in the file; the two stars below the grid's lowest
+# [M/H] = −1 are shown dashed and were not used.
 
 import tempfile
 import warnings
@@ -60,9 +65,11 @@ fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_rati
 for star in shipped.meta["stars"]:
     top.plot(wave, shipped.curves[star["name"]], lw=0.8, ls="-" if star["used"] else "--",
              label=star["name"] + ("" if star["used"] else " (not used)"))
-top.fill_between(wave, shipped.factor * (1 - shipped.sigma), shipped.factor * (1 + shipped.sigma),
-                 color="k", alpha=0.15, lw=0)
-top.plot(wave, shipped.factor, "k", lw=2, label="correction (mean of the used stars)")
+print("bandwidth", shipped.model["bandwidth_dex"], "dex; domain", shipped.model["domain"])
+for feh, color in ((-0.5, "tab:purple"), (0.0, "k")):
+    factor = shipped.factor_for(wave, 6250.0, feh)
+    top.fill_between(wave, factor * (1 - shipped.sigma), factor * (1 + shipped.sigma), color=color, alpha=0.12, lw=0)
+    top.plot(wave, factor, color=color, lw=2, label=f"correction at [M/H] = {feh:+.1f}, 6250 K")
 top.set_ylim(0.9, 1.1)
 top.set_ylabel("spectrum / model")
 top.legend(fontsize=7, ncol=2)
@@ -84,8 +91,10 @@ fig.tight_layout()
 # `~kspec_fluxcal.calspec_correction.calspec_frame_accuracy`) without any
 # correction and with the one derived without it. Figures: median and 95th
 # percentile of abs(Cal/truth − 1) over 3800–9200 Å, and the pull rms (the
-# correction's σ is in the error budget; without a correction there is no
-# misfit term).
+# correction's σ is in the error budget; without a correction, or for a
+# star outside its domain, the library's misfit floor is). HD 111980 lies
+# outside the [M/H] span of the other three: its templates stay uncorrected
+# and its two frames agree.
 
 
 def find_shared_data(name):

@@ -2,11 +2,20 @@
 
 Synthetic grids are wrong in the same way for every star of a kind (opacity
 deficits in the blue and around the Balmer jump, for instance). A
-`TemplateCorrection` holds the curve learned from real CALSPEC standards (see
-`kspec_fluxcal.calspec_correction`): a multiplicative factor, its fractional
-1σ (the template-misfit term of the error budget) and its provenance, read
-and written as ECSV. `~kspec_fluxcal.templates.TemplateLibrary` applies it to
-every template before the LSF (``correction=`` keyword; the shipped ck04
+`TemplateCorrection` holds what was learned from real CALSPEC standards (see
+`kspec_fluxcal.calspec_correction`): each star's spectrum / model curve, a
+multiplicative factor, its fractional 1σ for a new star (the template-misfit
+term of the error budget) and its provenance, read and written as ECSV.
+
+A correction may depend on the template's [M/H] (``meta['model']``, kind
+``'feh-kernel'``): the factor of a template at [M/H] = f is the mean of the
+training stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's
+fitted [M/H]. It applies only inside its domain — the training stars' span of
+Teff and [M/H] widened by a margin — and a template outside it is left
+uncorrected (factor 1); a standard fitted outside it has the library's
+misfit floor as its template-misfit term instead of the correction's σ.
+`~kspec_fluxcal.templates.TemplateLibrary` applies the correction to every
+template before the LSF (``correction=`` keyword; the shipped ck04
 correction by default for ck04 libraries, none for other libraries).
 
 All wavelengths are in Å, in air.
@@ -33,6 +42,9 @@ SHIPPED_CORRECTIONS = {"ck04models": "template_correction_ck04.ecsv"}
 
 _FORMAT = "kspec_fluxcal template correction 1"
 
+FEH_KERNEL = "feh-kernel"
+"""``meta['model']['kind']`` of a correction that depends on the template's [M/H]."""
+
 
 def shipped_correction_path(kind):
     """The shipped correction file for a library kind (``'ck04models'`` …), or None."""
@@ -50,20 +62,26 @@ class TemplateCorrection:
     factor : array_like
         Multiplicative factor at ``wavelength`` (dimensionless, positive).
     sigma : array_like
-        Fractional 1σ uncertainty of the factor as applied to one star (the
-        stars' scatter about it plus the error of the median), ≥ 0.
+        Fractional 1σ uncertainty of the correction as applied to a star that
+        was not used to derive it (dimensionless), ≥ 0.
     meta : dict, optional
         Provenance: ``name``, ``library_kind``, ``library_fingerprint``,
         ``stars`` (one dict per CALSPEC star: parameters, used or why not),
-        ``fit`` (settings), ``date``, ``command``.
+        ``fit`` (settings), ``date``, ``command``; and ``model`` for a
+        correction that depends on [M/H]: ``{'kind': 'feh-kernel',
+        'bandwidth_dex': h, 'training': [names], 'feh': [fitted [M/H] of each],
+        'domain': {'teff': [lo, hi] (K), 'feh': [lo, hi] (dex)}}``.
     curves : dict, optional
         Name → array on ``wavelength``: each star's own normalised
-        spectrum / model (kept for figures and checks; NaN where undefined).
+        spectrum / model (NaN where undefined). A ``'feh-kernel'`` model needs
+        the curve of every training star.
 
     Notes
     -----
     Outside its wavelength range the factor and the uncertainty are held at
-    their values at the nearest end.
+    their values at the nearest end. Without a model, ``factor`` applies to
+    every template; with one, ``factor`` is the training stars' plain mean
+    (for reference) and `factor_for` gives what a template receives.
     """
 
     def __init__(self, wavelength, factor, sigma, meta=None, curves=None):
@@ -85,6 +103,28 @@ class TemplateCorrection:
             raise InputDataError("template correction uncertainties must be finite and ≥ 0; fix or re-derive the file.")
         self.meta = dict(meta or {})
         self.curves = {str(k): np.asarray(v, dtype=np.float64) for k, v in (curves or {}).items()}
+        self.model = self.meta.get("model") or None
+        if self.model is not None:
+            self._check_model()
+
+    def _check_model(self):
+        model = self.model
+        if model.get("kind") != FEH_KERNEL:
+            raise InputDataError(f"unknown template correction model {model.get('kind')!r}; re-derive the file.")
+        names = list(model.get("training") or [])
+        missing = [n for n in names if n not in self.curves]
+        if len(names) < 2 or missing or len(model.get("feh") or []) != len(names):
+            raise InputDataError(
+                "a 'feh-kernel' template correction needs at least two training stars, each with its curve and "
+                f"fitted [M/H] (missing curves: {', '.join(missing) or 'none'}); re-derive the file."
+            )
+        stack = np.array([self.curves[n] for n in names])
+        if not np.all(np.isfinite(stack) & (stack > 0)):
+            raise InputDataError("the training curves of a template correction must be finite and positive.")
+        if not float(model.get("bandwidth_dex", 0)) > 0:
+            raise InputDataError("a 'feh-kernel' template correction needs a bandwidth_dex > 0.")
+        self._stack = stack
+        self._train_feh = np.asarray(model["feh"], dtype=np.float64)
 
     def __repr__(self):
         return (
@@ -115,7 +155,9 @@ class TemplateCorrection:
     @property
     def fingerprint(self):
         """Content key of the correction (wavelength, factor, uncertainty)."""
-        return fingerprint("template-correction", self._wave, self._factor, self._sigma)
+        if self.model is None:
+            return fingerprint("template-correction", self._wave, self._factor, self._sigma)
+        return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack)
 
     @property
     def label(self):
@@ -127,6 +169,35 @@ class TemplateCorrection:
         wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
         return np.interp(np.asarray(wave, dtype=np.float64), self._wave, self._factor)
 
+    def covers(self, teff, feh):
+        """Whether a template or star of ``teff`` (K) and ``feh`` (dex) lies inside the correction's domain.
+
+        A correction without a model covers everything.
+        """
+        if self.model is None:
+            return True
+        domain = self.model["domain"]
+        return bool(domain["teff"][0] <= float(teff) <= domain["teff"][1]
+                    and domain["feh"][0] <= float(feh) <= domain["feh"][1])
+
+    def factor_for(self, wavelength, teff, feh):
+        """The factor a template of ``teff`` (K) and ``feh`` (dex) receives at ``wavelength`` (Å).
+
+        Without a model: `factor_at`. With a ``'feh-kernel'`` model: the
+        kernel-weighted mean of the training curves at ``feh`` inside the
+        domain, 1 outside it.
+        """
+        if self.model is None:
+            return self.factor_at(wavelength)
+        wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
+        wave = np.asarray(wave, dtype=np.float64)
+        if not self.covers(teff, feh):
+            return np.ones(wave.shape)
+        h = float(self.model["bandwidth_dex"])
+        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / h) ** 2)
+        curve = weights @ self._stack / np.sum(weights)
+        return np.interp(wave, self._wave, curve)
+
     def fractional_sigma(self, wavelength):
         """Fractional 1σ template-misfit uncertainty at ``wavelength`` (Å, ndarray), held at the ends.
 
@@ -134,6 +205,44 @@ class TemplateCorrection:
         combined calibration's variance gains (fraction × C)².
         """
         return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, self._sigma)
+
+    def misfit_for_standards(self, standards, floor=None):
+        """The template-misfit term of a frame whose used standards have the fitted ``standards`` parameters.
+
+        Each standard inside the domain contributes `fractional_sigma`, each
+        outside it the library ``floor`` (none when None); the frame's term
+        is the rms over the standards (their misfits are shared, not averaged
+        down).
+
+        Parameters
+        ----------
+        standards : sequence of (float, float)
+            (Teff in K, [M/H] in dex) of each used standard.
+        floor : callable, optional
+            λ (Å, ndarray) → the library's fractional misfit floor.
+
+        Returns
+        -------
+        function
+            λ (Å, ndarray) → fractional 1σ.
+        int
+            How many standards lie inside the domain.
+        """
+        inside = [self.covers(t, f) for t, f in standards]
+        n_in = int(sum(inside))
+
+        def misfit(wavelength):
+            wave = np.asarray(wavelength, dtype=np.float64)
+            if not inside:
+                return self.fractional_sigma(wave)
+            out = np.zeros(wave.shape)
+            if n_in:
+                out += n_in * self.fractional_sigma(wave) ** 2
+            if floor is not None and n_in < len(inside):
+                out += (len(inside) - n_in) * np.asarray(floor(wave), dtype=np.float64) ** 2
+            return np.sqrt(out / len(inside))
+
+        return misfit, n_in
 
     def apply(self, wavelength, flux):
         """``flux × factor(wavelength)`` (any array or Quantity whose last axis matches ``wavelength``)."""

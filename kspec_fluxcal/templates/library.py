@@ -112,7 +112,8 @@ class TemplateLibrary:
         Content key of the library (changes when any model file or the
         correction changes).
     correction : `~kspec_fluxcal.templates.correction.TemplateCorrection` or None
-        The correction applied to every model.
+        The correction applied to every model (each model receives
+        ``correction.factor_for(λ, Teff, [M/H])``: 1 outside its domain).
     entries : `~astropy.table.Table`
         One row per model: ``teff`` (K), ``logg``, ``feh``, ``alpha_m``,
         ``carbon_m`` (dex), ``vmicro`` (km s⁻¹), ``atmos``, ``path`` (the file),
@@ -446,9 +447,7 @@ class TemplateLibrary:
                 log.warning("rebuilding the binary template grid of %s: %s", self.path, exc)
             flux, cont = self._ingest()
             if self.correction is not None:  # before any LSF
-                factor = self.correction.factor_at(self._wavelength).astype(np.float32)
-                flux *= factor
-                cont *= factor
+                self._apply_correction(flux, cont)
             save_arrays(
                 folder,
                 {"wavelength": self._wavelength, "flux": flux, "continuum": cont},
@@ -459,6 +458,20 @@ class TemplateLibrary:
             arrays, _ = load_arrays(folder, mmap=True, verify=False)
         self._grid = (np.asarray(arrays["wavelength"], dtype=np.float64), arrays["flux"], arrays["continuum"])
         return self._grid
+
+    def _apply_correction(self, flux, cont):
+        """Multiply each model's flux and continuum (in place) by the factor of its Teff and [M/H]."""
+        teff = np.asarray(self.entries["teff"], dtype=np.float64)
+        feh = np.asarray(self.entries["feh"], dtype=np.float64)
+        n_out = 0
+        for t, f in sorted(set(zip(teff.tolist(), feh.tolist()))):
+            rows = (teff == t) & (feh == f)
+            factor = self.correction.factor_for(self._wavelength, t, f).astype(np.float32)
+            flux[rows] *= factor
+            cont[rows] *= factor
+            n_out += 0 if self.correction.covers(t, f) else int(np.count_nonzero(rows))
+        log.info("template correction %s applied to %d of %d models (the others lie outside its domain)",
+                 self.correction.label, len(teff) - n_out, len(teff))
 
     def _ingest(self):
         """Parse every model into float32 (n_models, n_wave) flux and continuum arrays."""
