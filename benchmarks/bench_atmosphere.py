@@ -43,12 +43,13 @@ from kspec_fluxcal.engine import EngineOptions, derive_flux_calibration
 from kspec_fluxcal.exceptions import KspecFluxcalWarning
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.night import combine_night, rescale_nightly
-from kspec_fluxcal.pipeline import FluxcalConfig, _instrument_fwhm, _standards, apply_fluxcal, read_red_frame
+from kspec_fluxcal.pipeline import FluxcalConfig, _standards, apply_fluxcal, instrument_fwhm, read_red_frame
 from kspec_fluxcal.products import calibration_for_frame, load_calibration, save_calibration
 from kspec_fluxcal.simulate import make_exposure, write_bosz_grid
 from kspec_fluxcal.simulate_atmosphere import TELLURIC_BANDS, extincted_calibration, imprint_telluric
 from kspec_fluxcal.telluric import apply_telluric_correction
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
+from kspec_fluxcal.wavelength import common_log_grid
 
 GRID = Path(tempfile.gettempdir()) / "kspec_bench_atmosphere_grid"
 FWHM = 2.5
@@ -72,7 +73,7 @@ def _read(out):
 
 
 def _telluric_part(folder, realisations):
-    bands, lines, outside = [], [], {True: [], False: []}
+    bands, lines, windows, outside = [], [], [], {True: [], False: []}
     added = []
     for r in range(realisations):
         exp = make_exposure(n_standards=8, n_science=6, n_sky=1, seed=100 + r, **KW)
@@ -103,6 +104,7 @@ def _telluric_part(folder, realisations):
                     z = flux[f][sel] / (truth[f][sel] * level) - 1
                     noise2 = var[f][sel] / (truth[f][sel] * level) ** 2
                     lines.append(np.sqrt(max(np.mean(z**2) - np.mean(noise2), 0.0)))
+                    windows.append(a)
         added.append(_added_time(red, cat))
     bands, lines = np.abs(bands), np.array(lines)
     print("\n== telluric windows, science fibers (true T >= 0.3), "
@@ -111,6 +113,11 @@ def _telluric_part(folder, realisations):
           "(target <= 1 %)")
     print(f"line-scale residual beyond the noise: median {100 * np.median(lines):.2f} %, "
           f"90th percentile {100 * np.percentile(lines, 90):.2f} %, max {100 * lines.max():.2f} % (target <= 2 %)")
+    windows = np.array(windows)
+    for a, b, _, _, molecule in TELLURIC_BANDS:
+        mine = windows == a
+        print(f"  {molecule:3s} {a:.0f}-{b:.0f} A: band median {100 * np.median(bands[mine]):.2f} %, "
+              f"line-scale median {100 * np.median(lines[mine]):.2f} %, max {100 * lines[mine].max():.2f} %")
     for mode in (True, False):
         pooled = np.concatenate(outside[mode])
         print(f"outside the windows, telluric={mode!s:5}: median |error| {100 * np.median(pooled):.3f} %, "
@@ -126,12 +133,10 @@ def _added_time(red, cat, repeat=7):
     frame = read_red_frame(red)
     config = FluxcalConfig(catalog=cat, templates=_grid())
     stars, rejected = _standards(frame, load_standard_star_catalog(cat), config)
-    from kspec_fluxcal.pipeline import log_wavelength_grid
-
-    fwhm, poly = _instrument_fwhm(config, frame.header)
+    fwhm, poly = instrument_fwhm(config, frame.header)
     from astropy import units as u
 
-    grid = PreparedGrid.build(TemplateLibrary(_grid()), log_wavelength_grid(frame.wavelength) * u.AA, fwhm,
+    grid = PreparedGrid.build(TemplateLibrary(_grid()), common_log_grid(frame.wavelength) * u.AA, fwhm,
                               fwhm_poly_coeffs=poly)
     times = {False: np.inf, True: np.inf}
     for _ in range(repeat):  # interleaved, best of each: the machine is shared
