@@ -6,7 +6,9 @@
    calibrated with and without ``telluric``. For the science fibers, in each
    window (pixels with true transmission ≥ 0.3): the band-averaged flux error
    and the line-scale residual (rms beyond the stated noise), the level taken
-   from ±150 Å beside the window. Outside the windows, the median |error| of
+   from ±150 Å beside the window; the transmission at the science fibers'
+   pixels against the truth (rms error and pull, its stated variance
+   honest when the pull rms is ~1). Outside the windows, the median |error| of
    both runs. The time the telluric stage adds to `derive_flux_calibration`
    plus the correction of every fiber. Targets: band ≤ 1 %, line-scale ≤ 2 %,
    added time ≤ 0.1 s.
@@ -47,7 +49,7 @@ from kspec_fluxcal.pipeline import FluxcalConfig, _standards, apply_fluxcal, ins
 from kspec_fluxcal.products import calibration_for_frame, load_calibration, save_calibration
 from kspec_fluxcal.simulate import make_exposure, write_bosz_grid
 from kspec_fluxcal.simulate_atmosphere import TELLURIC_BANDS, extincted_calibration, imprint_telluric
-from kspec_fluxcal.telluric import apply_telluric_correction
+from kspec_fluxcal.telluric import apply_telluric_correction, transmission_on_grid
 from kspec_fluxcal.templates import PreparedGrid, TemplateLibrary
 from kspec_fluxcal.wavelength import common_log_grid
 
@@ -74,7 +76,7 @@ def _read(out):
 
 
 def _telluric_part(folder, realisations):
-    bands, lines, windows, outside = [], [], [], {True: [], False: []}
+    bands, lines, windows, t_pulls, t_errors, outside = [], [], [], [], [], {True: [], False: []}
     added = []
     for r in range(realisations):
         exp = make_exposure(n_standards=8, n_science=6, n_sky=1, seed=100 + r, **KW)
@@ -106,6 +108,9 @@ def _telluric_part(folder, realisations):
                     noise2 = var[f][sel] / (truth[f][sel] * level) ** 2
                     lines.append(np.sqrt(max(np.mean(z**2) - np.mean(noise2), 0.0)))
                     windows.append(a)
+                    t_est, t_var, t_bad = transmission_on_grid(runs[True].result.telluric, wave[f][sel])
+                    t_pulls.append(np.where(t_bad, np.nan, (t_est - trans[f][sel]) / np.sqrt(t_var)))
+                    t_errors.append(np.where(t_bad, np.nan, t_est / trans[f][sel] - 1))
         added.append(_added_time(red, cat))
     bands, lines = np.abs(bands), np.array(lines)
     print("\n== telluric windows, science fibers (true T >= 0.3), "
@@ -117,8 +122,12 @@ def _telluric_part(folder, realisations):
     windows = np.array(windows)
     for a, b, _, _, molecule in TELLURIC_BANDS:
         mine = windows == a
+        pull = np.concatenate([p for p, m in zip(t_pulls, mine) if m])
+        t_err = np.concatenate([e for e, m in zip(t_errors, mine) if m])
         print(f"  {molecule:3s} {a:.0f}-{b:.0f} A: band median {100 * np.median(bands[mine]):.2f} %, "
-              f"line-scale median {100 * np.median(lines[mine]):.2f} %, max {100 * lines[mine].max():.2f} %")
+              f"line-scale median {100 * np.median(lines[mine]):.2f} %, max {100 * lines[mine].max():.2f} %; "
+              f"transmission rms error {100 * np.sqrt(np.nanmean(t_err**2)):.2f} %, "
+              f"pull rms {np.sqrt(np.nanmean(pull**2)):.2f}")
     for mode in (True, False):
         pooled = np.concatenate(outside[mode])
         print(f"outside the windows, telluric={mode!s:5}: median |error| {100 * np.median(pooled):.3f} %, "
