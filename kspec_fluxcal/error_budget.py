@@ -48,6 +48,7 @@ __all__ = [
     "BUDGET_TERMS", "CATALOG_ZERO_POINT_SIGMA", "LIBRARY_MISFIT_FILES", "library_misfit_floor", "misfit_function",
     "apply_error_budget",
     "complete_error_budget",
+    "level_log_variance",
 ]
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,54 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
         f"{k} {100 * v['median_fraction']:.2f}%" for k, v in budget["terms"].items()
         if v["median_fraction"] is not None))
     return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary)
+
+
+LEVEL_TERMS = ("scale", "zero_point")
+"""Terms of the budget common to every pixel of a calibration: they set its level."""
+
+
+def level_log_variance(result, wavelength_span):
+    """Variance of ln(level) of a calibration: one gray factor fitted over ``wavelength_span`` Å of it.
+
+    The level of an exposure's calibration is pinned by the photometric scale
+    of its standards and the catalogue zero points (the budget's ``scale``
+    and ``zero_point`` terms, medians over λ), which every pixel shares. The
+    other terms (``noise``, ``smoothing``, ``template_misfit``) vary with
+    wavelength on the scale of the smooth form's knot spacing (one pixel for
+    the per-pixel form), so a level fitted over the span averages them over
+    span / spacing independent stretches.
+
+    Parameters
+    ----------
+    result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        An exposure's calibration with ``summary['error_budget']``.
+    wavelength_span : float
+        Å of the calibration the level is fitted over.
+
+    Returns
+    -------
+    float or None
+        The variance of ln(level) (dimensionless); None when the result has
+        no error budget.
+    """
+    budget = (result.summary or {}).get("error_budget") or {}
+    terms = budget.get("terms")
+    if not terms:
+        return None
+
+    def variance(name):
+        fraction = (terms.get(name) or {}).get("median_fraction")
+        return float(fraction) ** 2 if fraction is not None and np.isfinite(fraction) else 0.0
+
+    if budget.get("representation", result.summary.get("representation")) == "pixel":
+        vec = result.combined_vector
+        step = float(np.median(np.diff(vec.wavelength.to_value(u.AA))))
+    else:
+        step = float((result.summary.get("knot_selection") or {}).get("spacing") or 250.0)
+    n_independent = max(float(wavelength_span) / step, 1.0)
+    common = sum(variance(name) for name in LEVEL_TERMS)
+    varying = sum(variance(name) for name in BUDGET_TERMS if name not in LEVEL_TERMS)
+    return common + varying / n_independent
 
 
 def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_sigma=CATALOG_ZERO_POINT_SIGMA):

@@ -41,6 +41,7 @@ from .apply import calibration_on_grid
 from .atmosphere import night_extinction
 from .combine import separate_gray_terms
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
+from .error_budget import level_log_variance
 from .exceptions import CalibrationError, InputDataError
 from .io.units import counting_unit
 from .products import calibration_provenance, load_calibration
@@ -304,8 +305,13 @@ def rescale_nightly(nightly, frame_result):
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         The nightly result with the rescaled combined vector; the nightly
         level variance (``summary['level_variance']``) is replaced by the
-        variance of the frame's level, and ``summary['gray_rescale']`` holds
-        ``factor``, ``log_variance`` and ``n_standards``.
+        variance of the fitted gray factor
+        (`kspec_fluxcal.error_budget.level_log_variance`: the frame's
+        photometric scale and zero-point terms, plus its wavelength-dependent
+        terms averaged over the pixels the factor is fitted on; the median
+        relative variance of the frame's vector when it has no error
+        budget), and ``summary['gray_rescale']`` holds ``factor``,
+        ``log_variance`` and ``n_standards``.
 
     Raises
     ------
@@ -327,8 +333,10 @@ def rescale_nightly(nightly, frame_result):
         raise InputDataError("the frame's calibration and the nightly one share no unmasked wavelength.")
     ratio = np.log(own_factor[ok] / factor[ok])
     gray = float(np.median(ratio))
-    # the frame's level error is common to all its pixels, so the median does not average it down
-    gray_var = float(np.median(own_var[ok] / own_factor[ok] ** 2))
+    wave = own.wavelength.to_value(u.AA)[ok]
+    gray_var = level_log_variance(frame_result, wave[-1] - wave[0])
+    if gray_var is None:  # a calibration without an error budget: its whole variance, none averaged down
+        gray_var = float(np.median(own_var[ok] / own_factor[ok] ** 2))
     level_var = float(nightly.summary.get("level_variance") or 0.0)
     scale = np.exp(gray)
     with np.errstate(invalid="ignore", divide="ignore"):

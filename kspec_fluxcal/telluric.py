@@ -11,11 +11,20 @@ with M_i the star's scaled, reddened, Doppler-shifted and LSF-matched model
 and S_i its smooth calibration (flux per count). Everything is in the
 observed frame: telluric lines do not move with the stars' radial velocities,
 the stellar lines do and the model removes them. T is measured on the
-instrument's pixels, so it is at the instrument's resolution. The stars'
-estimates are combined per pixel by an inverse-variance weighted mean with
-iterative clipping about the median; the variance is the formal one, scaled
-by the (locally averaged) reduced χ² of the stars about the mean when that
-exceeds 1.
+instrument's pixels, so it is at the instrument's resolution.
+
+At that resolution a telluric line is barely wider than a pixel, and each
+fiber's pixels sit at wavelengths shifted from the others' by fractions of a
+pixel: interpolating one set of samples onto another fiber's pixels misses
+the line cores by several per cent. Together, the standards sample T finely,
+so T is fitted per window to all their samples at once
+(`fit_transmission`: a cubic B-spline with knots one line width apart,
+`lsf_sigma`, weighted least squares with iterative clipping) and stored
+`SAMPLES_PER_SIGMA` times per line width, fine enough to be interpolated
+onto any fiber. Its variance is the fit's covariance, scaled by the
+(locally averaged) reduced χ² of the stars about the fit when that exceeds
+1, so it carries the stars' scatter beyond their noise; it is propagated to
+every corrected fiber.
 
 Only windows where absorption is detected (``min_depth`` and
 ``detect_sigma``) are corrected; elsewhere T = 1 with zero variance, so a
@@ -36,6 +45,7 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from scipy.interpolate import make_interp_spline
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.ndimage import uniform_filter1d
 
 from .containers import MIN_TRANSMISSION, TelluricTransmission, telluric_window_string
@@ -44,7 +54,8 @@ from .io.header import set_card
 
 __all__ = [
     "derive_telluric_transmission",
-    "combine_transmissions",
+    "fit_transmission",
+    "lsf_sigma",
     "transmission_on_grid",
     "apply_telluric_correction",
     "telluric_header",
@@ -55,12 +66,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-def _star_transmission(spectrum, match, grid, scale, vector, out, windows, extinction, r_v):
-    """One star's transmission and variance on ``out`` (Å): counts × smooth calibration / expected flux.
+FWHM_TO_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+"""FWHM / σ of a Gaussian."""
 
-    Only the star's pixels in the windows (and 3 beyond each edge) are used;
-    they are moved onto ``out`` with a cubic spline (the lines are barely
-    sampled; linear interpolation would fill them). NaN outside the windows.
+SAMPLES_PER_SIGMA = 4
+"""Samples of the transmission per line width (`lsf_sigma`) inside the windows."""
+
+def _star_samples(spectrum, match, grid, scale, vector, windows, extinction, r_v):
+    """One star's transmission and variance on its own pixels in the windows (and 3 beyond each edge).
+
+    Returns
+    -------
+    wave, t, t_var : ndarray
+        Å (observed, air), counts × smooth calibration / expected flux, and its
+        variance from the counts' noise; only the good pixels (empty when
+        fewer than 10 are).
     """
     from .calibration import expected_flux
     from .containers import spectrum_variance
@@ -70,9 +90,9 @@ def _star_transmission(spectrum, match, grid, scale, vector, out, windows, extin
     for a, b in windows:
         lo, hi = np.searchsorted(wave_all, [a, b])
         near[max(lo - 3, 0):hi + 3] = True
-    nan = np.full(out.size, np.nan)
+    empty = (np.empty(0),) * 3
     if np.count_nonzero(near) < 10:
-        return nan, nan
+        return empty
     wave = wave_all[near]
     counts = spectrum.flux.value[near]
     var = spectrum_variance(spectrum).value[near]
@@ -84,75 +104,145 @@ def _star_transmission(spectrum, match, grid, scale, vector, out, windows, extin
         t_var = t**2 * var / counts**2
     ok = ~bad & np.isfinite(t) & np.isfinite(t_var) & (t_var > 0) & (counts > 0) & (expected > 0)
     if np.count_nonzero(ok) < 10:
-        return nan, nan
-    filled_t = np.interp(wave, wave[ok], t[ok])
-    t_out = make_interp_spline(wave, filled_t, k=3)(out)
-    v_out = np.interp(out, wave[ok], t_var[ok])
-    bad_out = (np.interp(out, wave, (~ok).astype(float)) > 0) | (out < wave[0]) | (out > wave[-1])
-    return np.where(bad_out, np.nan, t_out), np.where(bad_out, np.nan, v_out)
+        return empty
+    return wave[ok], t[ok], t_var[ok]
 
 
-def combine_transmissions(values, variances, clip_sigma=4.0, max_iter=5, chi2_window=25):
-    """Combine per-star transmissions pixel by pixel: clipped inverse-variance weighted mean.
+def lsf_sigma(grid_meta, wavelength, pixel_step):
+    """Width (Å, 1σ) of a telluric line as the fibers record it: the instrument's Gaussian LSF ⊗ one pixel.
 
     Parameters
     ----------
-    values, variances : ndarray, shape (n_star, n_pix)
-        Each star's transmission and variance (NaN where not measured).
-    clip_sigma : float
-        A star deviating from the pixel's median by more than this many σ
-        (its own variance plus that of the median) is left out of that pixel.
-    max_iter : int
-        Most clipping passes.
-    chi2_window : int
-        Pixels of the running mean of the reduced χ² that scales the variance.
+    grid_meta : dict
+        `~kspec_fluxcal.templates.PreparedGrid.meta` (its ``lsf``: ``fwhm`` or
+        ``fwhm_poly_coeffs``, Å).
+    wavelength : float
+        Å, where the width is wanted.
+    pixel_step : float
+        The fibers' pixel width (Å).
 
     Returns
     -------
-    mean, variance : ndarray, shape (n_pix,)
-        NaN where no star measured the pixel.
-    n_used : ndarray of int, shape (n_pix,)
-        Stars used at each pixel.
+    float
+        √(σ_LSF² + step²/12); the pixel's alone when the grid records no FWHM.
     """
-    values = np.atleast_2d(np.asarray(values, dtype=float))
-    variances = np.atleast_2d(np.asarray(variances, dtype=float))
-    good = np.isfinite(values) & np.isfinite(variances) & (variances > 0)
-    use = good.copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(max_iter):
-            w = np.where(use, 1.0 / np.where(good, variances, 1.0), 0.0)
-            wsum = w.sum(axis=0)
-            mean = np.sum(w * np.where(use, values, 0.0), axis=0) / wsum
-            centre = mean
-            if values.shape[0] > 2:
-                centre = np.sort(np.where(use, values, np.inf), axis=0)
-                n = use.sum(axis=0)
-                lo, hi = np.maximum((n - 1) // 2, 0), np.maximum(n // 2, 0)
-                cols = np.arange(values.shape[1])
-                centre = np.where(n > 0, 0.5 * (centre[lo, cols] + centre[hi, cols]), np.nan)
-            z = np.abs(values - centre) / np.sqrt(variances + 1.0 / wsum)
-            new_use = good & (z < clip_sigma)
-            new_use |= good & ~new_use.any(axis=0)  # never clip every star of a pixel
-            if np.array_equal(new_use, use):
-                break
-            use = new_use
-        w = np.where(use, 1.0 / np.where(good, variances, 1.0), 0.0)
-        wsum = w.sum(axis=0)
-        mean = np.sum(w * np.where(use, values, 0.0), axis=0) / wsum
-        n_used = use.sum(axis=0)
-        chi2 = np.sum(w * np.where(use, values - mean, 0.0) ** 2, axis=0) / np.maximum(n_used - 1, 1)
-    chi2 = np.where(n_used > 1, chi2, 1.0)
-    chi2 = uniform_filter1d(np.where(np.isfinite(chi2), chi2, 1.0), max(int(chi2_window), 1), mode="nearest")
-    variance = np.where(n_used > 0, np.maximum(chi2, 1.0) / np.where(n_used > 0, wsum, 1.0), np.nan)
-    return np.where(n_used > 0, mean, np.nan), variance, n_used
+    lsf = (grid_meta or {}).get("lsf") or {}
+    fwhm = 0.0
+    if lsf.get("fwhm_poly_coeffs"):
+        fwhm = float(np.polynomial.polynomial.polyval(wavelength, lsf["fwhm_poly_coeffs"]))
+    elif lsf.get("fwhm"):
+        fwhm = float(lsf["fwhm"])
+    return float(np.sqrt((max(fwhm, 0.0) / FWHM_TO_SIGMA) ** 2 + pixel_step**2 / 12.0))
 
 
-def _detected(t, var, min_depth, detect_sigma, min_pixels=3):
-    """Whether a window's transmission shows absorption: enough pixels significantly and clearly below 1."""
+def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.0, max_iter=5, chi2_samples=200):
+    """The transmission across one window, fitted jointly to every star's samples.
+
+    The fibers sample the transmission (the telluric lines ⊗ the LSF, a
+    function of λ narrower than two pixels when the LSF is barely sampled) at
+    wavelengths that differ from fiber to fiber by fractions of a pixel, so
+    neither one star's samples nor a per-pixel mean of the stars, interpolated
+    to another fiber, reproduce it there. All the stars' samples together
+    sample it finely: a cubic B-spline with knots ``sigma`` apart (the width of
+    the narrowest feature the LSF lets through) is fitted to them by weighted
+    least squares, with a weak prior on the second difference of its
+    coefficients (1σ = 1: a line through the LSF bends no more than that over
+    one knot) that only bridges stretches no star samples. Samples more than
+    ``clip_sigma`` σ (their variance scaled by the χ² of the fit) from it are
+    left out and the fit repeated.
+
+    Parameters
+    ----------
+    waves, values, variances : list of ndarray
+        Each star's sample wavelengths (Å), transmissions and variances.
+    window : tuple of float
+        (start, end) of the window, Å; samples within 3 σ of it are fitted.
+    sigma : float
+        Width of the narrowest feature (Å, 1σ; `lsf_sigma`): the knot spacing.
+    out : ndarray
+        Wavelengths (Å) to evaluate the fit at.
+    clip_sigma : float
+        Rejection threshold (σ).
+    max_iter : int
+        Most fitting passes.
+    chi2_samples : int
+        Samples (in λ order) of the running mean of the reduced χ² that scales
+        the variance where the stars scatter beyond their noise.
+
+    Returns
+    -------
+    t, variance : ndarray, shape of ``out``
+        The fitted transmission and its variance (the fit's covariance scaled
+        by the local reduced χ² when that exceeds 1); NaN outside the samples'
+        range.
+    n_stars : ndarray of int, shape of ``out``
+        Stars whose kept samples span each point.
+    """
+    from scipy.interpolate import BSpline
+
+    a, b = window
+    lo_edge, hi_edge = a - 3 * sigma, b + 3 * sigma
+    x, y, v, star = [], [], [], []
+    for k, (w, t, tv) in enumerate(zip(waves, values, variances)):
+        sel = (w >= lo_edge) & (w <= hi_edge)
+        x.append(w[sel])
+        y.append(t[sel])
+        v.append(tv[sel])
+        star.append(np.full(np.count_nonzero(sel), k))
+    x, y, v, star = (np.concatenate(c) for c in (x, y, v, star))
+    order = np.argsort(x, kind="stable")
+    x, y, v, star = x[order], y[order], v[order], star[order]
+    t_out = np.full(out.shape, np.nan)
+    var_out = np.full(out.shape, np.nan)
+    n_out = np.zeros(out.shape, dtype=int)
+    if x.size < 8:
+        return t_out, var_out, n_out
+    lo, hi = x[0], x[-1]
+    n_int = max(int(np.ceil((hi - lo) / sigma)), 1)
+    knots = np.r_[[lo] * 3, np.linspace(lo, hi, n_int + 1), [hi] * 3]
+    design = BSpline.design_matrix(x, knots, 3)
+    n_coef = design.shape[1]
+    second = np.diff(np.eye(n_coef), 2, axis=0)
+    prior = second.T @ second
+    w = 1.0 / v
+    keep = np.ones(x.size, dtype=bool)
+    for _ in range(max_iter):
+        dw = design.multiply((w * keep)[:, None]).tocsr()
+        normal = (design.T @ dw).toarray() + prior
+        try:
+            factor = cho_factor(normal)
+        except LinAlgError:
+            return t_out, var_out, n_out
+        coef = cho_solve(factor, dw.T @ y)
+        resid = y - design @ coef
+        chi2 = max(float(np.sum(w[keep] * resid[keep] ** 2)) / max(np.count_nonzero(keep) - n_coef, 1), 1.0)
+        new_keep = np.abs(resid) * np.sqrt(w) < clip_sigma * np.sqrt(chi2)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    covariance = cho_solve(factor, np.eye(n_coef))
+    inside = (out >= lo) & (out <= hi)
+    basis = BSpline.design_matrix(out[inside], knots, 3)
+    t_out[inside] = basis @ coef
+    formal = np.asarray(basis.multiply(basis @ covariance).sum(axis=1)).ravel()
+    edf = float(np.sum(covariance * normal - covariance * prior))
+    dof_scale = np.count_nonzero(keep) / max(np.count_nonzero(keep) - edf, 1.0)
+    local = uniform_filter1d(np.where(keep, w * resid**2, 0.0), chi2_samples, mode="nearest")
+    local /= np.maximum(uniform_filter1d(keep.astype(float), chi2_samples, mode="nearest"), 1e-12)
+    local_chi2 = np.maximum(np.interp(out[inside], x, local) * dof_scale, 1.0)
+    var_out[inside] = formal * local_chi2
+    for k in np.unique(star[keep]):
+        mine = x[keep & (star == k)]
+        n_out[inside] += (out[inside] >= mine[0]) & (out[inside] <= mine[-1])
+    return t_out, var_out, n_out
+
+
+def _detected(t, var, min_depth, detect_sigma, min_samples=3):
+    """Whether a window's transmission shows absorption: enough samples significantly and clearly below 1."""
     depth = 1.0 - t
     with np.errstate(invalid="ignore"):
         deep = (depth > min_depth) & (depth > detect_sigma * np.sqrt(var))
-    return int(np.count_nonzero(deep)) >= max(min_pixels, int(0.02 * t.size))
+    return int(np.count_nonzero(deep)) >= max(min_samples, int(0.02 * t.size))
 
 
 def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, wavelength,
@@ -173,7 +263,10 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
     vectors : list of `~kspec_fluxcal.containers.CalibrationVector`
         Their calibration vectors, with the smooth form that bridges the windows.
     wavelength : `~astropy.units.Quantity` or array_like
-        Grid of the transmission (Å, air), e.g. that of the calibration.
+        Grid of the transmission outside the windows (Å, air), e.g. that of
+        the calibration; inside them the transmission is sampled
+        `SAMPLES_PER_SIGMA` times per line width (`lsf_sigma`), finer than
+        any fiber's pixels.
     regions : str, Path or `~astropy.units.Quantity`
         Telluric windows (`~kspec_fluxcal.masks.load_mask_regions`).
     extinction, r_v : str, float
@@ -181,8 +274,9 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
     min_transmission : float
         Pixels below this are masked.
     min_depth, detect_sigma : float
-        A window is corrected only when at least 3 pixels (and 2 % of the
-        window) lie more than ``min_depth`` and ``detect_sigma`` σ below 1.
+        A window is corrected only when samples spanning at least 3 pixels
+        (and 2 % of the window) lie more than ``min_depth`` and
+        ``detect_sigma`` σ below 1.
     names : list of str, optional
         The stars' names (for QC).
 
@@ -199,50 +293,64 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
 
     if not spectra:
         raise CalibrationError("no usable standard star to measure the telluric transmission on.")
-    out = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
+    base = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
     windows = as_regions(regions)
-    in_window = np.zeros(out.size, dtype=bool)
-    for a, b in windows:
-        in_window |= (out >= a) & (out <= b)
-    per_star = np.full((len(spectra), out.size), np.nan)
-    per_var = np.full_like(per_star, np.nan)
-    for i, (spec, match, scale, vec) in enumerate(zip(spectra, matches, phot_scales, vectors)):
-        if vec.smooth_factor is None:
-            continue
-        t, v = _star_transmission(spec, match, grid, scale, vec, out, windows, extinction, r_v)
-        per_star[i] = np.where(in_window, t, np.nan)
-        per_var[i] = np.where(in_window, v, np.nan)
-    mean, var, n_used = combine_transmissions(per_star, per_var)
+    samples = [([], [], []) if vec.smooth_factor is None else
+               _star_samples(spec, match, grid, scale, vec, windows, extinction, r_v)
+               for spec, match, scale, vec in zip(spectra, matches, phot_scales, vectors)]
+    measured = [k for k, (w, _, _) in enumerate(samples) if len(w)]
+    step = float(np.median(np.concatenate([np.diff(samples[k][0]) for k in measured]))) if measured else 1.0
+    sigmas = [lsf_sigma(grid.meta, 0.5 * (a + b), step) for a, b in windows]
+    out = _transmission_grid(base, windows, sigmas)
     transmission = np.ones(out.size)
     variance = np.zeros(out.size)
     mask = np.zeros(out.size, dtype=bool)
+    per_star = np.full((len(spectra), out.size), np.nan)
     corrected = []
-    for a, b in windows:
+    for (a, b), sigma in zip(windows, sigmas):
         sel = (out >= a) & (out <= b)
-        measured = sel & (n_used > 0)
-        if not measured.any() or not _detected(mean[measured], var[measured], min_depth, detect_sigma):
+        for k in measured:
+            w, t, _ = samples[k]
+            per_star[k, sel] = np.interp(out[sel], w, t, left=np.nan, right=np.nan)
+        if not measured:
+            continue
+        t, v, n_used = fit_transmission([samples[k][0] for k in measured], [samples[k][1] for k in measured],
+                                        [samples[k][2] for k in measured], (a, b), sigma, out[sel])
+        ok = n_used > 0
+        min_samples = int(np.ceil(3 * max(step * SAMPLES_PER_SIGMA / sigma, 1.0)))
+        if not ok.any() or not _detected(t[ok], v[ok], min_depth, detect_sigma, min_samples):
             continue
         corrected.append((a, b))
-        transmission[sel] = np.where(n_used[sel] > 0, mean[sel], np.nan)
-        variance[sel] = np.where(n_used[sel] > 0, var[sel], np.nan)
         with np.errstate(invalid="ignore"):
-            mask[sel] = ~(n_used[sel] > 0) | ~(mean[sel] >= min_transmission)
-    transmission = np.where(mask, np.nan, transmission)
-    variance = np.where(mask, np.nan, variance)
-    n_measured = int(np.count_nonzero(np.isfinite(per_star).any(axis=1)))
-    log.info("telluric transmission from %d standard(s): %d of %d windows corrected, %d pixels masked",
-             n_measured, len(corrected), len(windows), int(np.count_nonzero(mask)))
+            bad = ~ok | ~(t >= min_transmission)
+        transmission[sel] = np.where(bad, np.nan, t)
+        variance[sel] = np.where(bad, np.nan, v)
+        mask[sel] = bad
+    log.info("telluric transmission from %d standard(s): %d of %d windows corrected, %d samples masked",
+             len(measured), len(corrected), len(windows), int(np.count_nonzero(mask)))
     return TelluricTransmission(out, transmission, variance, mask, np.array(corrected).reshape(-1, 2),
                                 per_star=per_star, star_names=list(names or []),
-                                meta={"n_stars": n_measured, "source": "standards"})
+                                meta={"n_stars": len(measured), "source": "standards"})
+
+
+def _transmission_grid(base, windows, sigmas, per_sigma=SAMPLES_PER_SIGMA):
+    """``base`` outside the windows, ``per_sigma`` samples per line width (`lsf_sigma`) inside them (Å)."""
+    keep = np.ones(base.size, dtype=bool)
+    fine = []
+    for (a, b), sigma in zip(windows, sigmas):
+        keep &= ~((base >= a) & (base <= b))
+        fine.append(np.linspace(a, b, int(np.ceil((b - a) * per_sigma / sigma)) + 1))
+    return np.unique(np.concatenate([base[keep], *fine]))
 
 
 def transmission_on_grid(transmission, wavelength):
     """The transmission interpolated onto ``wavelength`` (any shape, Å): (T, variance, mask).
 
-    Cubic inside the corrected windows (the lines are barely sampled), 1 with
-    zero variance outside them and outside the transmission's range; a pixel
-    next to a masked sample is masked.
+    Inside each corrected window, a cubic spline through the window's samples
+    (and two beyond each edge) — the samples are finer than the lines, so this
+    follows them — and the variance linearly; 1 with zero variance outside
+    the windows and outside the transmission's range. A point next to a
+    masked sample, or in a window with fewer than 4 usable samples, is masked.
     """
     wave = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
     flat = wave.ravel()
@@ -251,16 +359,20 @@ def transmission_on_grid(transmission, wavelength):
     bad = np.zeros(flat.size, dtype=bool)
     x = transmission.wavelength
     ok = ~transmission.mask & np.isfinite(transmission.transmission) & np.isfinite(transmission.variance)
-    if np.count_nonzero(ok) >= 4:
-        spline = make_interp_spline(x[ok], transmission.transmission[ok], k=3)
-        for a, b in transmission.windows:
-            sel = (flat >= a) & (flat <= b) & (flat >= x[0]) & (flat <= x[-1])
-            t[sel] = spline(flat[sel])
-            v[sel] = np.interp(flat[sel], x[ok], transmission.variance[ok])
-            bad[sel] = np.interp(flat[sel], x, (~ok).astype(float)) > 0
-    elif transmission.windows.size:
-        for a, b in transmission.windows:
-            bad |= (flat >= a) & (flat <= b)
+    for a, b in transmission.windows:
+        sel = (flat >= a) & (flat <= b) & (flat >= x[0]) & (flat <= x[-1])
+        if not sel.any():
+            continue
+        lo, hi = np.searchsorted(x, [a, b])
+        part = slice(max(lo - 2, 0), min(hi + 2, x.size))
+        xs, good = x[part], ok[part]
+        if np.count_nonzero(good) < 4:
+            bad[sel] = True
+            continue
+        spline = make_interp_spline(xs[good], transmission.transmission[part][good], k=3)
+        t[sel] = spline(flat[sel])
+        v[sel] = np.interp(flat[sel], xs[good], transmission.variance[part][good])
+        bad[sel] = np.interp(flat[sel], xs, (~good).astype(float)) > 0
     return t.reshape(wave.shape), v.reshape(wave.shape), bad.reshape(wave.shape)
 
 

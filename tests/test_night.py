@@ -9,7 +9,7 @@ from kspec_fluxcal.apply import apply_flux_calibration, calibration_on_grid
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.containers import FLAM, CalibrationVector, FluxCalibrationResult
 from kspec_fluxcal.exceptions import CalibrationError
-from kspec_fluxcal.night import combine_night
+from kspec_fluxcal.night import combine_night, rescale_nightly
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.products import calibration_for_frame, load_calibration, save_calibration
 from kspec_fluxcal.simulate import make_exposure, write_refcat_csv
@@ -163,3 +163,39 @@ def test_too_few_standards_rescale_the_nightly_function(night_setup, synthetic_g
         apply_fluxcal(s["red"], FluxcalConfig(catalog=s["cat"], templates=synthetic_grid_dir,
                                               output=tmp_path / "none.fits", min_standards=n_own + 1))
     assert not (tmp_path / "none.fits").exists()
+
+
+def test_the_rescaled_level_variance_is_that_of_the_fitted_gray_factor():
+    """Frames whose level errs by their stated scale and zero-point σ, plus wavelength-dependent noise.
+
+    The truth: the level offset is drawn from the scale and zero-point σ the
+    frame states, the rest is noise at 250 Å knots joined linearly (drawn
+    here, not by the package). The gray factor fitted over 3800–9600 Å
+    averages the noise, so its pull over many frames must be about 1 (the
+    whole per-pixel variance as the level's would give about 0.6).
+    """
+    rng = np.random.default_rng(11)
+    wave = np.linspace(3800.0, 9600.0, 3000)
+    knots = np.arange(3800.0, 9601.0, 250.0)
+    sigma = {"scale": 0.004, "zero_point": 0.002, "noise": 0.006}
+    terms = {name: {"median_fraction": sigma.get(name, 0.0)} for name in
+             ("noise", "scale", "zero_point", "smoothing", "template_misfit")}
+    summary = {"n_stars_used": 1, "representation": "smooth", "knot_selection": {"spacing": 250.0},
+               "error_budget": {"terms": terms, "representation": "smooth"}}
+    night = FluxCalibrationResult(CalibrationVector(wave * u.AA, _shape(wave) * UNIT, (1e-4 * _shape(wave)) ** 2
+                                                    * UNIT**2), summary={"level_variance": 0.0})
+    rel_var = sum(s**2 for s in sigma.values())
+    pulls = []
+    for _ in range(400):
+        gray = rng.uniform(0.6, 1.1)
+        level = rng.normal(0.0, np.hypot(sigma["scale"], sigma["zero_point"]))
+        noise = np.interp(wave, knots, sigma["noise"] * rng.standard_normal(knots.size))
+        factor = gray * _shape(wave) * np.exp(level + noise)
+        own = FluxCalibrationResult(CalibrationVector(wave * u.AA, factor * UNIT, rel_var * factor**2 * UNIT**2),
+                                    summary=summary)
+        rescale = rescale_nightly(night, own).summary["gray_rescale"]
+        pulls.append((np.log(rescale["factor"]) - np.log(gray)) / np.sqrt(rescale["log_variance"]))
+    assert 0.85 < np.sqrt(np.mean(np.square(pulls))) < 1.2
+    # a calibration without an error budget keeps the conservative per-pixel level variance
+    bare = FluxCalibrationResult(own.combined_vector, summary={"n_stars_used": 1})
+    assert rescale_nightly(night, bare).summary["gray_rescale"]["log_variance"] == pytest.approx(rel_var)
