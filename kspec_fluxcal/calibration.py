@@ -22,7 +22,7 @@ from .exceptions import CalibrationError, InputDataError
 from .extinction import extinction_per_ebv
 from .photometry.ab import ab_mag_of_fnu_values
 from .quantities import value_in
-from .splines import bin_weighted, bspline_basis, fit_bspline_rows, interior_knots
+from .splines import bin_weighted, bspline_basis, fit_bspline_rows, interior_knots, local_products
 from .wavelength import interpolate_masked
 
 __all__ = [
@@ -325,12 +325,8 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
     xb, yb, wb = bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
     cov, coef, chi2_red = fit_bspline_rows(xb, yb, wb, interior, degree, lo, hi, clip_sigma, max_iter)
     basis = bspline_basis(wave, interior, degree, lo, hi)
-    cols = basis.indices.reshape(wave.size, degree + 1)  # each row: degree + 1 consecutive basis functions
-    pair = basis.data.reshape(wave.size, degree + 1)
-    pair = pair[:, :, None] * pair[:, None, :]
     model = (basis @ coef.T).T
-    local = cov[:, cols[:, :, None], cols[:, None, :]]  # (n_star, n_pix, 4, 4)
-    var = np.einsum("spab,pab->sp", local, pair) * np.maximum(chi2_red, 1.0)[:, None]
+    var = (local_products(basis, degree) @ cov.reshape(cov.shape[0], -1).T).T * np.maximum(chi2_red, 1.0)[:, None]
     first = np.array([x[0] for x in x_used])[:, None]
     last = np.array([x[-1] for x in x_used])[:, None]
     return model, var, (wave >= first) & (wave <= last)

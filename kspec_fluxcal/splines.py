@@ -82,26 +82,37 @@ def normal_covariance(basis, w):
 def bspline_normal_matrices(x, interior, degree, lo, hi, ridge=1e-12):
     """The basis at ``x`` and a function giving every row's normal matrix BᵀWB for weights ``w`` (n_row, n).
 
-    Each row's matrix is assembled from the band structure of the basis
-    (``degree + 1`` non-zeros a row) with one `numpy.bincount`; a ridge of
+    Each sample contributes the ``(degree + 1)²`` products of its non-zero
+    basis values; a sparse (n, n_coef²) map of them turns the weights of all
+    rows into their normal matrices with one sparse product. A ridge of
     ``ridge`` × the mean diagonal keeps unconstrained coefficients finite.
     """
     basis = bspline_basis(x, interior, degree, lo, hi)
     n_coef = basis.shape[1]
-    cols = basis.indices.reshape(x.size, degree + 1)
-    vals = basis.data.reshape(x.size, degree + 1)
-    pair = (vals[:, :, None] * vals[:, None, :]).reshape(x.size, -1)
-    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).reshape(x.size, -1)
+    to_normal = local_products(basis, degree)
 
     def normal_of(w):
-        n_row = w.shape[0]
-        index = (np.arange(n_row)[:, None, None] * n_coef**2 + flat[None]).ravel()
-        normal = np.bincount(index, weights=(w[:, :, None] * pair[None]).ravel(),
-                             minlength=n_row * n_coef**2).reshape(n_row, n_coef, n_coef)
+        normal = (to_normal.T @ w.T).T.reshape(w.shape[0], n_coef, n_coef)
         scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / n_coef
         return normal + ridge * scale * np.eye(n_coef)
 
     return basis, normal_of
+
+
+def local_products(basis, degree):
+    """Sparse (n, n_coef²) map of each sample's products B_a B_b of its ``degree + 1`` non-zero basis functions.
+
+    ``local_products(basis, degree) @ C.ravel()`` is bᵀ C b at every sample
+    (the variance of the spline for a coefficient covariance C), and its
+    transpose times the weights is the normal matrix BᵀWB (flattened).
+    """
+    n, n_coef = basis.shape
+    width = degree + 1
+    cols = basis.indices.reshape(n, width)
+    vals = basis.data.reshape(n, width)
+    pair = (vals[:, :, None] * vals[:, None, :]).ravel()
+    flat = (cols[:, :, None] * n_coef + cols[:, None, :]).ravel()
+    return sparse.csr_array((pair, flat, np.arange(0, pair.size + 1, width * width)), shape=(n, n_coef * n_coef))
 
 
 def banded_least_squares(x, interior, degree, lo, hi, ridge=1e-12):
