@@ -206,7 +206,10 @@ def _cosine_taper(good):
     span = np.maximum(i1 - i0, 1)[:, None]
     pos = (np.arange(n)[None, :] - i0[:, None]) / span
     ramp = np.clip(np.minimum(pos, 1.0 - pos) / _TAPER_FRACTION, 0.0, 1.0)
-    return np.sin(0.5 * np.pi * ramp) ** 2
+    taper = np.ones_like(ramp)
+    edge = ramp < 1.0  # the sine only where the taper is not flat
+    taper[edge] = np.sin(0.5 * np.pi * ramp[edge]) ** 2
+    return taper
 
 
 def _ccf_rows(flux, var, good, op):
