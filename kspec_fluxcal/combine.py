@@ -49,6 +49,9 @@ LEVEL_TOLERANCE = 0.5
 def level_stars(log_gray, active, tolerance=LEVEL_TOLERANCE):
     """The stars whose gray terms set the absolute level: used, and within ``tolerance`` of the median.
 
+    The star(s) nearest the median always count, so that gray factors split in
+    two far-apart groups still give a level.
+
     Parameters
     ----------
     log_gray : ndarray, shape (n_star,)
@@ -66,12 +69,15 @@ def level_stars(log_gray, active, tolerance=LEVEL_TOLERANCE):
     --------
     >>> level_stars(np.log([0.8, 0.9, 0.85, 0.3]), np.array([True, True, True, True])).tolist()
     [True, True, True, False]
+    >>> level_stars(np.array([-0.7, -0.6, 0.6, 0.7]), np.ones(4, bool)).tolist()
+    [False, True, True, False]
     """
     log_gray = np.asarray(log_gray, dtype=float)
     active = np.asarray(active, dtype=bool) & np.isfinite(log_gray)
     if not active.any():
         return active
-    return active & (np.abs(log_gray - np.median(log_gray[active])) <= tolerance)
+    distance = np.abs(log_gray - np.median(log_gray[active]))
+    return active & (distance <= max(tolerance, np.min(distance[active])))
 
 
 @dataclass

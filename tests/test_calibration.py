@@ -251,3 +251,17 @@ def test_apply_roundtrip_recovers_counts():
         warnings.simplefilter("error")
         flux, _ = apply_flux_calibration(counts, counts, cal, wavelength=wave)
     np.testing.assert_allclose(flux.to_value(FLAM) / factor, counts, rtol=1e-12)
+
+
+def test_level_of_two_far_apart_groups_of_gray_factors():
+    """Gray factors in two groups (none within LEVEL_TOLERANCE of their median): the middle stars set the level."""
+    rng = np.random.default_rng(3)
+    wave = np.linspace(3700, 9500, 400)
+    shape = 1e-16 * (1 + 0.2 * ((wave - 6500) / 3000))
+    grays = np.array([0.5, 0.55, 1.9, 2.0])
+    vectors = [_vector(wave, shape, g, rng, noise=0.001, fid=i, name=f"s{i}") for i, g in enumerate(grays)]
+    result = combine_calibration_vectors(vectors, representation="pixel")
+    metrics = {m["fiber_id"]: m for m in result.summary["per_star_metrics"]}
+    assert [metrics[i]["sets_level"] for i in range(4)] == [False, True, True, False]
+    level = np.median(result.combined_vector.cal_factor.value / shape)
+    assert level == pytest.approx(np.sqrt(0.55 * 1.9), rel=2e-3)
