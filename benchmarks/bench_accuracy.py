@@ -33,6 +33,7 @@ import numpy as np
 from astropy import units as u
 from common import DEFAULT_GRID, synthetic_subgrid
 
+from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure
@@ -50,7 +51,7 @@ def _package_calspec_accuracy(result, exposure):
     wave = vec.wavelength.to_value(u.AA)
     ok = ~vec.mask
     pix = exposure.truth["wavelength"].to_value(u.AA)
-    truth = u.Quantity(exposure.truth["system_calibration"]).value / np.median(exposure.truth["gray"][used])
+    truth = u.Quantity(exposure.truth["system_calibration"]).value / true_level(result.summary, exposure.truth["gray"])
     cal = np.interp(pix, wave[ok], vec.cal_factor.value[ok])
     sig = np.interp(pix, wave[ok], np.sqrt(vec.cal_variance.value[ok]))
     sel = (pix >= 3800) & (pix <= 9200) & ~load_mask_array(pix * u.AA, load_mask_regions("telluric_default"))

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.apply import calibration_on_grid
 from kspec_fluxcal.engine import EngineOptions, derive_flux_calibration
 from kspec_fluxcal.exceptions import KspecFluxcalWarning
@@ -89,8 +90,8 @@ def _telluric_part(folder, realisations):
         for mode in (True, False):
             runs[mode] = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=_grid(), telluric=mode,
                                                           output=folder / f"tel{r}_{mode}.fits"))
-        used = [m["fiber_id"] for m in runs[True].result.summary["per_star_metrics"] if m.get("used")]
-        truth = exp.truth["true_flux"] * exp.truth["reference_gray"] / np.median(exp.truth["gray"][used])
+        truth = exp.truth["true_flux"] * exp.truth["reference_gray"] / true_level(runs[True].result.summary,
+                                                                                 exp.truth["gray"])
         trans = exp.truth["transmission"]
         for mode in (True, False):
             flux, var, wave, science = _read(folder / f"tel{r}_{mode}.fits")

@@ -12,7 +12,7 @@ from astropy import units as u
 from .apply import calibration_on_grid
 from .masks import load_mask_array
 
-__all__ = ["calibration_accuracy"]
+__all__ = ["calibration_accuracy", "true_level"]
 
 
 def calibration_accuracy(result, truth_wavelength, truth_calibration, wave_range=(3700.0, 9500.0),
@@ -40,3 +40,27 @@ def calibration_accuracy(result, truth_wavelength, truth_calibration, wave_range
         "n_pixels": int(sel.sum()),
         "n_stars_used": int(result.summary["n_stars_used"]),
     }
+
+
+def true_level(summary, gray):
+    """The true gray level a combined calibration refers to, from the true gray factors of the standards.
+
+    The combination sets its level at the geometric mean of the gray factors
+    of the stars that set the level (``per_star_metrics`` ``sets_level``;
+    the used stars for products without that flag), so the truth to compare
+    with is Cal_true / this level.
+
+    Parameters
+    ----------
+    summary : dict
+        ``FluxCalibrationResult.summary``.
+    gray : ndarray
+        True gray factor of every fiber (indexed by ``fiber_id``).
+
+    Returns
+    -------
+    float
+    """
+    metrics = [m for m in summary["per_star_metrics"] if m.get("used")]
+    fibers = [m["fiber_id"] for m in metrics if m.get("sets_level", True)]
+    return float(np.exp(np.mean(np.log(np.asarray(gray, dtype=float)[fibers]))))

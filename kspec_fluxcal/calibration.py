@@ -22,7 +22,7 @@ from .exceptions import CalibrationError, InputDataError
 from .extinction import extinction_per_ebv
 from .photometry.ab import ab_mag_of_fnu_values
 from .quantities import value_in
-from .splines import bin_weighted, bspline_basis, fit_bspline_rows, interior_knots
+from .splines import bin_weighted, bspline_basis, fit_bspline_rows, interior_knots, local_products
 from .wavelength import interpolate_masked
 
 __all__ = [
@@ -325,12 +325,8 @@ def fit_smooth_vectors(wavelength, values, variance, exclude, knot_spacing=250.0
     xb, yb, wb = bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // _SMOOTH_FIT_POINTS, 1))
     cov, coef, chi2_red = fit_bspline_rows(xb, yb, wb, interior, degree, lo, hi, clip_sigma, max_iter)
     basis = bspline_basis(wave, interior, degree, lo, hi)
-    cols = basis.indices.reshape(wave.size, degree + 1)  # each row: degree + 1 consecutive basis functions
-    pair = basis.data.reshape(wave.size, degree + 1)
-    pair = pair[:, :, None] * pair[:, None, :]
     model = (basis @ coef.T).T
-    local = cov[:, cols[:, :, None], cols[:, None, :]]  # (n_star, n_pix, 4, 4)
-    var = np.einsum("spab,pab->sp", local, pair) * np.maximum(chi2_red, 1.0)[:, None]
+    var = (local_products(basis, degree) @ cov.reshape(cov.shape[0], -1).T).T * np.maximum(chi2_red, 1.0)[:, None]
     first = np.array([x[0] for x in x_used])[:, None]
     last = np.array([x[-1] for x in x_used])[:, None]
     return model, var, (wave >= first) & (wave <= last)
@@ -397,7 +393,8 @@ def compute_calibration_vector_for_star(
         error), mask True where counts are non-finite, non-positive, masked
         or in ``mask_regions``, and the smooth B-spline form.
     """
-    pixels = _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta)
+    pixels = _pixel_vector(validate_spectrum(spectrum), match, grid, phot_scale, mask_regions, extinction, r_v,
+                           line_depth, meta)
     if output_wavelength is not None:
         pixels = _on_grid(pixels, u.Quantity(output_wavelength, u.AA).to_value(u.AA))
     return smooth_calibration_vectors([pixels], knot_spacing)[0]
@@ -425,33 +422,34 @@ class PixelVector:
     info: dict
 
 
-def expected_flux(wave, match, grid, phot_scale, extinction="F99", r_v=3.1):
+def expected_flux(wave, match, grid, phot_scale, extinction="F99", r_v=3.1, model=None):
     """The flux a standard should arrive with on observed wavelengths ``wave`` (Å, plain array).
 
     Returns (model, expected, k): the shifted, LSF-matched model (surface
-    flux, erg s⁻¹ cm⁻² Å⁻¹), the model scaled and reddened by ``phot_scale``,
-    and A(λ)/E(B−V) of the reddening law.
+    flux, erg s⁻¹ cm⁻² Å⁻¹; computed unless given as ``model``), the model
+    scaled and reddened by ``phot_scale``, and A(λ)/E(B−V) of the reddening law.
     """
     from .matching import model_spectrum
 
-    model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv).to_value(FLAM)
+    if model is None:
+        model = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv).to_value(FLAM)
     k_ext = extinction_per_ebv(wave, extinction, r_v)
     return model, phot_scale.scale * 10.0 ** (-0.4 * phot_scale.ebv * k_ext) * model, k_ext
 
 
-def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta):
-    """The per-pixel calibration of one standard on its own pixels."""
+def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r_v, line_depth, meta,
+                  model_flux=None):
+    """The per-pixel calibration of one standard on its own pixels (``spectrum`` validated; model computed if None)."""
     from .masks import load_mask_array
     from .matching import model_spectrum
 
-    spectrum = validate_spectrum(spectrum)
     wave = spectrum.spectral_axis.to_value(u.AA)
     counts = spectrum.flux.value
     var = spectrum_variance(spectrum)
     if var is None:
         raise InputDataError("the standard-star spectrum has no variance; it is needed for the errors.")
     var = var.value
-    model_flux, expected, k_ext = expected_flux(wave, match, grid, phot_scale, extinction, r_v)
+    model_flux, expected, k_ext = expected_flux(wave, match, grid, phot_scale, extinction, r_v, model=model_flux)
     model_cont = model_spectrum(grid, match.weights, wave * u.AA, rv=match.rv, continuum=True).to_value(FLAM)
     phot_var = phot_scale.log_flux_variance(k_ext)
 
@@ -550,13 +548,17 @@ def compute_calibration_vectors(spectra, matches, grid, phot_scales, output_wave
     the vectors of the stars that could be calibrated and, for the others,
     ``(index, reason)`` pairs.
     """
+    from .matching import model_fluxes
+
     out = u.Quantity(output_wavelength, u.AA).to_value(u.AA)
     metas = metas or [None] * len(spectra)
+    spectra = [validate_spectrum(s) for s in spectra]
+    models = model_fluxes(grid, matches, [s.spectral_axis.to_value(u.AA) for s in spectra])
     pixels, failures = [], []
     for i, (spectrum, match, scale, meta) in enumerate(zip(spectra, matches, phot_scales, metas)):
         try:
             p = _on_grid(_pixel_vector(spectrum, match, grid, scale, mask_regions, extinction, r_v, line_depth,
-                                       meta), out)
+                                       meta, models[i]), out)
         except CalibrationError as exc:
             failures.append((i, str(exc)))
             continue

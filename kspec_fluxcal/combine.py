@@ -5,9 +5,17 @@ aperture loss, the star's photometric scale) and by noise and model misfit.
 The combination works in ln(Cal): it removes each star's gray factor against
 the median shape, rejects stars that fail quality gates or deviate from the
 others (median/MAD statistics, which work for 3–10 stars), averages the
-shapes, and then sets the absolute level from the median gray factor of the
-stars used — the calibrated spectra carry the typical aperture loss of the
+shapes, and then sets the absolute level from the gray factors of the stars
+used — the calibrated spectra carry the typical aperture loss of the
 standards.
+
+The level is the **mean of ln(gray)** (the geometric mean of the gray
+factors) of the used stars whose ln(gray) lies within `LEVEL_TOLERANCE` of
+the median; a star whose aperture loss is far from the others' (a mis-centred
+fibre) does not set it (meta ``sets_level``). The mean averages every
+star's photometric scale error (σ/√n); the median of stars whose gray
+factors are spread far wider than those errors would rest on the one or two
+middle stars (σ/√2 whatever n).
 """
 
 import copy
@@ -23,7 +31,6 @@ from .containers import CalibrationVector, FluxCalibrationResult
 from .exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
 from .stats import (
     MAD_TO_SIGMA,
-    MEDIAN_VARIANCE_FACTOR,
     combine_shapes,
     nanmedian_columns,
     robust_sigma_columns,
@@ -31,9 +38,47 @@ from .stats import (
     row_nanmedian,
 )
 
-__all__ = ["QualityGates", "combine_calibration_vectors", "separate_gray_terms"]
+__all__ = ["LEVEL_TOLERANCE", "QualityGates", "combine_calibration_vectors", "level_stars", "separate_gray_terms"]
 
 log = logging.getLogger(__name__)
+
+LEVEL_TOLERANCE = 0.5
+"""Largest |ln(gray) − median ln(gray)| of a used star that sets the absolute level (a factor 1.65)."""
+
+
+def level_stars(log_gray, active, tolerance=LEVEL_TOLERANCE):
+    """The stars whose gray terms set the absolute level: used, and within ``tolerance`` of the median.
+
+    The star(s) nearest the median always count, so that gray factors split in
+    two far-apart groups still give a level.
+
+    Parameters
+    ----------
+    log_gray : ndarray, shape (n_star,)
+        ln of each star's gray factor (any common offset).
+    active : ndarray of bool, shape (n_star,)
+        The stars used in the combination.
+    tolerance : float
+        Largest distance from the median ln(gray) of the used stars.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_star,)
+
+    Examples
+    --------
+    >>> level_stars(np.log([0.8, 0.9, 0.85, 0.3]), np.array([True, True, True, True])).tolist()
+    [True, True, True, False]
+    >>> level_stars(np.array([-0.7, -0.6, 0.6, 0.7]), np.ones(4, bool)).tolist()
+    [False, True, True, False]
+    """
+    log_gray = np.asarray(log_gray, dtype=float)
+    active = np.asarray(active, dtype=bool) & np.isfinite(log_gray)
+    if not active.any():
+        return active
+    distance = np.abs(log_gray - np.median(log_gray[active]))
+    return active & (distance <= max(tolerance, np.min(distance[active])))
+
 
 @dataclass
 class QualityGates:
@@ -208,8 +253,9 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
                                            smooth_window=max(int(smooth_window), 3) if use_smooth else None)
     defined = n_at > 0
 
-    level = np.median(gray[active])
-    var_level = (MEDIAN_VARIANCE_FACTOR if n_used > 2 else 1.0) * np.mean(gray_var[active]) / n_used
+    sets_level = level_stars(gray, active)
+    level = float(np.mean(gray[sets_level]))
+    var_level = float(np.mean(gray_var[sets_level])) / np.count_nonzero(sets_level)
 
     combined_log = mean + level
     if smooth:
@@ -229,6 +275,7 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
         meta["used"] = bool(active[i])
         meta["reject_reason"] = reasons[i]
         meta["gray_factor"] = float(np.exp(gray[i] - level)) if np.isfinite(gray[i]) else None
+        meta["sets_level"] = bool(sets_level[i])
         per_star.append(with_meta(vec, meta))
         with np.errstate(invalid="ignore"):
             residuals.append((np.exp(shape[i] - mean) - 1.0) * u.one)
@@ -239,6 +286,7 @@ def _combine(vectors, logc, lvar, wave, unit, reasons, active, prior, method, si
         {k: _plain(vec.meta.get(k)) for k in (
             "star_name", "fiber_id", "teff", "logg", "feh", "alpha_m", "rv_kms", "ebv",
             "scale_factor", "phot_rms", "chi2", "ndof", "snr_median", "used", "reject_reason", "gray_factor",
+            "sets_level",
         )}
         for vec in per_star
     ]

@@ -10,9 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .accuracy import calibration_accuracy
+from .accuracy import calibration_accuracy, true_level
 from .cache import cache_dir
 from .masks import load_mask_regions
 from .pipeline import FluxcalConfig, apply_fluxcal
@@ -72,7 +70,7 @@ def run_demo(output="kspec_fluxcal_demo", templates=None, seed=7, n_standards=8)
     run = apply_fluxcal(red, config)
     used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
     truth = exposure.truth
-    level = np.median(truth["gray"][used]) if used else truth["reference_gray"]
+    level = true_level(run.result.summary, truth["gray"]) if used else truth["reference_gray"]
     accuracy = calibration_accuracy(run.result, truth["wavelength"], truth["system_calibration"] / level,
                                     exclude_regions=load_mask_regions("telluric_default"))
     accuracy["n_standards"] = n_standards

@@ -8,8 +8,8 @@ ln(Cal), each a function of wavelength:
     as the combination averages them over stars (with the star-to-star
     scatter where it is larger) — what `~kspec_fluxcal.combine` computes.
 ``scale``
-    The absolute level: the photometric flux-scale error of the standards,
-    averaged over the stars used.
+    The absolute level: the photometric flux-scale error of the standards
+    that set it (`~kspec_fluxcal.combine.level_stars`), averaged over them.
 ``zero_point``
     The catalogue's zero-point error per band (`CATALOG_ZERO_POINT_SIGMA`),
     common to every standard of the field: propagated through each star's
@@ -163,15 +163,14 @@ def misfit_function(template_misfit, grid_meta, standards=()):
 
 
 def _scale_log_variance(result):
-    """Variance of ln(level): the photometric scale errors of the used stars, as the combination averages them."""
+    """Variance of ln(level): the photometric scale errors of the stars that set it, averaged (mean of ln gray)."""
     from .combine import gray_log_variance
 
-    used = [v for v in result.per_star_vectors if v.meta.get("used")]
+    used = [v for v in result.per_star_vectors if v.meta.get("used") and v.meta.get("sets_level", True)]
     if not used:
         return 0.0
     gray = np.array([gray_log_variance(v.meta) for v in used])
-    n = len(used)
-    return (1.2533**2 if n > 2 else 1.0) * float(np.mean(gray)) / n
+    return float(np.mean(gray)) / len(used)
 
 
 def _zero_point_log_variance(result, wave, extinction, r_v, sigma):

@@ -31,7 +31,7 @@ from scipy.ndimage import uniform_filter1d
 
 from .exceptions import InputDataError
 from .quantities import value_in
-from .splines import bin_weighted, bspline_normal_matrices, interior_knots
+from .splines import banded_least_squares, bin_weighted, interior_knots
 
 __all__ = [
     "CANDIDATE_SPACINGS", "DEFAULT_SPACING", "MIN_STARS_FOR_SELECTION", "KnotChoice", "select_knot_spacing",
@@ -167,24 +167,22 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     # weight of a star in the shape mean: its inverse variance smoothed along λ (as its spline's would be)
     mean_weight = uniform_filter1d(w_log, max(xb.size // 50, 1), axis=1)
 
-    shapes = []
-    scores = np.full(cands.size, np.nan)
-    for k, spacing in enumerate(cands):
-        model = _fit_log_splines(xc, y_log, w_log, interior_knots(x_used, lo, hi, spacing, min_points=8), lo, hi)
-        gray = np.median(np.where(used, model - np.median(model, axis=0), np.nan), axis=1)
-        gray = np.where(np.isfinite(gray), gray, 0.0)
-        shape = model - gray[:, None]
-        w = np.where(used, mean_weight, 0.0)
-        total_w, total = w.sum(axis=0), (w * shape).sum(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            others = (total[None] - w * shape) / (total_w[None] - w)
-            combined = total / total_w
-        valid = used & np.isfinite(others)
-        resid = np.where(valid, y_log - others, 0.0)
-        offset = np.sum(w_log * resid * valid, axis=1) / np.maximum(np.sum(w_log * valid, axis=1), 1e-300)
-        z2 = np.where(valid, (resid - offset[:, None]) ** 2 * w_log, 0.0)
-        scores[k] = np.sum(np.minimum(z2, _CLIP**2)) / max(np.count_nonzero(valid), 1)
-        shapes.append(combined)
+    interiors = [interior_knots(x_used, lo, hi, spacing, min_points=8) for spacing in cands]
+    models = np.array([_fit_log_splines(xc, y_log, w_log, interior, lo, hi) for interior in interiors])
+    # each star's gray term: its median offset from the median star over the bins it covers
+    gray = _masked_row_median(models - np.median(models, axis=1, keepdims=True), used[None])
+    shape = models - gray[:, :, None]  # (n_cand, n_star, n_bin)
+    w = np.where(used, mean_weight, 0.0)
+    total_w, total = w.sum(axis=0), np.sum(w * shape, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        others = (total[:, None] - w * shape) / (total_w - w)
+        shapes = total / total_w
+    valid = used[None] & np.isfinite(others)
+    resid = np.where(valid, y_log[None] - others, 0.0)
+    w_valid = w_log * valid
+    offset = np.sum(w_valid * resid, axis=2) / np.maximum(np.sum(w_valid, axis=2), 1e-300)
+    z2 = np.where(valid, (resid - offset[:, :, None]) ** 2 * w_log, 0.0)
+    scores = np.sum(np.minimum(z2, _CLIP**2), axis=(1, 2)) / np.maximum(np.count_nonzero(valid, axis=(1, 2)), 1)
     best = int(np.nanargmin(scores))
     n_terms = np.count_nonzero(used)
     tolerance = scores[best] * np.sqrt(2.0 / max(n_terms, 1))
@@ -199,12 +197,20 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     return KnotChoice(float(cands[best]), "loso", tuple(cands), scores.tolist(), n_star, xb, smoothing)
 
 
+def _masked_row_median(values, keep):
+    """Median along the last axis of ``values`` over the entries where ``keep`` (broadcast); 0 where none."""
+    keep = np.broadcast_to(keep, values.shape)
+    ordered = np.sort(np.where(keep, values, np.inf), axis=-1)
+    count = np.count_nonzero(keep, axis=-1)
+    lo = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(ordered, np.maximum(count // 2, 0)[..., None], axis=-1)[..., 0]
+    return np.where(count > 0, 0.5 * (lo + hi), 0.0)
+
+
 def _fit_log_splines(x, y, w, interior, lo, hi, degree=3):
-    """Weighted least-squares B-splines of every row of ``y`` on shared knots, evaluated at ``x`` (one solve each)."""
-    basis, normal_of = bspline_normal_matrices(x, interior, degree, lo, hi, ridge=1e-10)
-    rhs = (basis.T @ (w * y).T).T
-    coef = np.linalg.solve(normal_of(w), rhs[:, :, None])[:, :, 0]
-    return (basis @ coef.T).T
+    """Weighted least-squares B-splines of every row of ``y`` on shared knots, evaluated at ``x`` (banded solves)."""
+    basis, solve = banded_least_squares(x, interior, degree, lo, hi, ridge=1e-10)
+    return (basis @ solve(y, w).T).T
 
 
 def resolve_knot_spacing(knot_spacing, wavelength, values, variance, exclude):

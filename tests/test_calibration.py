@@ -134,8 +134,28 @@ def test_combination_removes_gray_and_rejects_an_outlier(n_stars):
     good = [g for i, g in enumerate(grays) if i != 1]
     combined = result.combined_vector.cal_factor.value
     level = np.median(combined / shape)
-    assert level == pytest.approx(np.median(good), rel=0.01)
+    assert level == pytest.approx(np.exp(np.mean(np.log(good))), rel=0.01)  # the geometric mean gray factor
     assert np.max(np.abs(combined / (shape * level) - 1)) < 0.02
+
+
+def test_level_averages_every_star_but_not_a_far_off_aperture_loss():
+    """The level is the mean ln(gray) of the used stars near the median; a mis-centred fibre does not set it."""
+    rng = np.random.default_rng(7)
+    wave = np.linspace(3700, 9500, 800)
+    shape = 1e-16 * (1 + 0.4 * ((wave - 6500) / 3000) ** 2)
+    grays = np.array([1.0, 1.1, 1.2, 1.3, 0.35])
+    scale_errors = np.array([0.004, -0.004, 0.004, -0.004, 0.0])  # each star's photometric scale is off
+    vectors = [_vector(wave, shape * (1 + e), g, rng, noise=0.001, fid=i, name=f"s{i}")
+               for i, (g, e) in enumerate(zip(grays, scale_errors))]
+    result = combine_calibration_vectors(vectors, representation="pixel")
+    meta = {m["fiber_id"]: m for m in result.summary["per_star_metrics"]}
+    assert all(meta[i]["used"] for i in range(5))
+    assert [meta[i]["sets_level"] for i in range(5)] == [True, True, True, True, False]
+    level = np.median(result.combined_vector.cal_factor.value / shape)
+    # the four scale errors cancel in the mean; the median would rest on the two middle stars (+0.4 %, -0.4 %)
+    assert level == pytest.approx(np.exp(np.mean(np.log(grays[:4]))), rel=1e-3)
+    sigma = np.sqrt(np.median(result.combined_vector.cal_variance.value)) / level / np.median(shape)
+    assert sigma < 0.005
 
 
 def test_combination_is_order_invariant_and_median_works():
@@ -231,3 +251,17 @@ def test_apply_roundtrip_recovers_counts():
         warnings.simplefilter("error")
         flux, _ = apply_flux_calibration(counts, counts, cal, wavelength=wave)
     np.testing.assert_allclose(flux.to_value(FLAM) / factor, counts, rtol=1e-12)
+
+
+def test_level_of_two_far_apart_groups_of_gray_factors():
+    """Gray factors in two groups (none within LEVEL_TOLERANCE of their median): the middle stars set the level."""
+    rng = np.random.default_rng(3)
+    wave = np.linspace(3700, 9500, 400)
+    shape = 1e-16 * (1 + 0.2 * ((wave - 6500) / 3000))
+    grays = np.array([0.5, 0.55, 1.9, 2.0])
+    vectors = [_vector(wave, shape, g, rng, noise=0.001, fid=i, name=f"s{i}") for i, g in enumerate(grays)]
+    result = combine_calibration_vectors(vectors, representation="pixel")
+    metrics = {m["fiber_id"]: m for m in result.summary["per_star_metrics"]}
+    assert [metrics[i]["sets_level"] for i in range(4)] == [False, True, True, False]
+    level = np.median(result.combined_vector.cal_factor.value / shape)
+    assert level == pytest.approx(np.sqrt(0.55 * 1.9), rel=2e-3)

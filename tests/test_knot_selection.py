@@ -80,3 +80,35 @@ def test_resolve_fixed_and_bad_values():
             resolve_knot_spacing(bad, WAVE, values, var, exclude)
     with pytest.raises(InputDataError, match="candidate"):
         select_knot_spacing(WAVE, values, var, exclude, candidates=(0.0, 100.0))
+
+
+def test_gray_factors_are_removed_where_bands_are_masked():
+    """Stars of very different gray factors and S/N slopes, a masked band: the held-out error is the noise's."""
+    rng = np.random.default_rng(4)
+    x = (WAVE - 6700.0) / 3100.0
+    gray = np.linspace(0.3, 1.0, 6)[:, None]
+    snr = 60.0 * np.exp(rng.uniform(-1.0, 1.0, (6, 1)) * x[None])  # some stars blue, some red
+    truth = 1e-16 * (1 + 0.3 * x)[None] / gray
+    values = truth * (1 + rng.normal(size=truth.shape) / snr)
+    exclude = np.broadcast_to((WAVE > 7550.0) & (WAVE < 7700.0), values.shape)
+    choice = select_knot_spacing(WAVE, values, (truth / snr) ** 2, exclude)
+    assert choice.spacing >= 250.0
+    assert 0.7 < min(choice.scores) < 1.5  # per unit variance: the noise alone
+
+
+def test_banded_least_squares_matches_scipy():
+    from scipy.interpolate import make_lsq_spline
+
+    from kspec_fluxcal.splines import banded_least_squares
+
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.uniform(0.0, 100.0, 400))
+    y = np.sin(x / 7.0)[None] + 0.05 * rng.normal(size=(3, x.size))
+    w = rng.uniform(0.5, 2.0, (3, x.size))
+    interior = np.linspace(0.0, 100.0, 12)[1:-1]
+    basis, solve = banded_least_squares(x, interior, 3, x[0], x[-1], ridge=0.0)
+    fitted = (basis @ solve(y, w).T).T
+    knots = np.concatenate([[x[0]] * 4, interior, [x[-1]] * 4])
+    for row in range(3):
+        reference = make_lsq_spline(x, y[row], knots, k=3, w=np.sqrt(w[row]))(x)
+        assert np.allclose(fitted[row], reference, atol=1e-9)

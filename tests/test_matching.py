@@ -18,6 +18,7 @@ from kspec_fluxcal.matching import (
     TemplateMatch,
     cross_correlate_rv,
     doppler_factor,
+    model_fluxes,
     model_spectrum,
     score_template_fit,
     select_best_template,
@@ -126,6 +127,12 @@ def node_index(grid, teff, logg, feh, alpha=0.0):
 
 
 # ----------------------------------------------------------------------------- RV
+
+
+def test_doppler_factor_is_astropys_optical_equivalency():
+    v = np.array([-250000.0, -300.0, 0.0, 12.5, 4000.0]) * KMS
+    expected = v.to_value(u.AA, equivalencies=u.doppler_optical(1.0 * u.AA))
+    np.testing.assert_allclose(doppler_factor(v), expected, rtol=1e-14)
 
 
 def test_doppler_factor_optical_convention():
@@ -395,6 +402,17 @@ def test_model_spectrum_in_the_star_frame(grid):
     assert np.all(cont.value >= model.value * 0.995)  # up to a cubic-spline overshoot
     outside = model_spectrum(grid, match.weights, [3000.0, 6000.0] * u.AA)
     assert np.isnan(outside.value[0]) and np.isfinite(outside.value[1])
+
+
+def test_model_fluxes_of_many_stars_are_their_model_spectra(grid):
+    stars = [make_star(6125, 4.25, -0.125, rv=-80.0), make_star(5750, 4.5, 0.0, rv=35.0)]
+    matches = [select_best_template(star, grid) for star in stars]
+    waves = [STAR_WAVE, STAR_WAVE[::3] + 0.3]
+    batch = model_fluxes(grid, matches, waves)
+    for match, wave, model in zip(matches, waves, batch):
+        single = model_spectrum(grid, match, wave * u.AA, rv=match.rv).value
+        np.testing.assert_allclose(model, single, rtol=1e-10, equal_nan=True)
+    assert model_fluxes(grid, [], []) == []
 
 
 def test_mask_regions_reduce_ndof_and_errors(grid):

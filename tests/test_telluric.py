@@ -10,6 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.exceptions import TelluricCorrectedError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
@@ -53,8 +54,7 @@ def corrected(lines_frame, synthetic_grid_dir, tmp_path_factory):
 
 
 def _science(out, exp, run):
-    used = [m["fiber_id"] for m in run.result.summary["per_star_metrics"] if m.get("used")]
-    truth = exp.truth["true_flux"] * exp.truth["reference_gray"] / np.median(exp.truth["gray"][used])
+    truth = exp.truth["true_flux"] * exp.truth["reference_gray"] / true_level(run.result.summary, exp.truth["gray"])
     with fits.open(out) as hdul:
         flux = hdul[0].data.astype(float)
         var = hdul["VARIANCE"].data.astype(float)

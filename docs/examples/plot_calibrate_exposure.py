@@ -38,7 +38,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
-from kspec_fluxcal.accuracy import calibration_accuracy
+from kspec_fluxcal.accuracy import calibration_accuracy, true_level
 from kspec_fluxcal.apply import calibration_on_grid
 from kspec_fluxcal.containers import FLAM, make_spectrum
 from kspec_fluxcal.demo import compact_grid_folder
@@ -105,13 +105,12 @@ plt.show()
 #
 # The calibrated frame holds flux densities in erg s⁻¹ cm⁻² Å⁻¹ with
 # propagated variances; pixels where the calibration is undefined are NaN.
-# The *level* of the calibration is that of the median gray aperture loss of
-# the standards used (see :doc:`/caveats`), so the truth we compare with is
-# each fiber's flux times that same loss.
+# The *level* of the calibration is that of the geometric mean gray aperture
+# loss of the standards used (see :doc:`/caveats`), so the truth we compare
+# with is each fiber's flux times that same loss.
 
 truth = exposure.truth
-used = [m["fiber_id"] for m in result.summary["per_star_metrics"] if m.get("used")]
-level = np.median(truth["gray"][used])
+level = true_level(result.summary, truth["gray"])
 
 with fits.open(run.output) as hdul:
     flux = hdul["PRIMARY"].data.astype(float)
