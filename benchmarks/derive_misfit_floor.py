@@ -2,7 +2,9 @@
 
 Each CALSPEC star of ``../shared/data/calspec`` is observed (FWHM 30 Å, 10 Å
 pixels, high S/N, no gray loss, no telluric bands) through a known
-throughput and calibrated with the ck04 grid with **no** misfit term. A star's
+throughput and calibrated with the ck04 grid as its files are (no template
+correction: the floor is the term of the standards that no correction
+covers) and with **no** misfit term. A star's
 smooth vector divided by the truth is (its best scaled ck04 model)/(the real
 star): its misfit as it enters the calibration. The mean over the stars is
 the misfit they share (it does not average down in the combination); the
@@ -50,7 +52,8 @@ def star_misfits(data, seed, tmp):
                                      telluric=False, seed=seed)
     red, cat = exposure.write(tmp, stem=f"floor{seed}")
     run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=data / "ck04models", fwhm=30.0, force=True,
-                                           output=tmp / f"floor{seed}_cal.fits", template_misfit=0.0))
+                                           output=tmp / f"floor{seed}_cal.fits", template_misfit=0.0,
+                                           template_correction=None))
     wave = run.result.combined_vector.wavelength.to_value(u.AA)
     truth = exposure.truth["system_calibration"]
     truth = np.interp(wave, exposure.truth["wavelength"].to_value(u.AA), u.Quantity(truth).value)
