@@ -37,11 +37,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAG_FLOOR = 0.005
-"""Systematic error (mag) added in quadrature to each catalogue band by default: the
-zero-point error of a field's catalogue photometry — ATLAS Refcat2 (PS1 g r i z) is
-uniform to ≤ 5 mmag rms away from the Galactic plane (Tonry et al. 2018), Gaia DR2
-zero points are known to ≈ 2 mmag (Evans et al. 2018). The part common to all
-standards is the ``zero_point`` term of `kspec_fluxcal.error_budget`."""
+"""Systematic error (mag) added in quadrature to each star's catalogue band errors by
+default: the per-star part of the catalogue's systematics (flat-field, PSF and crowding
+residuals of a few mmag, Schlafly et al. 2012; Tonry et al. 2018), which averages down
+over the standards. The part common to a field's standards (its zero points) is the
+``zero_point`` term of `kspec_fluxcal.error_budget`."""
 
 
 @dataclass
@@ -126,9 +126,9 @@ def scale_template_to_photometry(
         ``'fit'`` fits E(B−V) with the scale (within ``ebv_grid``); a number
         (e.g. from the catalogue or a dust map) fixes it; None means none.
     mag_floor : float
-        Systematic error (mag) added in quadrature to every band: zero-point
-        and model uncertainties, so that Gaia's millimag errors cannot let one
-        wrong zero point dominate (`DEFAULT_MAG_FLOOR`; see the caveats page).
+        Per-star systematic error (mag) added in quadrature to every band, so
+        that Gaia's millimag errors cannot let one band dominate
+        (`DEFAULT_MAG_FLOOR`; see the caveats page).
     clip_sigma : float
         A band whose residual exceeds this many σ (with the floor) is flagged
         and the fit repeated without it, while ``min_bands`` remain.

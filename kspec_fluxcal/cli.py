@@ -73,7 +73,7 @@ def build_parser():
     derive.add_argument("--knot-spacing", default="auto", metavar="AUTO|ANGSTROM",
                         help="knot spacing of the smooth form in Å, or 'auto' to let the standards choose (default)")
     derive.add_argument("--mag-floor", type=float, default=None, metavar="MAG",
-                        help="systematic error added in quadrature to each catalogue band (default 0.005 mag)")
+                        help="per-star systematic added in quadrature to each catalogue band (default 0.005 mag)")
     derive.add_argument("--zero-point-sigma", type=float, default=None, metavar="MAG",
                         help="catalogue zero-point error shared by all standards, in the error budget (default 0.005)")
 

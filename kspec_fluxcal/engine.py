@@ -41,7 +41,7 @@ class StandardStar:
 class EngineOptions:
     """Options of `derive_flux_calibration` (see its parameters).
 
-    ``mag_floor`` (mag) is added in quadrature to every catalogue band's error
+    ``mag_floor`` (mag), the per-star systematic, is added in quadrature to every catalogue band's error
     (`DEFAULT_MAG_FLOOR`, see the caveats page); ``zero_point_sigma`` (mag) is
     the catalogue zero-point error common to all standards, propagated as the
     ``zero_point`` term of the error budget (0 for a catalogue without). ``knot_spacing`` is ``'auto'``

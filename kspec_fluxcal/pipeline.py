@@ -138,9 +138,10 @@ class FluxcalConfig:
         Knot spacing (Å) of the smooth form; ``'auto'`` lets the standards
         choose it (`kspec_fluxcal.knot_selection`). Recorded as ``FCALKNOT``.
     mag_floor : float
-        Systematic error (mag) added in quadrature to every catalogue band
-        (default `kspec_fluxcal.calibration.DEFAULT_MAG_FLOOR`; see the
-        caveats page). Recorded as ``FCALMFLR``.
+        Per-star systematic error (mag) added in quadrature to every
+        catalogue band (default `kspec_fluxcal.calibration.DEFAULT_MAG_FLOOR`;
+        the field-common part is ``zero_point_sigma``; see the caveats page).
+        Recorded as ``FCALMFLR``.
     template_misfit : None, float or callable
         The template-misfit term of the error budget (see
         `kspec_fluxcal.engine.EngineOptions`); None: the template
