@@ -685,7 +685,8 @@ class TelluricTransmission:
     star_names : list of str
         Names of the stars of ``per_star``.
     meta : dict
-        ``n_stars``, ``source`` and what else the derivation records.
+        ``n_stars``, ``source``, ``airmass`` (of the exposure it was measured
+        on, or None) and what else the derivation records.
     """
 
     wavelength: np.ndarray
@@ -728,6 +729,8 @@ class TelluricTransmission:
         set_card(hdu.header, "TELWIN", telluric_window_string(self.windows) or "none", "corrected windows (A, air)")
         hdu.header["TELTMIN"] = (MIN_TRANSMISSION, "transmission below this is masked")
         set_card(hdu.header, "TELSRC", str(self.meta.get("source", "standards")), "where the transmission comes from")
+        if self.meta.get("airmass") is not None:
+            hdu.header["TELAIRM"] = (float(self.meta["airmass"]), "airmass the transmission was measured at")
         hdu.header["COMMENT"] = "Telluric transmission, observed frame; MASK True = bad; T = 1 outside TELWIN"
         return hdu
 
@@ -739,7 +742,8 @@ class TelluricTransmission:
             wave = u.Quantity(table["WAVELENGTH"]).to_value(u.AA) if table["WAVELENGTH"].unit else \
                 np.asarray(table["WAVELENGTH"], float)
             windows = _parse_telluric_windows(hdu.header.get("TELWIN", ""))
-            meta = {"n_stars": int(hdu.header.get("TELNSTR", 0)), "source": hdu.header.get("TELSRC", "standards")}
+            meta = {"n_stars": int(hdu.header.get("TELNSTR", 0)), "source": hdu.header.get("TELSRC", "standards"),
+                    "airmass": hdu.header.get("TELAIRM")}
             return cls(wave, np.asarray(table["TRANSMISSION"], float), np.asarray(table["VARIANCE"], float),
                        np.asarray(table["MASK"], bool), windows, meta=meta)
         except (KeyError, ValueError, TypeError) as exc:

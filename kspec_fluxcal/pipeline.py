@@ -52,6 +52,7 @@ from .telluric import (
     read_transmission,
     telluric_header,
     transmission_to_apply,
+    warn_airmass_mismatch,
 )
 from .wavelength import common_log_grid
 
@@ -587,6 +588,8 @@ def _derive(red_filename, frame, config, grid):
                                 zero_point_sigma=config.zero_point_sigma,
                                 telluric=config.telluric is not False and not frame.header.get("TELCOR"))
         result = derive_flux_calibration(stars, grid, options, output_wavelength=grid.wavelength, rejected=rejected)
+        if result.telluric is not None:
+            result.telluric.meta["airmass"] = read_airmass(frame.header)
     except CalibrationError as exc:
         if config.fallback is None:
             raise
@@ -760,6 +763,7 @@ def correct_red_file(red_filename, transmission, output=None):
     if not isinstance(transmission, TelluricTransmission):
         source = Path(transmission).name
         transmission = read_transmission(transmission)
+    warn_airmass_mismatch(transmission, read_airmass(frame.header), red_filename.name)
     flux, var = apply_telluric_correction(frame.counts, frame.variance, frame.wavelength, transmission)
     with fits.open(red_filename, memmap=False) as hdul:
         header = hdul[0].header.copy()

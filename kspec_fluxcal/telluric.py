@@ -48,6 +48,7 @@ from scipy.interpolate import make_interp_spline
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.ndimage import uniform_filter1d
 
+from .atmosphere import read_airmass
 from .containers import MIN_TRANSMISSION, TelluricTransmission, telluric_window_string
 from .exceptions import CalibrationError, InputDataError, TelluricCorrectedError
 from .io.header import set_card
@@ -62,6 +63,8 @@ __all__ = [
     "check_not_corrected",
     "transmission_to_apply",
     "read_transmission",
+    "AIRMASS_TOLERANCE",
+    "warn_airmass_mismatch",
 ]
 
 log = logging.getLogger(__name__)
@@ -409,6 +412,8 @@ def telluric_header(header, transmission, source=None):
     set_card(header, "TELWIN", telluric_window_string(transmission.windows) or "none", "corrected telluric windows (A)")
     set_card(header, "TELSRC", str(source or transmission.meta.get("source", "standards")),
              "where the transmission comes from")
+    if transmission.meta.get("airmass") is not None:
+        header["TELAIRM"] = (float(transmission.meta["airmass"]), "airmass the transmission was measured at")
     return header
 
 
@@ -419,6 +424,29 @@ def check_not_corrected(header, name="the frame"):
             f"{name} is telluric-corrected already (TELCOR = T); a second correction would divide by the "
             "transmission twice. Use the uncorrected frame, or calibrate with --no-telluric."
         )
+
+
+AIRMASS_TOLERANCE = 0.05
+"""Largest airmass difference between the exposure a transmission was measured on and
+the frame it corrects that passes without a warning."""
+
+
+def warn_airmass_mismatch(transmission, airmass, name="the frame"):
+    """Log a warning when ``transmission`` was measured at another airmass than ``airmass``.
+
+    At KSPEC's resolution the O2 and strong H2O lines are unresolved and
+    saturated, so the observed depths do not follow T^(X/X₀) (Beer's law
+    holds for the unconvolved optical depth only): a transmission is applied
+    as it was measured, and a frame at another airmass keeps part of its
+    absorption. Returns True when it warned.
+    """
+    measured = transmission.meta.get("airmass")
+    if measured is None or airmass is None or abs(float(airmass) - float(measured)) <= AIRMASS_TOLERANCE:
+        return False
+    log.warning("the telluric transmission was measured at airmass %.2f and %s is at %.2f: its line depths "
+                "differ and are corrected only in part; calibrate the frame with its own standards for its own "
+                "transmission", float(measured), name, float(airmass))
+    return True
 
 
 def transmission_to_apply(header, result, mode=None, name="the frame"):
@@ -457,6 +485,7 @@ def transmission_to_apply(header, result, mode=None, name="the frame"):
                 "transmission later with 'kspec-fluxcal telluric'."
             )
         return None
+    warn_airmass_mismatch(result.telluric, read_airmass(header), name)
     return result.telluric
 
 

@@ -5,6 +5,8 @@ grid, convolved with a Gaussian by numpy (`kspec_fluxcal.simulate_atmosphere`),
 not with the package's LSF code.
 """
 
+import logging
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -13,7 +15,7 @@ from astropy.table import Table
 from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.exceptions import TelluricCorrectedError
-from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
+from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, correct_red_file
 from kspec_fluxcal.products import load_calibration, save_calibration
 from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.simulate_atmosphere import TELLURIC_BANDS, imprint_telluric, observed_transmission
@@ -130,7 +132,9 @@ def test_transmission_round_trips_through_its_extension():
     np.testing.assert_allclose(back.transmission, t)
     np.testing.assert_array_equal(back.mask, t < 0.2)
     np.testing.assert_allclose(back.windows, [[6860.0, 6960.0]])
-    assert back.n_stars == 4
+    assert back.n_stars == 4 and back.meta["airmass"] is None
+    trans.meta["airmass"] = 1.37
+    assert TelluricTransmission.from_hdu(trans.to_hdu()).meta["airmass"] == 1.37
 
 
 def test_derived_transmission_matches_the_truth(lines_frame, corrected):
@@ -230,3 +234,27 @@ def test_cli_applies_a_stored_transmission_once(lines_frame, corrected, syntheti
     with pytest.raises(TelluricCorrectedError):
         apply_fluxcal(fixed, FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, force=True, telluric=True,
                                            output=tmp_path / "twice.fits"))
+
+
+def test_transmission_records_its_airmass_and_flags_another(lines_frame, synthetic_grid_dir, tmp_path, caplog):
+    """A transmission is applied as measured: at another airmass (beyond 0.05) a warning says it corrects only part."""
+    exp, red, cat = lines_frame
+
+    def with_airmass(airmass):
+        frame = tmp_path / f"frame_x{airmass}.fits"
+        with fits.open(red) as hdul:
+            hdul[0].header["AIRMASS"] = airmass
+            hdul.writeto(frame)
+        return frame
+
+    run = apply_fluxcal(with_airmass(1.35), FluxcalConfig(catalog=cat, templates=synthetic_grid_dir, telluric=True,
+                                                          output=tmp_path / "measured.fits"))
+    assert run.result.telluric.meta["airmass"] == 1.35
+    assert fits.getheader(tmp_path / "measured.fits")["TELAIRM"] == 1.35
+    stored = read_transmission(tmp_path / "measured.fits")
+    for airmass, warned in ((1.38, False), (1.75, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kspec_fluxcal.telluric"):
+            written = correct_red_file(with_airmass(airmass), stored, output=tmp_path / f"corrected_x{airmass}.fits")
+        assert ("measured at airmass 1.35" in caplog.text) is warned
+        assert fits.getheader(written)["TELAIRM"] == 1.35
