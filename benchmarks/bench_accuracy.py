@@ -26,7 +26,7 @@ Targets (issue 12): independent median ≤ 0.4 %, p95 ≤ 1.2 %, pull rms
 Usage::
 
     python benchmarks/bench_accuracy.py [--frames 8] [--first-seed 1] [--grid DIR] [--data ../shared/data]
-        [--skip-independent] [--skip-calspec]
+        [--skip-independent] [--skip-calspec] [--calspec-frames 4]
 """
 
 import argparse
@@ -95,6 +95,7 @@ def main():
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--first-seed", type=int, default=1, help="seed of the first independent frame")
     parser.add_argument("--skip-calspec", action="store_true")
+    parser.add_argument("--calspec-frames", type=int, default=4, help="noise realisations of the CALSPEC frames")
     parser.add_argument("--grid", default=DEFAULT_GRID)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--skip-independent", action="store_true")
@@ -123,7 +124,7 @@ def main():
     for correction, what in (("auto", "shipped correction, learned from these stars: in sample, sigma of a new star"),
                              (None, "no correction, the library floor")):
         rows, rows_ind = [], []
-        for seed in range(1, 5):
+        for seed in range(1, args.calspec_frames + 1):
             exposure = make_calspec_exposure(files, fwhm=30.0, n_pix=621, gray_range=(0.7, 1.0), seed=seed)
             red, cat = exposure.write(tmp, stem=f"cs{seed}")
             config = FluxcalConfig(catalog=cat, templates=ck04, fwhm=30.0, template_correction=correction,
