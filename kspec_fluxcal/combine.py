@@ -43,7 +43,7 @@ __all__ = ["LEVEL_TOLERANCE", "QualityGates", "combine_calibration_vectors", "le
 log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.5
-"""Largest |ln(gray) − median ln(gray)| of a used star that sets the absolute level (a factor 1.65)."""
+"""Largest distance of a used star's ln(gray) from the median ln(gray) for it to set the level (a factor 1.65)."""
 
 
 def level_stars(log_gray, active, tolerance=LEVEL_TOLERANCE):
