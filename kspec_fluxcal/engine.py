@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 
-from .calibration import DEFAULT_MAG_FLOOR, compute_calibration_vectors, scale_template_to_photometry
+from .calibration import DEFAULT_MAG_FLOOR, LINE_DEPTH, compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
 from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget
@@ -52,7 +52,9 @@ class EngineOptions:
     standards: None (the library's floor, `kspec_fluxcal.error_budget`), a
     number, a function λ (Å, ndarray) → fraction, or a
     `~kspec_fluxcal.templates.correction.TemplateCorrection` (its σ for the
-    standards inside its domain, the floor for the others).
+    standards inside its domain, the floor for the others). ``line_depth``
+    is the model line depth beyond which pixels stay out of the smooth
+    calibration (`~kspec_fluxcal.calibration.LINE_DEPTH`).
     """
 
     metric: str = "chi2"
@@ -69,6 +71,7 @@ class EngineOptions:
     template_misfit: object = None
     zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
     telluric: bool = False
+    line_depth: float = LINE_DEPTH
 
     def __post_init__(self):
         if not (isinstance(self.knot_spacing, str) and self.knot_spacing == "auto"):
@@ -180,7 +183,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
     vectors, failures = compute_calibration_vectors(
         [spectra[i] for i in calibratable], [matches[i] for i in calibratable], grid, phot_scales, out_wave,
         mask_regions=regions, extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
-        knot_spacing=options.knot_spacing,
+        knot_spacing=options.knot_spacing, line_depth=options.line_depth,
         metas=[_star_meta(stars[i], matches[i], windows[i], grid) for i in calibratable],
     )
     for k, reason in failures:

@@ -7,7 +7,13 @@ import pytest
 from astropy import units as u
 
 from kspec_fluxcal.apply import apply_flux_calibration
-from kspec_fluxcal.calibration import fit_smooth_vector, scale_template_to_photometry
+from kspec_fluxcal.calibration import (
+    STRICT_LINE_MASK_SPACING,
+    PixelVector,
+    fit_smooth_vector,
+    scale_template_to_photometry,
+    smooth_calibration_vectors,
+)
 from kspec_fluxcal.combine import QualityGates, combine_calibration_vectors
 from kspec_fluxcal.containers import FLAM, CalibrationVector, Photometry
 from kspec_fluxcal.exceptions import CalibrationError, InputDataError, KspecFluxcalWarning
@@ -107,6 +113,28 @@ def test_smooth_vector_recovers_truth_with_honest_errors():
     assert np.max(np.abs(smooth / truth - 1)) < 0.01
     pulls = (smooth - truth) / np.sqrt(svar)
     assert np.sqrt(np.mean(pulls**2)) < 2.0
+
+
+@pytest.mark.parametrize("spacing, strict", [(300.0, True), (100.0, False)])
+def test_auto_line_mask_is_strict_only_with_wide_knots(spacing, strict):
+    """Weak-line pixels whose model is 3 % off bias the smooth form unless the strict mask drops them."""
+    rng = np.random.default_rng(11)
+    wave = np.linspace(3700, 9500, 1200)
+    truth = 1 + 0.2 * np.sin(wave / 1100.0)
+    var = (0.01 * truth) ** 2
+    weak = (np.arange(wave.size) % 3) == 0  # model lines 5–10 % deep on every third pixel
+    cal = truth * (1 + rng.normal(0, 0.01, wave.size)) * np.where(weak, 1.03, 1.0)
+    none = np.zeros(wave.size, bool)
+    pixels = PixelVector(wave, cal, var, var, np.zeros(wave.size), none, none.copy(), CAL_UNIT, {"star_name": "s"},
+                         exclude_strict=weak)
+    vec = smooth_calibration_vectors([pixels], knot_spacing=spacing)[0]
+    bias = np.nanmedian(vec.smooth_factor.value / truth - 1)
+    assert (spacing >= STRICT_LINE_MASK_SPACING) == strict
+    assert vec.meta["line_mask"] == ("strict" if strict else "loose")
+    if strict:
+        assert abs(bias) < 0.003
+    else:
+        assert 0.005 < bias < 0.015
 
 
 def _vector(wave, shape, gray, rng, noise=0.005, name="s", fid=0, **meta):
