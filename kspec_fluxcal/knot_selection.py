@@ -19,7 +19,10 @@ checked and `DEFAULT_SPACING` is used.
 The choice also gives the smoothing (model-selection) term of the error
 budget: the local mean square of the difference between the combined shape at
 the chosen spacing and at the next finer candidate, averaged over one knot
-interval (`KnotChoice.smoothing_log_variance`).
+interval (`KnotChoice.smoothing_log_variance`). With the default spacing
+(one or two standards) it is the structure that each star's fit with the
+finest candidate finds beyond its noise: a structured throughput that 250 Å
+knots cannot follow is then in the stated error instead of silently missing.
 """
 
 import logging
@@ -79,8 +82,10 @@ class KnotChoice:
     wavelength : ndarray
         Å, where ``smoothing_log_variance`` is given.
     smoothing_log_variance : ndarray
-        Variance of ln(Cal) attributed to the choice of smoothing (0 for the
-        default and fixed choices, for which nothing measures it).
+        Variance of ln(Cal) attributed to the choice of smoothing: for
+        ``'loso'`` the change from the next finer candidate, for
+        ``'default'`` the structure a fit with the finest candidate finds
+        beyond the noise (`_unresolved_structure`); None for ``'fixed'``.
     """
 
     spacing: float
@@ -151,9 +156,6 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     if cands.size == 0 or np.any(~np.isfinite(cands)) or np.any(cands <= 0):
         raise InputDataError(f"candidate knot spacings must be positive numbers of Å; got {list(candidates)}.")
     n_star = values.shape[0]
-    if n_star < MIN_STARS_FOR_SELECTION:
-        log.info("%d standard(s): knot spacing %.0f Å by default", n_star, default)
-        return KnotChoice(float(default), "default", tuple(cands), [np.nan] * cands.size, n_star)
     good = ~np.atleast_2d(exclude) & np.isfinite(values) & np.isfinite(variance) & (variance > 0) & (values > 0)
     weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
     xb, yb, wb = bin_weighted(wave, np.where(good, values, 0.0), weight, max(wave.size // max_points, 1))
@@ -164,6 +166,10 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     with np.errstate(divide="ignore", invalid="ignore"):
         y_log = np.where(used, np.log(np.where(used, yb, 1.0)), 0.0)
         w_log = np.where(used, wb * yb**2, 0.0)  # inverse variance of ln(binned value)
+    if n_star < MIN_STARS_FOR_SELECTION:
+        log.info("%d standard(s): knot spacing %.0f Å by default", n_star, default)
+        smoothing = _unresolved_structure(xc, y_log, w_log, used, x_used, lo, hi, float(default), float(cands[0]))
+        return KnotChoice(float(default), "default", tuple(cands), [np.nan] * cands.size, n_star, xb, smoothing)
     # weight of a star in the shape mean: its inverse variance smoothed along λ (as its spline's would be)
     mean_weight = uniform_filter1d(w_log, max(xb.size // 50, 1), axis=1)
 
@@ -195,6 +201,32 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     log.info("knot spacing %.0f Å chosen by leave-one-star-out over %d standards (scores %s)", cands[best], n_star,
              ", ".join(f"{c:.0f}:{s:.3f}" for c, s in zip(cands, scores)))
     return KnotChoice(float(cands[best]), "loso", tuple(cands), scores.tolist(), n_star, xb, smoothing)
+
+
+def _unresolved_structure(x, y_log, w_log, used, x_used, lo, hi, coarse, fine):
+    """Variance of ln(Cal) that splines with ``coarse`` knots leave out, as splines with ``fine`` knots see it.
+
+    Without other stars to check a spacing against, each star's fine fit is
+    compared with its coarse fit: the squared difference, less the part the
+    noise explains (its whitened sum exceeds the number of extra
+    coefficients only by real structure: throughput ripples or the star's own
+    template misfit; a star whose excess is within 2σ of what noise alone
+    gives adds nothing), averaged over the stars and over one coarse knot
+    interval.
+    """
+    coarse_knots = interior_knots(x_used, lo, hi, coarse, min_points=8)
+    fine_knots = interior_knots(x_used, lo, hi, fine, min_points=8)
+    extra = fine_knots.size - coarse_knots.size
+    if extra <= 0:
+        return np.zeros(x.size)
+    diff = np.where(used, _fit_log_splines(x, y_log, w_log, fine_knots, lo, hi)
+                    - _fit_log_splines(x, y_log, w_log, coarse_knots, lo, hi), 0.0)
+    whitened = np.sum(w_log * diff**2, axis=1) / extra
+    significant = whitened > 1.0 + 2.0 * np.sqrt(2.0 / extra)  # beyond a 2σ fluctuation of noise alone
+    excess = np.where(significant, 1.0 - 1.0 / np.maximum(whitened, 1e-300), 0.0)
+    step = np.median(np.diff(x))
+    per_star = uniform_filter1d(diff**2 * excess[:, None], max(int(round(coarse / step)), 1), axis=1, mode="nearest")
+    return np.mean(per_star, axis=0)
 
 
 def _masked_row_median(values, keep):

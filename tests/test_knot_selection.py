@@ -68,7 +68,23 @@ def test_one_or_two_stars_use_the_default(n_star):
     values, var, exclude, _ = _stars(np.ones_like(WAVE), n_star=n_star)
     choice = select_knot_spacing(WAVE, values, var, exclude)
     assert choice.method == "default" and choice.spacing == DEFAULT_SPACING
-    assert np.all(choice.smoothing_term(WAVE) == 0)
+    assert np.sqrt(np.max(choice.smoothing_term(WAVE))) < 0.001  # noise alone leaves next to nothing
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_spacing_states_the_structure_it_cannot_follow(seed):
+    """One star, a 1.5 % ripple every 350 Å: 250 Å knots miss it, and the smoothing term says by how much."""
+    ripple = 1 + 0.015 * np.sin(2 * np.pi * WAVE / 350.0)
+    values, var, exclude, base = _stars(ripple, n_star=1, seed=seed)
+    choice = select_knot_spacing(WAVE, values, var, exclude)
+    assert choice.method == "default"
+    smooth, smooth_var, _ = fit_smooth_vectors(WAVE, values, var, exclude, knot_spacing=choice.spacing)
+    missed = np.log(smooth[0] / base)
+    missed -= np.median(missed)
+    stated = np.mean(smooth_var[0] / smooth[0] ** 2)
+    rms = np.sqrt(np.mean(missed**2))
+    assert rms > 3 * np.sqrt(stated)  # the noise term alone would be far too small
+    assert 0.7 < rms / np.sqrt(stated + np.mean(choice.smoothing_term(WAVE))) < 1.4
 
 
 def test_resolve_fixed_and_bad_values():
