@@ -42,15 +42,47 @@ def _kernel_toy():
                               meta={"name": "kern", "library_kind": "ck04models", "model": model}, curves=curves)
 
 
+def _shrunk_mean(curves, w, shrink):
+    """Weighted mean of ``curves``; with ``shrink`` each wavelength's departure from 1 times d²/(d² + s²/n_eff)."""
+    mean = sum(wi * c for wi, c in zip(w, curves)) / sum(w)
+    if not shrink:
+        return mean
+    n_eff = sum(w) ** 2 / sum(wi**2 for wi in w)
+    out = np.ones_like(mean)
+    for k in range(mean.size):
+        d = mean[k] - 1.0
+        column = [c[k] for c in curves]
+        s2 = sum((x - np.mean(column)) ** 2 for x in column) / (len(column) - 1)
+        out[k] = 1.0 + d**3 / (d**2 + s2 / n_eff) if d != 0 else 1.0
+    return out
+
+
 def _kernel_mean(corr, feh):
-    """The kernel-weighted mean of the training curves, computed here from the file's own numbers."""
+    """What a template at ``feh`` receives, computed here from the file's own numbers."""
     model = corr.meta["model"]
     w = [np.exp(-0.5 * ((feh - f) / model["bandwidth_dex"]) ** 2) for f in model["feh"]]
-    return sum(wi * corr.curves[n] for wi, n in zip(w, model["training"])) / sum(w)
+    return _shrunk_mean([corr.curves[n] for n in model["training"]], w, model.get("shrinkage", False))
 
 
 # ---------------------------------------------------------------------------
 # the correction object
+
+
+def test_shrinkage_keeps_what_the_stars_agree_on():
+    """Agreeing stars: their mean; disagreeing: half way to 1 when the mean's departure equals its noise."""
+    wave = np.array([4000.0, 5000.0, 6000.0])
+    curves = {"a": np.array([1.03, 1.04, 1.02]), "b": np.array([1.03, 1.00, 0.98])}
+    model = {"kind": "feh-kernel", "bandwidth_dex": 0.3, "training": ["a", "b"], "feh": [0.0, 0.0],
+             "teff": [6000.0, 6100.0], "domain": {"teff": [5750.0, 6350.0], "feh": [-0.25, 0.25]}}
+    meta = {"name": "shrunk", "library_kind": "ck04models"}
+    plain = TemplateCorrection(wave, [1.0] * 3, [0.01] * 3, meta={**meta, "model": model}, curves=curves)
+    shrunk = TemplateCorrection(wave, [1.0] * 3, [0.01] * 3, meta={**meta, "model": {**model, "shrinkage": True}},
+                                curves=curves)
+    np.testing.assert_allclose(plain.factor_for(wave, 6000.0, 0.0), [1.03, 1.02, 1.0], rtol=1e-12)
+    # mean departure 0.02 with s²/n = 0.0008/2: weight 0.0004/(0.0004 + 0.0004) = 1/2
+    np.testing.assert_allclose(shrunk.factor_for(wave, 6000.0, 0.0), [1.03, 1.01, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(shrunk.factor_for(wave, 6000.0, 0.0), _kernel_mean(shrunk, 0.0), rtol=1e-12)
+    assert shrunk.fingerprint != plain.fingerprint
 
 
 def test_kernel_correction_depends_on_feh_and_stops_at_its_domain(tmp_path):
@@ -189,7 +221,7 @@ def test_shipped_correction_records_its_provenance():
     np.testing.assert_allclose(model["domain"]["teff"], [min(teffs) - margin["teff_K"], max(teffs) + margin["teff_K"]])
 
 
-def _node_prediction(curves, fehs, teffs, h, margin, nodes, teff, feh):
+def _node_prediction(curves, fehs, teffs, h, margin, nodes, teff, feh, shrink):
     """What the library gives a star: each bracketing [M/H] node corrected by the kernel (1 outside), interpolated."""
     lo, hi = min(fehs) - margin["feh_dex"], max(fehs) + margin["feh_dex"]
     t_ok = min(teffs) - margin["teff_K"] <= teff <= max(teffs) + margin["teff_K"]
@@ -200,7 +232,7 @@ def _node_prediction(curves, fehs, teffs, h, margin, nodes, teff, feh):
     for node, weight in ((nodes[j], 1 - a), (nodes[j + 1], a)):
         if t_ok and lo <= node <= hi:
             k = np.exp(-0.5 * ((np.array(fehs) - node) / h) ** 2)
-            out = out + weight * sum(ki * c for ki, c in zip(k, curves)) / k.sum()
+            out = out + weight * _shrunk_mean(curves, k, shrink)
         else:
             out = out + weight
     return out
@@ -220,7 +252,7 @@ def test_shipped_sigma_is_the_leave_one_star_out_scatter(ck04_dir):
         rest = [n for n in names if n != name]
         pred = _node_prediction([corr.curves[n] for n in rest], [stars[n]["feh"] for n in rest],
                                 [stars[n]["teff"] for n in rest], model["bandwidth_dex"], fit["domain_margin"],
-                                nodes, stars[name]["teff"], stars[name]["feh"])
+                                nodes, stars[name]["teff"], stars[name]["feh"], model.get("shrinkage", False))
         ratio = corr.curves[name] / pred
         resid.append(ratio / np.median(ratio[norm]) - 1)
     expected = np.maximum(np.sqrt(np.mean(np.square(resid), axis=0)), 0.002)

@@ -30,7 +30,8 @@ stops after part 1. Nothing is downloaded.
 # The correction depends on the template's [M/H]: a template at [M/H] = f is
 # multiplied (before the line spread function) by the mean of the used
 # stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's fitted
-# [M/H] — ``factor_for(λ, Teff, [M/H])``. The metal-poor HD 111980 and the
+# [M/H], shrunk towards 1 wavelength by wavelength where the stars disagree —
+# ``factor_for(λ, Teff, [M/H])``. The metal-poor HD 111980 and the
 # three G0 dwarfs need opposite corrections below 4300 Å. Templates outside
 # the domain (the used stars' span of Teff and [M/H] widened by a margin) stay
 # uncorrected. ``sigma`` is the fractional 1σ for a star the correction has
@@ -142,7 +143,8 @@ else:
 # ------------------------------
 #
 # One frame of HD 38949, calibrated with no correction and with the correction
-# derived from the other three stars. The curves are the recovered
+# derived from the other three stars — the held-out star it helps least: it
+# adds a small tilt HD 38949 does not need, within the stated σ. The curves are the recovered
 # calibration divided by the injected throughput; the band is the ±1σ of the
 # corrected calibration, which now includes the template-misfit term.
 

@@ -33,7 +33,7 @@ from ..cache import fingerprint
 from ..exceptions import InputDataError
 from ..io.atomic import atomic_output
 
-__all__ = ["TemplateCorrection", "resolve_template_correction", "shipped_correction_path"]
+__all__ = ["TemplateCorrection", "kernel_factor", "resolve_template_correction", "shipped_correction_path"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,44 @@ _FORMAT = "kspec_fluxcal template correction 1"
 
 FEH_KERNEL = "feh-kernel"
 """``meta['model']['kind']`` of a correction that depends on the template's [M/H]."""
+
+
+def kernel_factor(stack, train_feh, bandwidth, feh, shrink=False):
+    """The factor a template at [M/H] = ``feh`` (dex) receives from the training curves.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (n_star, n_wave)
+        The training stars' spectrum / model curves.
+    train_feh : ndarray, shape (n_star,)
+        Their fitted [M/H] (dex).
+    bandwidth : float
+        Kernel width h (dex).
+    feh : float
+        [M/H] of the template (dex).
+    shrink : bool
+        Multiply the mean's departure from 1, wavelength by wavelength, by
+        m²/(m² + s²/n_eff) — m that departure, s² the stars' scatter about
+        their mean, n_eff = (Σw)²/Σw² — the empirical-Bayes weight of a mean
+        of n_eff noisy curves, so that the correction stays near 1 where the
+        stars disagree.
+
+    Returns
+    -------
+    ndarray, shape (n_wave,)
+        The kernel-weighted mean of the curves, weights exp(−½((feh − f_s)/h)²),
+        shrunk towards 1 when ``shrink``.
+    """
+    weights = np.exp(-0.5 * ((np.asarray(train_feh, dtype=np.float64) - feh) / bandwidth) ** 2)
+    mean = weights @ stack / np.sum(weights)
+    if not shrink or stack.shape[0] < 2:
+        return mean
+    n_eff = np.sum(weights) ** 2 / np.sum(weights**2)
+    departure = mean - 1.0
+    noise = np.var(stack, axis=0, ddof=1) / n_eff
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = np.where(departure**2 > 0, departure**2 / (departure**2 + noise), 0.0)
+    return 1.0 + weight * departure
 
 
 def shipped_correction_path(kind):
@@ -193,9 +231,8 @@ class TemplateCorrection:
         wave = np.asarray(wave, dtype=np.float64)
         if not self.covers(teff, feh):
             return np.ones(wave.shape)
-        h = float(self.model["bandwidth_dex"])
-        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / h) ** 2)
-        curve = weights @ self._stack / np.sum(weights)
+        curve = kernel_factor(self._stack, self._train_feh, float(self.model["bandwidth_dex"]), float(feh),
+                              shrink=bool(self.model.get("shrinkage", False)))
         return np.interp(wave, self._wave, curve)
 
     def fractional_sigma(self, wavelength):
