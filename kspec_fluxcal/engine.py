@@ -18,7 +18,7 @@ from .calibration import DEFAULT_MAG_FLOOR, LINE_DEPTH, compute_calibration_vect
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
 from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget
-from .exceptions import CalibrationError, KspecFluxcalError
+from .exceptions import CalibrationError, InputDataError, KspecFluxcalError
 from .quantities import value_in
 
 __all__ = ["StandardStar", "EngineOptions", "derive_flux_calibration"]
@@ -76,6 +76,13 @@ class EngineOptions:
     def __post_init__(self):
         if not (isinstance(self.knot_spacing, str) and self.knot_spacing == "auto"):
             self.knot_spacing = float(value_in(self.knot_spacing, u.AA, "knot_spacing"))
+        if not (isinstance(self.line_depth, str) and self.line_depth == "auto"):
+            depth = float(self.line_depth) if isinstance(self.line_depth, (int, float)) else np.nan
+            if not 0 < depth <= 1:
+                raise InputDataError(
+                    f"line_depth must be 'auto' or a fraction of the continuum in (0, 1]; got {self.line_depth!r}."
+                )
+            self.line_depth = depth
 
 
 def _teff_window(photometry):

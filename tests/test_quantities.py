@@ -30,6 +30,13 @@ def test_config_and_options_take_quantities():
         FluxcalConfig(fwhm=2.5 * u.s)
 
 
+@pytest.mark.parametrize("bad", ["often", 0.0, 1.5, None])
+def test_line_depth_is_auto_or_a_fraction(bad):
+    assert EngineOptions().line_depth == "auto" and EngineOptions(line_depth=0.08).line_depth == 0.08
+    with pytest.raises(InputDataError, match="line_depth must be 'auto' or a fraction"):
+        EngineOptions(line_depth=bad)
+
+
 def test_knot_spacing_as_quantity_gives_the_same_spline():
     wave = np.linspace(4000.0, 8000.0, 2000)
     rng = np.random.default_rng(1)
