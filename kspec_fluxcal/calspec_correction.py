@@ -313,7 +313,8 @@ def derive_template_correction(
                 "domain_margin": {"teff_K": float(domain_margin[0]), "feh_dex": float(domain_margin[1])},
                 "edge_stars": bool(edge_stars),
                 "sigma": "leave-one-star-out rms of (star curve / correction predicted without it - 1), "
-                         "floor 0.002", "shrink": bool(shrink),
+                         "floor 0.002",
+                "shrink": bool(shrink),
                 "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
                               "to synthetic PS1 griz/Gaia/2MASS photometry"},
         "model": model,

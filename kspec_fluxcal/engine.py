@@ -71,7 +71,7 @@ class EngineOptions:
     template_misfit: object = None
     zero_point_sigma: float = CATALOG_ZERO_POINT_SIGMA
     telluric: bool = False
-    line_depth: float = LINE_DEPTH
+    line_depth: object = LINE_DEPTH
 
     def __post_init__(self):
         if not (isinstance(self.knot_spacing, str) and self.knot_spacing == "auto"):
