@@ -534,7 +534,7 @@ def _touching(out, wave, flags):
     return np.interp(out, wave, flags.astype(float)) > 0
 
 
-def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
+def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     """`CalibrationVector` objects from per-pixel vectors on one grid, smooth forms fitted together.
 
     Parameters
@@ -546,6 +546,10 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
         ``'auto'`` lets the stars choose it
         (`kspec_fluxcal.knot_selection.select_knot_spacing`). Each vector's
         meta records it (``knot_spacing``, ``knot_selection``).
+    misfit : callable, optional
+        λ (Å) → fractional template misfit shared by the standards (the
+        library's floor); with ``'auto'`` a finer spacing must beat a
+        smoother one by more than this could explain.
 
     Returns
     -------
@@ -557,7 +561,7 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
     cal = np.array([p.cal for p in pixel_vectors])
     stat_var = np.array([p.stat_var for p in pixel_vectors])
     exclude = np.array([p.bad | p.exclude for p in pixel_vectors])
-    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude)
+    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude, misfit=misfit)
     strict = all(p.exclude_strict is not None for p in pixel_vectors) and choice.spacing >= STRICT_LINE_MASK_SPACING
     if strict:
         exclude = np.array([p.bad | p.exclude_strict for p in pixel_vectors])
@@ -579,11 +583,14 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0):
 
 
 def compute_calibration_vectors(spectra, matches, grid, phot_scales, output_wavelength, mask_regions=None,
-                                extinction="F99", r_v=3.1, knot_spacing=250.0, line_depth=LINE_DEPTH, metas=None):
+                                extinction="F99", r_v=3.1, knot_spacing=250.0, line_depth=LINE_DEPTH, metas=None,
+                                misfit=None):
     """Calibration vectors of many standards on one grid, smooth forms fitted as one batch.
 
     Parameters are those of `compute_calibration_vector_for_star`, one per
-    star in lists (``metas`` optional). Returns ``(vectors, failures)``:
+    star in lists (``metas`` optional); ``misfit`` is the library's shared
+    template misfit for the knot choice (`smooth_calibration_vectors`).
+    Returns ``(vectors, failures)``:
     the vectors of the stars that could be calibrated and, for the others,
     ``(index, reason)`` pairs.
     """
@@ -605,5 +612,5 @@ def compute_calibration_vectors(spectra, matches, grid, phot_scales, output_wave
             failures.append((i, "fewer than 10 usable pixels on the calibration grid"))
             continue
         pixels.append(p)
-    vectors = smooth_calibration_vectors(pixels, knot_spacing) if pixels else []
+    vectors = smooth_calibration_vectors(pixels, knot_spacing, misfit=misfit) if pixels else []
     return vectors, failures

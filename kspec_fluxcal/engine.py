@@ -17,7 +17,7 @@ from astropy import units as u
 from .calibration import DEFAULT_MAG_FLOOR, LINE_DEPTH, compute_calibration_vectors, scale_template_to_photometry
 from .combine import QualityGates, combine_calibration_vectors
 from .containers import Photometry, validate_spectrum
-from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget
+from .error_budget import CATALOG_ZERO_POINT_SIGMA, complete_error_budget, library_misfit_floor
 from .exceptions import CalibrationError, InputDataError, KspecFluxcalError
 from .quantities import value_in
 
@@ -192,6 +192,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         mask_regions=regions, extinction=grid.meta.get("extinction", "F99"), r_v=grid.meta.get("r_v", 3.1),
         knot_spacing=options.knot_spacing, line_depth=options.line_depth,
         metas=[_star_meta(stars[i], matches[i], windows[i], grid) for i in calibratable],
+        misfit=library_misfit_floor(grid.meta)[0],
     )
     for k, reason in failures:
         _reject(rejected, stars[calibratable[k]], reason)

@@ -1,0 +1,208 @@
+"""Frames of similar real standards: the knot-spacing choice and the template correction (a script, not a test).
+
+Standards of one type share most of their template misfit; a calibration
+that believes that shared misfit is instrument structure prints it into the
+vector of every fiber. This script measures that case (issue 22) and the one
+it must not lose:
+
+``gdwarfs``
+    Eight G dwarfs of ``../shared/data/calspec`` (`G_DWARFS`) as the
+    standards of one frame (`kspec_fluxcal.simulate.make_calspec_exposure`:
+    FWHM 30 Å, 621 pixels of 10 Å, S/N 50–150, gray losses 0.7–1),
+    calibrated with the ck04 grid and a template correction derived
+    **without** these eight stars.
+``bosz``
+    The same eight stars, the one real BOSZ 2024 model of ``../shared/data``,
+    FWHM 10 Å, 2.5 Å pixels, no telluric correction.
+``mixed``
+    Eight stars of several types (F, metal-poor, G; `MIXED`), ck04, the
+    correction derived without them.
+``ripple350``, ``ripple600-step``
+    Frames of ``tests/independent_sim.py`` (8 synthetic standards, FWHM 2 Å,
+    12 400 pixels, SYNTHETIC 520-model grid, no catalogue zero point) through
+    a throughput with a 1.5 % ripple every 350 Å, or a 1 % ripple every
+    600 Å plus a 5 % step at 5700 Å (`STRUCTURES`).
+``independent``
+    The same with the simulator's random structured throughputs and 5 mmag
+    catalogue zero points.
+``calspec-independent``
+    The eight G dwarfs through the independent instrument (its structured
+    throughput, 5 mmag catalogue zero points), ck04, correction derived
+    without them: real shared misfit AND real instrument structure.
+
+Each set runs with every ``--knots`` value ('auto' and fixed spacings) and
+prints per realisation the median and 95th percentile of |Cal/truth − 1|
+over 3800–9200 Å outside the telluric bands, and the pooled pull rms
+(Cal − truth)/σ, with the knot spacings chosen and the error terms' shares.
+
+Usage::
+
+    python benchmarks/bench_similar_standards.py [--sets gdwarfs bosz mixed ripple350 ripple600-step independent
+        calspec-independent]
+        [--seeds 1 2 3 4] [--knots auto 250] [--shared ../shared/data]
+
+Targets (issue 22): G dwarfs every realisation median ≤ 0.25 %, p95 ≤ 1.2 %,
+pooled pull rms 0.8–1.25; BOSZ median ≤ 0.3 %, p95 ≤ 1.2 %; independent
+≤ 0.15 % / ≤ 0.4 % (the structured frames).
+"""
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from common import DEFAULT_GRID, synthetic_subgrid
+
+from kspec_fluxcal.accuracy import true_level
+from kspec_fluxcal.apply import calibration_on_grid
+from kspec_fluxcal.calspec_correction import derive_template_correction
+from kspec_fluxcal.masks import load_mask_array, load_mask_regions
+from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
+from kspec_fluxcal.simulate import make_calspec_exposure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import independent_sim  # noqa: E402
+from independent_sim import Throughput, accuracy, make_frame  # noqa: E402
+
+G_DWARFS = ("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "p330e", "p177d")
+"""The eight solar-type G dwarfs of the similar-standards frames."""
+
+MIXED = ("hd031128", "hd111980", "bd_17d4708", "hd160617", "hd200654", "hd209458", "p330e", "hd185975")
+"""Eight standards of mixed type: F, metal-poor F/G and solar G dwarfs."""
+
+STRUCTURES = {"ripple350": Throughput((0.015, 350.0, 0.0), (0.0, 200.0, 0.0), (0.0, 5700.0, 40.0)),
+              "ripple600-step": Throughput((0.01, 600.0, 0.0), (0.0, 200.0, 0.0), (0.05, 5700.0, 40.0))}
+"""The fixed structured throughputs of the ``ripple350`` and ``ripple600-step`` frames."""
+
+TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
+
+
+def _files(shared, names):
+    files = sorted((shared / "calspec").glob("*.fits*"))
+    out = [f for f in files if f.name.split("_stis")[0] in names]
+    missing = set(names) - {f.name.split("_stis")[0] for f in out}
+    if missing:
+        raise SystemExit(f"CALSPEC stars missing in {shared / 'calspec'}: {sorted(missing)}")
+    return out
+
+
+def _package_accuracy(run, exposure):
+    """Errors and pulls of a `make_calspec_exposure` frame over 3800–9200 Å outside the telluric bands."""
+    wave = u.Quantity(exposure.truth["wavelength"], u.AA)
+    truth = u.Quantity(exposure.truth["system_calibration"]).value / true_level(run.result.summary,
+                                                                               exposure.truth["gray"])
+    factor, var, bad = calibration_on_grid(run.result.combined_vector, wave)
+    sel = ~bad & (wave.value >= 3800.0) & (wave.value <= 9200.0)
+    sel &= ~load_mask_array(wave, load_mask_regions("telluric_default"))
+    err = np.abs(factor[sel] / truth[sel] - 1)
+    return {"median_abs_error": float(np.median(err)), "p95_abs_error": float(np.percentile(err, 95)),
+            "pulls": (factor[sel] - truth[sel]) / np.sqrt(var[sel])}
+
+
+def _row(run, acc):
+    budget = run.result.summary["error_budget"]["terms"]
+    return {**acc, "spacing": run.result.summary["knot_selection"]["spacing"],
+            "shares": {t: (budget.get(t) or {}).get("share") or 0.0 for t in TERMS},
+            "sigmas": {t: (budget.get(t) or {}).get("median_fraction") or 0.0 for t in TERMS}}
+
+
+def report(name, rows):
+    """Print one set's figures: per-realisation median / p95, pooled pull rms, spacings, error terms."""
+    pulls = np.concatenate([r["pulls"] for r in rows])
+    med = ", ".join(f"{100 * r['median_abs_error']:.2f}" for r in rows)
+    p95 = ", ".join(f"{100 * r['p95_abs_error']:.2f}" for r in rows)
+    shares = {t: np.mean([r["shares"][t] for r in rows]) for t in TERMS}
+    sigmas = {t: np.median([r["sigmas"][t] for r in rows]) for t in TERMS}
+    print(f"{name}")
+    print(f"    median % [{med}]  p95 % [{p95}]  pooled pull rms {np.sqrt(np.mean(pulls**2)):.2f}  "
+          f"knots {', '.join(str(round(r['spacing'])) for r in rows)} Å")
+    print("    terms " + ", ".join(f"{t} {100 * sigmas[t]:.2f} % ({100 * shares[t]:.0f} %)" for t in TERMS),
+          flush=True)
+
+
+def _run(red, config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return apply_fluxcal(red, config)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--sets", nargs="+", default=["gdwarfs", "bosz", "mixed", "ripple350", "ripple600-step",
+                                                       "independent", "calspec-independent"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--knots", nargs="+", default=["auto", "250"])
+    parser.add_argument("--grid", default=DEFAULT_GRID)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    start = time.perf_counter()
+    knots = [k if k == "auto" else float(k) for k in args.knots]
+    ck04, bosz = args.shared / "ck04models", args.shared / "bosz2024"
+    all_files = sorted((args.shared / "calspec").glob("*.fits*"))
+    corrections = {}
+
+    def correction_without(names):
+        if names not in corrections:
+            corrections[names] = derive_template_correction(all_files, ck04, exclude=list(names))
+            print(f"  correction without {', '.join(names)}: trained on "
+                  f"{', '.join(corrections[names].meta['used_stars'])}", flush=True)
+        return corrections[names]
+
+    tmp = Path(tempfile.mkdtemp())
+    for which in args.sets:
+        for knot in knots:
+            rows = []
+            for seed in args.seeds:
+                if which in ("gdwarfs", "mixed", "bosz"):
+                    names = G_DWARFS if which != "mixed" else MIXED
+                    fwhm, n_pix = (10.0, 2481) if which == "bosz" else (30.0, 621)
+                    exposure = make_calspec_exposure(_files(args.shared, names), fwhm=fwhm, n_pix=n_pix, seed=seed)
+                    red, cat = exposure.write(tmp, stem=f"{which}{seed}")
+                    corr = "none" if which == "bosz" else correction_without(names)
+                    config = FluxcalConfig(catalog=cat, templates=bosz if which == "bosz" else ck04, fwhm=fwhm,
+                                           template_correction=corr, knot_spacing=knot, zero_point_sigma=0.0,
+                                           mag_floor=0.0, telluric=False if which == "bosz" else None,
+                                           output=tmp / "out.fits", force=True)
+                    run = _run(red, config)
+                    rows.append(_row(run, _package_accuracy(run, exposure)))
+                elif which in STRUCTURES:
+                    # the simulator draws its throughput from Throughput.random: give it this one instead
+                    original = independent_sim.Throughput.random
+                    independent_sim.Throughput.random = classmethod(lambda cls, rng, t=STRUCTURES[which]: t)
+                    try:
+                        frame = make_frame(n_standards=8, n_pix=12400, zero_point_sigma=0.0, seed=seed)
+                    finally:
+                        independent_sim.Throughput.random = original
+                    red, cat = frame.write(tmp, stem=f"{which}{seed}")
+                    run = _run(red, FluxcalConfig(catalog=cat, templates=synthetic_subgrid(args.grid),
+                                                  knot_spacing=knot, zero_point_sigma=0.0, output=tmp / "out.fits",
+                                                  force=True))
+                    rows.append(_row(run, accuracy(run.result, frame)))
+                elif which == "independent":
+                    frame = make_frame(n_standards=8, n_pix=12400, seed=seed)
+                    red, cat = frame.write(tmp, stem=f"ind{seed}")
+                    run = _run(red, FluxcalConfig(catalog=cat, templates=synthetic_subgrid(args.grid),
+                                                  knot_spacing=knot, output=tmp / "out.fits", force=True))
+                    rows.append(_row(run, accuracy(run.result, frame)))
+                elif which == "calspec-independent":
+                    frame = make_frame(calspec_files=_files(args.shared, G_DWARFS), n_pix=621, fwhm=30.0,
+                                       snr_range=(50.0, 150.0), seed=seed)
+                    red, cat = frame.write(tmp, stem=f"csi{seed}")
+                    run = _run(red, FluxcalConfig(catalog=cat, templates=ck04, fwhm=30.0, knot_spacing=knot,
+                                                  template_correction=correction_without(G_DWARFS),
+                                                  output=tmp / "out.fits", force=True))
+                    rows.append(_row(run, accuracy(run.result, frame, wave_range=(3800.0, 9200.0))))
+                else:
+                    raise SystemExit(f"unknown set {which!r}")
+            report(f"{which}, knots {knot}", rows)
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
