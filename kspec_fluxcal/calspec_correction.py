@@ -30,9 +30,19 @@ from astropy.table import Table
 from .exceptions import InputDataError
 from .templates.correction import FEH_KERNEL, TemplateCorrection, kernel_factor
 
-__all__ = ["derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
+__all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
 
 log = logging.getLogger(__name__)
+
+CK04_TRAINING_FILES = (
+    "bd02d3375_stis_006.fits.gz", "bd26d2606_stis_006.fits.gz", "bd29d2091_stis_006.fits.gz",
+    "bd54d1216_stis_005.fits.gz", "bd_17d4708_stisnic_007.fits.gz", "hd031128_stis_006.fits.gz",
+    "hd111980_stis_006.fits.gz", "hd159222_stis_008.fits.gz", "hd160617_stis_005.fits.gz",
+    "hd185975_stis_007.fits.gz", "hd200654_stis_007.fits.gz", "hd209458_stisnic_008.fits.gz",
+    "hd37962_stis_010.fits.gz", "hd38949_stis_007.fits.gz", "p041c_stisnic_009.fits.gz",
+    "p177d_stisnic_010.fits.gz", "p330e_stiswfcnic_006.fits.gz",
+)
+"""The 17 CALSPEC F/G spectra (files of ``../shared/data/calspec``) the shipped ck04 correction was learned from."""
 
 _SIGMA_FLOOR = 0.002
 """Fractional floor of the correction's uncertainty: below it four stars cannot tell."""
@@ -108,6 +118,10 @@ def derive_template_correction(
     wavelength, the rms over the training stars of (curve / correction
     derived without the star − 1) with the chosen bandwidth — how well the
     correction predicts a star it has not seen — with a floor of 0.2 %.
+    Each star's residual is kept (columns ``loo_<star>``): the σ a standard
+    of a frame receives is their rms weighted by the [M/H] kernel at its own
+    fitted [M/H] (`TemplateCorrection.sigma_for`), as the solar G dwarfs and
+    the metal-poor stars are predicted differently well.
     The linear dependence of the misfit on Teff across the training stars is
     measured and reported in ``meta['teff_dependence']`` (not applied).
 
@@ -283,7 +297,7 @@ def derive_template_correction(
              ", ".join(f"{h:g}: {100 * v:.2f}%" for h, v in scores.items()))
     model = {"kind": FEH_KERNEL, "bandwidth_dex": float(best), "shrinkage": bool(shrink), "training": used,
              "feh": [float(f) for f in fehs], "teff": [float(t) for t in teffs],
-             "domain": _domain(teffs, fehs, domain_margin),
+             "domain": _domain(teffs, fehs, domain_margin), "sigma_floor": _SIGMA_FLOOR,
              "bandwidth_scores": {f"{h:g}": round(v, 6) for h, v in scores.items()}}
 
     teff_dependence = None
@@ -313,7 +327,8 @@ def derive_template_correction(
                 "domain_margin": {"teff_K": float(domain_margin[0]), "feh_dex": float(domain_margin[1])},
                 "edge_stars": bool(edge_stars),
                 "sigma": "leave-one-star-out rms of (star curve / correction predicted without it - 1), "
-                         "floor 0.002",
+                         "floor 0.002; per standard: the rms weighted by the [M/H] kernel at its fitted [M/H] "
+                         "(columns loo_<star>)",
                 "shrink": bool(shrink),
                 "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
                               "to synthetic PS1 griz/Gaia/2MASS photometry"},
@@ -326,7 +341,8 @@ def derive_template_correction(
     }
     # rounded so that the ECSV file is compact and reads back to the same fingerprint
     return TemplateCorrection(np.round(wave, 4), np.round(factor, 6), np.round(sigma, 6), meta,
-                              {k: np.round(v[keep], 6) for k, v in curves.items()})
+                              {k: np.round(v[keep], 6) for k, v in curves.items()},
+                              {k: np.round(r, 6) for k, r in zip(used, residuals[best])})
 
 
 def _domain(teffs, fehs, margin):
@@ -432,7 +448,7 @@ def calspec_frame_accuracy(calspec_files, templates, correction, seed, fwhm=30.0
                                 wave_range=wave_range, exclude_regions=load_mask_regions("telluric_default"))
 
 
-def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, **derive_kwargs):
+def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, held_out=None, **derive_kwargs):
     """Leave-one-star-out test of the correction over the usable CALSPEC stars.
 
     For each star used by the full derivation and not on the grid's edge
@@ -452,6 +468,9 @@ def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, 
         Noise realisations.
     fwhm : float
         Resolution of the derivation and of the frames (Å).
+    held_out : sequence of str, optional
+        The stars to hold out in turn (names as in ``exclude``); default:
+        every usable star.
     **derive_kwargs
         Passed to `derive_template_correction`.
 
@@ -467,8 +486,12 @@ def leave_one_star_out(calspec_files, templates, seeds=(1, 2, 3, 4), fwhm=30.0, 
     full = derive_template_correction(files, templates, fwhm=fwhm, **derive_kwargs)
     exclude = list(derive_kwargs.pop("exclude", ()))
     rows, corrections = [], {}
-    held_out = [s["name"] for s in full.meta["stars"] if s["used"] and not s.get("on_edge")]
-    for star in held_out:
+    usable = [s["name"] for s in full.meta["stars"] if s["used"] and not s.get("on_edge")]
+    unknown = sorted(set(held_out or ()) - set(usable))
+    if unknown:
+        raise InputDataError(f"held-out stars {unknown} are not usable training stars ({', '.join(usable)}); "
+                             "name stars the full derivation uses.")
+    for star in usable if held_out is None else [s for s in usable if s in held_out]:
         corr = derive_template_correction(files, templates, fwhm=fwhm, exclude=[*exclude, star], **derive_kwargs)
         corrections[star] = corr
         target = [f for f in files if _star_name(f) == star]

