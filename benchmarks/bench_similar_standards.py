@@ -14,6 +14,10 @@ it must not lose:
 ``bosz``
     The same eight stars, the one real BOSZ 2024 model of ``../shared/data``,
     FWHM 10 Å, 2.5 Å pixels, no telluric correction.
+``gdwarf-halves``
+    Two frames per realisation, each of four of the eight G dwarfs
+    (`HALVES`), ck04, FWHM 30 Å, the correction derived without that
+    frame's four (so from the other four G dwarfs and the nine other stars).
 ``mixed``
     Eight stars of several types (F, metal-poor, G; `MIXED`), ck04, the
     correction derived without them.
@@ -37,7 +41,8 @@ over 3800–9200 Å outside the telluric bands, and the pooled pull rms
 
 Usage::
 
-    python benchmarks/bench_similar_standards.py [--sets gdwarfs bosz mixed ripple350 ripple600-step independent
+    python benchmarks/bench_similar_standards.py [--sets gdwarfs gdwarf-halves bosz mixed ripple350 ripple600-step
+        independent
         calspec-independent]
         [--seeds 1 2 3 4] [--knots auto 250] [--shared ../shared/data]
 
@@ -78,6 +83,9 @@ MIXED = ("hd031128", "hd111980", "bd_17d4708", "hd160617", "hd200654", "hd209458
 STRUCTURES = {"ripple350": Throughput((0.015, 350.0, 0.0), (0.0, 200.0, 0.0), (0.0, 5700.0, 40.0)),
               "ripple600-step": Throughput((0.01, 600.0, 0.0), (0.0, 200.0, 0.0), (0.05, 5700.0, 40.0))}
 """The fixed structured throughputs of the ``ripple350`` and ``ripple600-step`` frames."""
+
+HALVES = (G_DWARFS[:4], G_DWARFS[4:])
+"""The G dwarfs split in two frames of four."""
 
 TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
 
@@ -134,7 +142,8 @@ def _run(red, config):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--sets", nargs="+", default=["gdwarfs", "bosz", "mixed", "ripple350", "ripple600-step",
+    parser.add_argument("--sets", nargs="+", default=["gdwarfs", "gdwarf-halves", "bosz", "mixed", "ripple350",
+                                                       "ripple600-step",
                                                        "independent", "calspec-independent"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--knots", nargs="+", default=["auto", "250"])
@@ -159,18 +168,21 @@ def main():
         for knot in knots:
             rows = []
             for seed in args.seeds:
-                if which in ("gdwarfs", "mixed", "bosz"):
-                    names = G_DWARFS if which != "mixed" else MIXED
+                if which in ("gdwarfs", "mixed", "bosz", "gdwarf-halves"):
+                    frames = {"gdwarfs": [G_DWARFS], "bosz": [G_DWARFS], "mixed": [MIXED],
+                              "gdwarf-halves": list(HALVES)}[which]
                     fwhm, n_pix = (10.0, 2481) if which == "bosz" else (30.0, 621)
-                    exposure = make_calspec_exposure(_files(args.shared, names), fwhm=fwhm, n_pix=n_pix, seed=seed)
-                    red, cat = exposure.write(tmp, stem=f"{which}{seed}")
-                    corr = "none" if which == "bosz" else correction_without(names)
-                    config = FluxcalConfig(catalog=cat, templates=bosz if which == "bosz" else ck04, fwhm=fwhm,
-                                           template_correction=corr, knot_spacing=knot, zero_point_sigma=0.0,
-                                           mag_floor=0.0, telluric=False if which == "bosz" else None,
-                                           output=tmp / "out.fits", force=True)
-                    run = _run(red, config)
-                    rows.append(_row(run, _package_accuracy(run, exposure)))
+                    for names in frames:
+                        exposure = make_calspec_exposure(_files(args.shared, names), fwhm=fwhm, n_pix=n_pix,
+                                                         seed=seed)
+                        red, cat = exposure.write(tmp, stem=f"{which}{seed}")
+                        corr = "none" if which == "bosz" else correction_without(names)
+                        config = FluxcalConfig(catalog=cat, templates=bosz if which == "bosz" else ck04, fwhm=fwhm,
+                                               template_correction=corr, knot_spacing=knot, zero_point_sigma=0.0,
+                                               mag_floor=0.0, telluric=False if which == "bosz" else None,
+                                               output=tmp / "out.fits", force=True)
+                        run = _run(red, config)
+                        rows.append(_row(run, _package_accuracy(run, exposure)))
                 elif which in STRUCTURES:
                     # the simulator draws its throughput from Throughput.random: give it this one instead
                     original = independent_sim.Throughput.random

@@ -31,14 +31,14 @@ stops after part 1. Nothing is downloaded.
 # multiplied (before the line spread function) by the mean of the used
 # stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's fitted
 # [M/H], shrunk towards 1 wavelength by wavelength where the stars disagree —
-# ``factor_for(λ, Teff, [M/H])``. The metal-poor HD 111980 and the
-# three G0 dwarfs need opposite corrections below 4300 Å. Templates outside
+# ``factor_for(λ, Teff, [M/H])``. The nine metal-poor stars and the
+# eight solar G dwarfs need opposite corrections below 4300 Å. Templates outside
 # the domain (the used stars' span of Teff and [M/H] widened by a margin) stay
 # uncorrected. ``sigma`` is the fractional 1σ for a star the correction has
 # not seen (the leave-one-star-out predictive scatter). Each star's own
 # curve (spectrum / best-fitting model, smoothed on 250 Å knots, lines
-# masked) is kept in the file; the two stars below the grid's lowest
-# [M/H] = −1 are shown dashed and were not used.
+# masked) is kept in the file (all 17 lie inside the grid, which now
+# reaches [M/H] = −2.5, and are used).
 
 import tempfile
 import warnings
@@ -47,7 +47,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kspec_fluxcal.calspec_correction import calspec_frame_accuracy, derive_template_correction
+from kspec_fluxcal.calspec_correction import CK04_TRAINING_FILES, calspec_frame_accuracy, derive_template_correction
 from kspec_fluxcal.exceptions import KspecFluxcalWarning
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure
@@ -69,12 +69,16 @@ for star in shipped.meta["stars"]:
 print("bandwidth", shipped.model["bandwidth_dex"], "dex; domain", shipped.model["domain"])
 for feh, color in ((-0.5, "tab:purple"), (0.0, "k")):
     factor = shipped.factor_for(wave, 6250.0, feh)
-    top.fill_between(wave, factor * (1 - shipped.sigma), factor * (1 + shipped.sigma), color=color, alpha=0.12, lw=0)
+    sigma = shipped.sigma_for(wave, 6250.0, feh)  # 1σ for a new star of this [M/H]
+    top.fill_between(wave, factor * (1 - sigma), factor * (1 + sigma), color=color, alpha=0.12, lw=0)
     top.plot(wave, factor, color=color, lw=2, label=f"correction at [M/H] = {feh:+.1f}, 6250 K")
 top.set_ylim(0.9, 1.1)
 top.set_ylabel("spectrum / model")
 top.legend(fontsize=7, ncol=2)
-bottom.plot(wave, 100 * shipped.sigma, "k")
+bottom.plot(wave, 100 * shipped.sigma, "k", label="all stars")
+for feh, color in ((-2.0, "tab:blue"), (-0.5, "tab:purple"), (0.0, "tab:red")):
+    bottom.plot(wave, 100 * shipped.sigma_for(wave, 6250.0, feh), color=color, lw=0.8, label=f"[M/H] = {feh:+.1f}")
+bottom.legend(fontsize=7, ncol=4)
 bottom.set_ylim(0, 10)
 bottom.set_ylabel("1σ (%)")
 bottom.set_xlabel("wavelength in air (Å)")
@@ -86,16 +90,15 @@ fig.tight_layout()
 # Leave one star out
 # ------------------
 #
-# A correction learned from four stars could merely memorise them. For each
-# usable star we derive the correction from the *other* stars and calibrate a
+# A correction learned from 17 stars could still memorise them. For four of
+# them we derive the correction from the *other* 16 and calibrate a
 # one-standard frame of the held-out star (FWHM 30 Å, noise, telluric bands;
 # `~kspec_fluxcal.calspec_correction.calspec_frame_accuracy`) without any
 # correction and with the one derived without it. Figures: median and 95th
 # percentile of abs(Cal/truth − 1) over 3800–9200 Å, and the pull rms (the
 # correction's σ is in the error budget; without a correction, or for a
-# star outside its domain, the library's misfit floor is). HD 111980 lies
-# outside the [M/H] span of the other three: its templates stay uncorrected
-# and its two frames agree.
+# star outside its domain, the library's misfit floor is). All 17 stars,
+# two realisations each: :ref:`template-correction`.
 
 
 def find_shared_data(name):
@@ -112,8 +115,8 @@ ck04, calspec_dir = find_shared_data("ck04models"), find_shared_data("calspec")
 if ck04 is None or calspec_dir is None:
     print("the real ck04models subset and CALSPEC spectra (../shared/data) are absent: parts 2 and 3 are skipped.")
 else:
-    files = sorted(calspec_dir.glob("*.fits*"))
-    usable = shipped.meta["used_stars"]
+    files = [calspec_dir / name for name in CK04_TRAINING_FILES]  # named: more data there changes nothing
+    usable = ["hd209458", "hd38949", "hd111980", "bd_17d4708"]  # two G dwarfs, the F7 dwarf, a metal-poor sdF8
     results, loo = {}, {}
     for star in usable:
         loo[star] = derive_template_correction(files, ck04, exclude=[star])
@@ -143,8 +146,8 @@ else:
 # ------------------------------
 #
 # One frame of HD 38949, calibrated with no correction and with the correction
-# derived from the other three stars — the held-out star it helps least: it
-# adds a small tilt HD 38949 does not need, within the stated σ. The curves are the recovered
+# derived from the other 16 stars — the held-out star it helps least: it
+# adds a small tilt in the red HD 38949 does not need, within the stated σ. The curves are the recovered
 # calibration divided by the injected throughput; the band is the ±1σ of the
 # corrected calibration, which now includes the template-misfit term.
 
