@@ -263,7 +263,7 @@ def _report(args):
     states = [e.state for e in report.exposures]
     print(f"{args.output / 'index.html'}: {len(states)} RED files ({states.count('ok')} ok, "
           f"{states.count('fallback')} fallback, {states.count('failed')} failed), "
-          f"{sum(bool(e.flags) for e in report.exposures)} flagged")
+          f"{sum(e.flagged for e in report.exposures)} flagged")
     for problem in report.problems:
         print(f"  missing or unreadable: {problem}")
     return 0

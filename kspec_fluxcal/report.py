@@ -38,7 +38,9 @@ A missing or unreadable run log, product, calibrated file or figure is named
 on the page under "Missing or unreadable"; the page is written regardless.
 """
 
+import json
 import logging
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -123,6 +125,11 @@ class Exposure:
     flags: list = field(default_factory=list)
     standards: list = field(default_factory=list)
 
+    @property
+    def flagged(self):
+        """Calibrated, but not in agreement with the night (or not checkable)."""
+        return bool(self.flags) and self.state != "failed"
+
 
 @dataclass
 class NightReport:
@@ -176,21 +183,34 @@ def _header(path):
 
 
 def _read_result(path):
-    """The calibration in a product or calibrated RED file, reading only its calibration extensions."""
-    from .containers import FluxCalibrationResult
+    """The calibration of a product or calibrated RED file — combined vector, summary, telluric — and its header facts.
+
+    Only the ``FLUXCAL``, ``FCALSUM`` and ``TELLURIC`` extensions are read
+    (memory-mapped); the per-star vectors are not needed (the summary lists
+    the standards).
+    """
+    from .atmosphere import read_airmass
+    from .containers import CalibrationVector, FluxCalibrationResult, TelluricTransmission
+    from .io.units import read_fits_table
+    from .products import header_exptime
 
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=True) as hdul:
-                keep = [hdul[0].copy()] + [h.copy() for h in hdul[1:]
-                                           if h.name in ("FLUXCAL", "FCALVEC", "FCALSUM", "TELLURIC")]
-                result = FluxCalibrationResult.from_hdulist(fits.HDUList(keep))
-                header = hdul[0].header.copy()
+                names = [h.name for h in hdul]
+                if "FLUXCAL" not in names:
+                    raise InputDataError("no FLUXCAL extension")
+                vector = CalibrationVector.from_table(read_fits_table(hdul["FLUXCAL"]))
+                summary = json.loads(hdul["FCALSUM"].data["SUMMARY_JSON"][0]) if "FCALSUM" in names else {}
+                telluric = TelluricTransmission.from_hdu(hdul["TELLURIC"]) if "TELLURIC" in names else None
+                header = hdul[0].header
+                facts = {"date_obs": header.get("DATE-OBS"), "airmass": read_airmass(header),
+                         "exptime": header_exptime(header), "fallback": bool(header.get("FCALFALL", False))}
     except (OSError, ValueError, KeyError, TypeError, IndexError, KspecFluxcalError) as exc:
         raise InputDataError(f"{path.name} holds no readable calibration ({' '.join(str(exc).split())})") from exc
-    return result, header
+    return FluxCalibrationResult(vector, summary=summary, telluric=telluric), facts
 
 
 def _run_log_rows(path, problems):
@@ -224,18 +244,26 @@ def _stem(path):
     return Path(path).name.split(".")[0]
 
 
-def _find_qc(folders, stem, report_dir):
-    """The QC figures of a frame (``<stem>_<name>.png``) under ``folders`` (first found per name)."""
-    found = {}
-    for folder in folders:
+def _qc_index(folders, stems, report_dir):
+    """The QC figures (``<stem>_<name>.png``) of every stem under ``folders``, first found per name, in order."""
+    found = {stem: {} for stem in stems}
+    for folder in dict.fromkeys(folders):
         if folder is None or not folder.is_dir():
             continue
-        for png in sorted(folder.rglob(f"{stem}_*.png")):
+        for png in sorted(folder.rglob("*_*.png")):
             if report_dir in png.parents and png.parent != report_dir / "qc":
                 continue
-            found.setdefault(png.name, png)
+            name = png.stem
+            for k in range(len(name) - 1, 0, -1):
+                if name[k] == "_" and name[:k] in found:
+                    found[name[:k]].setdefault(png.name, png)
+                    break
     order = {s: k for k, s in enumerate(QC_SUFFIXES)}
-    return sorted(found.values(), key=lambda p: (order.get(p.stem[len(stem) + 1:], len(order)), p.name))
+
+    def key(png, stem):
+        return order.get(png.stem[len(stem) + 1:], len(order)), png.name
+
+    return {stem: sorted(pngs.values(), key=lambda p, stem=stem: key(p, stem)) for stem, pngs in found.items()}
 
 
 def _parse_time(value):
@@ -278,8 +306,8 @@ def collect_night(night_dir, report_dir, run_log=None):
         if state in ("failed", "unfinished"):
             exp.state = "failed"
             exp.reason = reason if state == "failed" else f"unfinished: {reason}"
-        else:
-            exp.calibrated = output if output is not None and output.is_file() else night_dir / name
+        else:  # the run log's folder is the night folder unless one is given: it may have moved since
+            exp.calibrated = output if run_log is not None and output is not None else night_dir / name
         exposures[name] = exp
     for path in sorted(night_dir.iterdir()):
         if not path.is_file() or not _is_red_candidate(path) or path.name in exposures:
@@ -296,52 +324,57 @@ def collect_night(night_dir, report_dir, run_log=None):
         else:
             exposures[path.name] = Exposure(name=path.name, state="failed", red=path,
                                             reason="not calibrated (FLUXCAL is not set; no run-log row)")
-    folders = [night_dir, report_dir / "qc"]
     for exp in exposures.values():
         _load_exposure(exp, night_dir, problems)
-        exp.qc = _find_qc(folders + ([exp.calibrated.parent] if exp.calibrated else []),
-                          _stem(exp.calibrated or exp.name), report_dir)
+    folders = [night_dir, report_dir / "qc"] + [e.calibrated.parent for e in exposures.values() if e.calibrated]
+    qc = _qc_index(folders, {_stem(e.calibrated or e.name) for e in exposures.values()}, report_dir)
+    for exp in exposures.values():
+        exp.qc = qc[_stem(exp.calibrated or exp.name)]
     ordered = sorted(exposures.values(), key=lambda e: (e.time is None, e.time.mjd if e.time is not None else 0.0,
                                                         e.name))
     return ordered, problems, table
 
 
 def _load_exposure(exp, night_dir, problems):
-    """Fill the exposure's header values and calibration; what cannot be read goes to ``problems``."""
+    """Fill the exposure's header facts and calibration; what cannot be read goes to ``problems``."""
     from .atmosphere import read_airmass
     from .products import header_exptime, load_calibration
 
-    header = None
+    facts = None
     if exp.calibrated is not None:
         if not exp.calibrated.is_file():
             problems.append(f"{exp.name}: the calibrated file {exp.calibrated} is missing")
+            exp.reason = exp.reason or "calibrated file missing"
         else:
-            product = exp.calibrated.with_name(f"{_stem(exp.calibrated)}_fluxcal.fits")
             try:
-                exp.result, header = _read_result(exp.calibrated)
+                exp.result, facts = _read_result(exp.calibrated)
             except InputDataError as exc:
                 problems.append(f"{exp.name}: {exc}")
+                product = exp.calibrated.with_name(f"{_stem(exp.calibrated)}_fluxcal.fits")
                 if product.is_file():
                     try:
                         exp.result = load_calibration(product)
                     except InputDataError as exc2:
                         problems.append(f"{exp.name}: {exc2}")
-    if header is None:
+    if facts is None:
+        header = None
         for path in (exp.red, night_dir / exp.name):
             if path is not None and path.is_file():
                 header = _header(path)
                 if header is not None:
                     break
-    if header is None:
-        problems.append(f"{exp.name}: no readable header (RED file {exp.red} missing or unreadable): airmass and "
-                        "time unknown")
-        header = fits.Header()
+        if header is None and exp.result is None:
+            problems.append(f"{exp.name}: no readable header (RED file {exp.red} missing or unreadable): airmass "
+                            "and time unknown")
+        header = header if header is not None else fits.Header()
+        facts = {"date_obs": header.get("DATE-OBS"), "airmass": read_airmass(header),
+                 "exptime": header_exptime(header), "fallback": bool(header.get("FCALFALL", False))}
     prov = (exp.result.summary.get("provenance") or {}) if exp.result is not None else {}
-    exp.date_obs = prov.get("date_obs") or header.get("DATE-OBS")
+    exp.date_obs = facts["date_obs"] or prov.get("date_obs")
     exp.time = _parse_time(exp.date_obs)
-    exp.airmass = prov.get("airmass") if prov.get("airmass") is not None else read_airmass(header)
-    exp.exptime = prov.get("exptime") or header_exptime(header)
-    if exp.state == "ok" and header.get("FCALFALL"):
+    exp.airmass = facts["airmass"] if facts["airmass"] is not None else prov.get("airmass")
+    exp.exptime = facts["exptime"] or prov.get("exptime")
+    if exp.state == "ok" and facts["fallback"]:
         exp.state = "fallback"
         exp.reason = exp.reason or "nightly fallback calibration applied"
     if exp.state != "failed" and exp.result is None:
@@ -369,8 +402,8 @@ def _exposure_values(exp):
     v.update(file=exp.name, date_obs=exp.date_obs or "", state=exp.state, reason=exp.reason, airmass=exp.airmass,
              exptime=exp.exptime, flag="")
     if exp.result is None:
-        if exp.state == "failed":
-            v["flag"] = "calibration failed"
+        exp.flags = ["calibration failed"] if exp.state == "failed" else [f"not checked: {exp.reason}"]
+        v["flag"] = exp.flags[0]
         return v
     summary = exp.result.summary
     metrics = summary.get("per_star_metrics") or []
@@ -712,6 +745,15 @@ def _format_number(value, spec=".3f"):
     return format(value, spec) if np.isfinite(value) else "–"
 
 
+def _link_or_copy(source, target):
+    """A hard link of ``source`` at ``target`` (a copy across file systems), replacing ``target``."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _copy_qc(exp, report_dir, problems):
     """The exposure's QC figures as links relative to the report (copied into ``qc/`` when outside it)."""
     links = []
@@ -720,7 +762,7 @@ def _copy_qc(exp, report_dir, problems):
         if png.parent != target:
             try:
                 target.mkdir(exist_ok=True)
-                shutil.copyfile(png, target / png.name)
+                _link_or_copy(png, target / png.name)
             except OSError as exc:
                 problems.append(f"{exp.name}: QC figure {png.name} not copied ({exc.strerror or exc})")
                 continue
@@ -794,7 +836,7 @@ def write_report(night_dir, report_dir, night=None, run_log=None, site_extinctio
         raise OutputWriteError(f"cannot write the report into {report_dir}: {exc.strerror or exc}; check that it "
                                "is writable and has free space.") from exc
     log.info("wrote the night report %s (%d RED files, %d flagged, %d problems)", report_dir / "index.html",
-             len(exposures), sum(bool(e.flags) for e in exposures), len(problems))
+             len(exposures), sum(e.flagged for e in exposures), len(problems))
     return report
 
 
@@ -844,7 +886,7 @@ def _write_files(report, analysis, night_dir, report_dir):
     page = _environment().get_template("index.html.j2").render(
         night_dir=str(night_dir), rows=rows, counts=counts, figures=figures, problems=report.problems,
         notes=[n for n in (analysis["note"],) if n], night=night_info, run_log=run_log,
-        n_flagged=sum(bool(e.flags) for e in report.exposures),
+        n_flagged=sum(e.flagged for e in report.exposures),
         thresholds={"n_sigma": N_SIGMA, "floor": 100 * TRANSPARENCY_FLOOR, "shape_sigma": SHAPE_SIGMA,
                     "scatter": SCATTER_FACTOR}, created=Time.now().utc.isot[:19])
     with atomic_output(report_dir / SUMMARY_NAME) as tmp:
