@@ -55,7 +55,7 @@ from astropy.time import Time
 from .exceptions import InputDataError, KspecFluxcalError, OutputWriteError
 from .io.atomic import atomic_output
 
-__all__ = ["SUMMARY_COLUMNS", "NightReport", "analyse_night", "write_report"]
+__all__ = ["SUMMARY_COLUMNS", "Exposure", "NightReport", "collect_night", "analyse_night", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,36 @@ QC_SUFFIXES = ("summary", "per_star", "residuals", "photometry")
 
 @dataclass
 class Exposure:
-    """What the report knows about one RED file of the night."""
+    """What the report knows about one RED file of the night.
+
+    Attributes
+    ----------
+    name : str
+        The RED file's name.
+    state : {'ok', 'failed', 'fallback'}
+        Calibrated with its own standards, not calibrated, or calibrated with
+        the nightly fallback.
+    reason : str
+        Why it failed or fell back ('' otherwise).
+    red, calibrated : Path
+        The RED file as the run log names it, and the calibrated file (None
+        when it failed).
+    date_obs : str
+        DATE-OBS; ``time`` the same as a `~astropy.time.Time` (None when unknown).
+    airmass, exptime : float
+        Airmass and exposure time (s), None when unknown.
+    result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        Its calibration (combined vector, summary, telluric transmission), None
+        when unreadable or failed.
+    qc : list of Path
+        Its QC figures.
+    values : dict
+        Its row of the summary (`SUMMARY_COLUMNS`).
+    flags : list of str
+        Why it departs from the night (empty when it agrees).
+    standards : list of dict
+        Each standard's ``name``, ``fiber``, ``used`` and rejection ``reason``.
+    """
 
     name: str
     state: str = "ok"
@@ -133,7 +162,27 @@ class Exposure:
 
 @dataclass
 class NightReport:
-    """The analysed night: one `Exposure` per RED file in time order, the curves, what is missing."""
+    """The analysed night: one `Exposure` per RED file in time order, the curves, what is missing.
+
+    Attributes
+    ----------
+    exposures : list of `Exposure`
+        In time order (DATE-OBS, then name).
+    problems : list of str
+        What was missing or unreadable.
+    extinction : `~kspec_fluxcal.atmosphere.ExtinctionCurve`
+        The night's curve (None without airmasses); ``extinction_note`` says
+        where it came from.
+    site_curve : `~kspec_fluxcal.atmosphere.ExtinctionCurve`
+        The site curve drawn beside it, when given.
+    night : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The nightly product, when given.
+    grid, ratio : ndarray
+        The common wavelength grid (Å) and every analysed exposure's
+        throughput relative to the night's median on it.
+    run_log : `~astropy.table.Table`
+        The run log as read (None when absent or unreadable).
+    """
 
     exposures: list
     problems: list
@@ -144,7 +193,6 @@ class NightReport:
     grid: np.ndarray = None
     ratio: np.ndarray = None
     run_log: object = None
-    notes: list = field(default_factory=list)
 
     def table(self):
         """The per-exposure summary (`SUMMARY_COLUMNS`) as an `~astropy.table.Table`."""

@@ -10,6 +10,7 @@ They are reduced with ``kspec-fluxcal batch --products --report``.
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -207,8 +208,8 @@ def test_the_nightly_product_and_a_site_curve_are_shown(night, tmp_path):
     site.write_text("# wavelength k\n3500 0.6\n5000 0.2\n7000 0.1\n10000 0.06\n")
     report = write_report(out, tmp_path / "report", night=tmp_path / "night.fits", site_extinction=site)
     assert report.extinction is not None and report.site_curve is not None
-    html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
-    assert "Nightly product" in html and "nightly product's" in html
+    html = unescape((tmp_path / "report" / "index.html").read_text(encoding="utf-8"))
+    assert "Nightly product: 5 of 5 exposures used" in html and "extinction curve: the nightly product's" in html
     trans = {e.name: e.values["transparency"] for e in report.exposures}
     assert 0.65 <= trans["n1_0002_red.fits"] <= 0.75
 
