@@ -671,7 +671,7 @@ def _plot_ratio(report, analysis, path):
 
     sel = [report.exposures[i] for i in analysis["analysed"]]
     grid, ratio = analysis["grid"], analysis["ratio"]
-    fig = _figure((8.0, 3.6))
+    fig = _figure((9.0, 3.6))
     ax = fig.add_subplot()
     flagged = np.array([bool(e.flags) for e in sel])
     segs = [np.column_stack([grid, r]) for r in ratio]
@@ -696,8 +696,8 @@ def _plot_ratio(report, analysis, path):
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("wavelength (Å, air)")
     ax.set_ylabel("throughput / night median")
-    ax.set_title("Every exposure's throughput relative to the night's median (at the reference airmass)")
-    ax.legend(loc="best", fontsize="small", frameon=False)
+    ax.set_title("Throughput relative to the night's median, at the reference airmass")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     return _save(fig, path)
 
 
