@@ -577,7 +577,6 @@ def analyse_night(exposures, night=None, problems=None):
         or None) and ``note``.
     """
     from .atmosphere import BETA
-    from .error_budget import level_log_variance
 
     problems = problems if problems is not None else []
     for exp in exposures:
@@ -591,8 +590,37 @@ def analyse_night(exposures, night=None, problems=None):
     grid = _common_grid([e.result.combined_vector for e in sel])
     logc, lvar = _log_calibrations(sel, grid)
     curve, moved, note = _extinction(grid, logc, lvar, sel, night, problems)
-    raw_level = -np.array([_robust_level(row - np.nanmedian(logc, axis=0)) for row in logc])
-    reference = np.nanmedian(moved, axis=0)
+    keep = np.ones(len(sel), bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns where no exposure is defined
+        pulls = _compare(grid, logc, lvar, moved, curve, sel, out, keep)
+        keep = pulls <= SHAPE_SIGMA
+        if not keep.all() and keep.sum() >= 3 and curve is not None:
+            # the outlying shapes out of the night's median shape, and of the extinction fit when fitted here
+            if curve.source == "fit" and night is None:
+                kept = [e for e, k in zip(sel, keep) if k]
+                refit, _, refit_note = _extinction(grid, logc[keep], lvar[keep], kept, None, problems)
+                if refit is not None:
+                    curve, note = refit, refit_note + f" (without the {np.count_nonzero(~keep)} outlying shapes)"
+            k_curve, _ = curve.at(grid)
+            x = np.array([e.airmass for e in sel], dtype=float)
+            moved = logc - BETA * (x - curve.reference_airmass)[:, None] * k_curve[None, :]
+            _compare(grid, logc, lvar, moved, curve, sel, out, keep)
+    out["extinction"], out["note"] = curve, note
+    return out
+
+
+def _compare(grid, logc, lvar, moved, curve, sel, out, keep):
+    """Levels, transparencies, shape pulls and flags of the exposures ``sel`` (into their ``values``).
+
+    The night's median shape is that of the exposures ``keep``. Returns every
+    exposure's largest shape pull.
+    """
+    from .atmosphere import BETA
+    from .error_budget import level_log_variance
+
+    raw_level = -np.array([_robust_level(row - np.nanmedian(logc[keep], axis=0)) for row in logc])
+    reference = np.nanmedian(moved[keep], axis=0)
     gray = np.array([_robust_level(row - reference) for row in moved])
     level = -gray
     span = float(grid[-1] - grid[0])
@@ -605,9 +633,9 @@ def analyse_night(exposures, night=None, problems=None):
         _, k_var = curve.at(grid)
         dx = np.array([e.airmass for e in sel]) - curve.reference_airmass
         shape_var = shape_var + (BETA * dx[:, None]) ** 2 * k_var[None, :]
-    n_ok = np.isfinite(moved).sum(axis=0)
+    n_ok = np.isfinite(moved[keep]).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ref_var = np.where(n_ok > 0, np.pi / 2 * np.nanmedian(lvar, axis=0) / n_ok, np.nan)
+        ref_var = np.where(n_ok > 0, np.pi / 2 * np.nanmedian(lvar[keep], axis=0) / n_ok, np.nan)
     pulls, worst = _shape_pulls(grid, resid, shape_var + ref_var[None, :])
     rms_values = np.array([_float(e.values.get("rms")) for e in sel])
     night_rms = float(np.nanmedian(rms_values)) if np.isfinite(rms_values).sum() >= 3 else np.nan
@@ -629,9 +657,8 @@ def analyse_night(exposures, night=None, problems=None):
         exp.flags = flags
         exp.values["flag"] = "; ".join(flags)
     with np.errstate(invalid="ignore", over="ignore"):
-        ratio = np.exp(-(moved - reference[None, :]))
-    out.update(grid=grid, ratio=ratio, extinction=curve, note=note, level=level, best=best)
-    return out
+        out.update(grid=grid, ratio=np.exp(-(moved - reference[None, :])))
+    return pulls
 
 
 def _float(value):

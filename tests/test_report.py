@@ -18,10 +18,12 @@ from xml.dom.minidom import parseString
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.table import Table
 
 from kspec_fluxcal.cli import main
-from kspec_fluxcal.report import SUMMARY_COLUMNS, write_report
+from kspec_fluxcal.containers import FLAM, CalibrationVector, FluxCalibrationResult
+from kspec_fluxcal.report import SUMMARY_COLUMNS, Exposure, analyse_night, write_report
 from kspec_fluxcal.runlog import read_run_log
 from kspec_fluxcal.simulate import make_exposure
 from kspec_fluxcal.simulate_atmosphere import extincted_calibration
@@ -250,3 +252,35 @@ def test_chromium_loads_the_page_without_console_errors(night, tmp_path):
     image = imread(shot)
     assert image.shape[0] >= 1000 and image.shape[1] >= 1000
     assert np.std(image[..., :3]) > 0.05  # not a blank page
+
+
+def _calibration(i, airmass, gray=1.0, tilt=0.0, rms=0.003, noise=0.002):
+    """One exposure's calibration in memory: the site curve at ``airmass``, a gray factor, a colour tilt."""
+    rng = np.random.default_rng(i)
+    wave = np.linspace(3700.0, 9700.0, 3000)
+    factor = (extincted_calibration(airmass)(wave) / gray * (wave / 6000.0) ** tilt
+              * (1 + noise * rng.standard_normal(wave.size)))
+    vec = CalibrationVector(wave * u.AA, factor * FLAM / u.ct, (noise * factor) ** 2 * (FLAM / u.ct) ** 2)
+    return FluxCalibrationResult(vec, summary={"n_stars_used": 5, "n_stars_rejected": 0, "rms_scatter": rms,
+                                               "provenance": {"kind": "exposure"}})
+
+
+def test_shape_and_scatter_flags_and_a_night_without_airmasses():
+    airmass = [1.0, 1.2, 1.4, 1.6, 1.8, 1.3]
+    exposures = [Exposure(name=f"e{i}.fits", airmass=x, result=_calibration(i, x)) for i, x in enumerate(airmass)]
+    exposures[3].result = _calibration(3, airmass[3], tilt=0.1)  # ±5 % across the range: a fiber off its star
+    exposures[5].result = _calibration(5, airmass[5], rms=0.05)
+    analysis = analyse_night(exposures)
+    assert analysis["extinction"].source == "fit"
+    flags = [e.values["flag"] for e in exposures]
+    assert "shape departs" in flags[3]
+    assert "scatter between standards" in flags[5] and "shape" not in flags[5]
+    for i in (0, 1, 2, 4):
+        assert flags[i] == "" and 0.97 < exposures[i].values["transparency"] < 1.03
+    # without airmasses nothing is moved: the page says the transparency includes the airmass term
+    for e in exposures:
+        e.airmass = None
+    analysis = analyse_night(exposures)
+    assert analysis["extinction"] is None and "include the airmass term" in analysis["note"]
+    levels = [e.values["transparency"] for e in exposures]
+    assert levels[4] < levels[0]  # 0.8 airmasses more: less throughput
