@@ -33,6 +33,9 @@ more than `N_SIGMA` times its stated error, when its throughput *shape*
 departs from the night's median shape by more than `SHAPE_SIGMA` times its
 stated error in any of `SHAPE_BINS` wavelength bins, or when the scatter
 between its standards exceeds `SCATTER_FACTOR` times the night's median.
+Exposures with a flagged shape are then left out of the night's median shape
+and (when it is fitted here) of the extinction fit, and the comparison is
+made again.
 
 A missing or unreadable run log, product, calibrated file or figure is named
 on the page under "Missing or unreadable"; the page is written regardless.
@@ -55,7 +58,8 @@ from astropy.time import Time
 from .exceptions import InputDataError, KspecFluxcalError, OutputWriteError
 from .io.atomic import atomic_output
 
-__all__ = ["SUMMARY_COLUMNS", "Exposure", "NightReport", "collect_night", "analyse_night", "write_report"]
+__all__ = ["SUMMARY_COLUMNS", "N_SIGMA", "TRANSPARENCY_FLOOR", "SHAPE_BINS", "SHAPE_SIGMA", "SCATTER_FACTOR",
+           "Exposure", "NightReport", "collect_night", "analyse_night", "write_report"]
 
 log = logging.getLogger(__name__)
 
