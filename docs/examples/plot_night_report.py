@@ -84,7 +84,9 @@ for red, catalog in frames:
     except KspecFluxcalError as exc:
         records.append(BatchRecord(str(red), "failed", reason=str(exc), seconds=time.perf_counter() - start))
 append_run_log(night / RUN_LOG_NAME, run_log_table(records, new_run_id()))
-print(Table.read(night / RUN_LOG_NAME)["file", "state", "n_standards", "rms"])
+run_log = Table.read(night / RUN_LOG_NAME)["file", "state", "n_standards", "rms"]
+run_log["file"] = [Path(f).name for f in run_log["file"]]
+print(run_log)
 
 # %%
 # The report
