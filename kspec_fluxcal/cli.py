@@ -11,7 +11,9 @@
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
-        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] [--run-log FILE] ...
+        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] [--run-log FILE]
+        [--report REPORT_DIR] ...
+    kspec-fluxcal report NIGHT_DIR -o REPORT_DIR [--night NIGHT.fits] [--site-extinction FILE]
     kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
@@ -120,6 +122,20 @@ def build_parser():
     batch.add_argument("--run-log", type=Path, metavar="FILE",
                        help="append the run's records to this ECSV run log (default: kspec_fluxcal_runlog.ecsv "
                             "beside the outputs)")
+    batch.add_argument("--report", type=Path, metavar="REPORT_DIR",
+                       help="write the night report (index.html, night_summary.ecsv) here, with each frame's QC "
+                            "figures in REPORT_DIR/qc")
+
+    rep = sub.add_parser("report", parents=[common], help="write the QA report page of a reduced night")
+    rep.add_argument("night_dir", type=Path, metavar="NIGHT_DIR",
+                     help="folder a batch wrote (calibrated RED files, products, run log)")
+    rep.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT_DIR",
+                     help="report folder: index.html with its figures, night_summary.ecsv")
+    rep.add_argument("--night", type=Path, metavar="NIGHT.fits", help="the nightly product (combine-night)")
+    rep.add_argument("--run-log", type=Path, metavar="FILE",
+                     help="the run log, when not NIGHT_DIR/kspec_fluxcal_runlog.ecsv")
+    rep.add_argument("--site-extinction", type=Path, metavar="FILE",
+                     help="a site extinction curve (λ in Å, k in mag/airmass) drawn beside the night's")
 
     corr = sub.add_parser("derive-correction", parents=[common],
                           help="derive a template-grid correction from CALSPEC standards")
@@ -220,17 +236,38 @@ def _batch(args):
         logging.getLogger("distributed").setLevel(logging.WARNING)
         # a lost scheduler is reported by the batch (unfinished files); not also as the client's reconnect traceback
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    extra = {"plots": args.report / "qc"} if args.report else {}  # each frame's QC figures beside the report
     try:
-        records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
-                                  scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
-                                  products=args.products, run_log=args.run_log or True)
+        records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args, **extra),
+                                  workers=args.workers, scheduler=args.scheduler, output_dir=args.output_dir,
+                                  force=args.force, products=args.products, run_log=args.run_log or True)
     except BatchIncompleteError as exc:  # the table of what is known, then the one-line error
         print("\n".join(summary_table(exc.records).pformat(max_lines=-1, max_width=-1)))
         raise
     print("\n".join(summary_table(records).pformat(max_lines=-1, max_width=-1)))
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "failed", "skipped")}
     print(f"{counts['ok']} calibrated, {counts['failed']} failed, {counts['skipped']} skipped")
+    if args.report:
+        from .report import write_report
+
+        night_dir = args.output_dir or Path(args.red[0]).parent
+        write_report(night_dir, args.report, run_log=args.run_log)
+        print(f"night report: {args.report / 'index.html'}")
     return 1 if counts["failed"] else 0
+
+
+def _report(args):
+    from .report import write_report
+
+    report = write_report(args.night_dir, args.output, night=args.night, run_log=args.run_log,
+                          site_extinction=args.site_extinction)
+    states = [e.state for e in report.exposures]
+    print(f"{args.output / 'index.html'}: {len(states)} RED files ({states.count('ok')} ok, "
+          f"{states.count('fallback')} fallback, {states.count('failed')} failed), "
+          f"{sum(e.flagged for e in report.exposures)} flagged")
+    for problem in report.problems:
+        print(f"  missing or unreadable: {problem}")
+    return 0
 
 
 def _derive_correction(args):
@@ -308,7 +345,8 @@ def _info(args):
 
 
 COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "telluric": _telluric, "batch": _batch,
-            "demo": _demo, "download-templates": _download, "info": _info, "derive-correction": _derive_correction}
+            "demo": _demo, "download-templates": _download, "info": _info, "derive-correction": _derive_correction,
+            "report": _report}
 
 
 def main(argv=None):
