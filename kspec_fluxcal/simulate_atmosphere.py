@@ -120,13 +120,14 @@ def stellar_absorption_ratio(wavelength, star_flux, fwhm, seed=0, strength=1.0):
     """
     wave = np.asarray(wavelength, dtype=float)
     ratio = np.ones_like(wave)
-    for a, b, *_ in TELLURIC_BANDS + OUTSIDE_BANDS:
-        lo, hi = a - 8 * fwhm, b + 8 * fwhm
-        near = (wave > lo) & (wave < hi)
-        if not near.any():
-            continue
-        fine = np.arange(lo, hi, _FINE_STEP)
-        flux = np.asarray(star_flux(fine), dtype=float)
+    segments = [np.arange(a - 8 * fwhm, b + 8 * fwhm, _FINE_STEP) for a, b, *_ in TELLURIC_BANDS + OUTSIDE_BANDS]
+    segments = [fine for fine in segments if np.any((wave > fine[0]) & (wave < fine[-1]))]
+    if not segments:
+        return ratio
+    fluxes = np.split(np.asarray(star_flux(np.concatenate(segments)), dtype=float),
+                      np.cumsum([fine.size for fine in segments])[:-1])
+    for fine, flux in zip(segments, fluxes):
+        near = (wave > fine[0]) & (wave < fine[-1])
         t = telluric_line_transmission(fine, seed, strength)
         ratio[near] *= np.interp(wave[near], fine, _gaussian_blur(flux * t, fwhm) / _gaussian_blur(flux, fwhm))
     return ratio

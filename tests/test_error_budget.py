@@ -32,7 +32,7 @@ def _result(frac_sigma=0.003, n_used=4, design=None):
 
 
 def _zero_point_variance(wave, sigma, jacobian=((1.0, 3.5), (1.0, 2.6), (1.0, 1.9), (1.0, 1.5))):
-    """Var ln F(λ) from independent band offsets of ``sigma`` mag fitted by unweighted least squares (all weights equal)."""
+    """Var ln F(λ) from independent band offsets of ``sigma`` mag, fitted by unweighted least squares."""
     from dust_extinction.parameter_averages import F99
 
     jac = np.asarray(jacobian)
