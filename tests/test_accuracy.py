@@ -26,7 +26,6 @@ from kspec_fluxcal.simulate import make_calspec_exposure, make_exposure
 from .calspec_split import HELD_OUT, TRAINING, calspec_files, learned, star_name
 
 TELLURIC = load_mask_regions("telluric_default")
-MEDIAN_BOUND_CLI, P95_BOUND_CLI = 1.0, 1.0
 # R = 4000 at every wavelength: FWHM(λ) = λ / 4000, as FWHMPCn coefficients
 FWHM_POLY = (0.0, 1.0 / 4000.0)
 
@@ -48,11 +47,11 @@ def simulated(synthetic_grid_dir, tmp_path_factory):
 
 def test_simulated_calibration_matches_injected_throughput(simulated):
     _, run, accuracy = simulated
-    print("SIMACC", accuracy)
     assert run.result.summary["n_stars_used"] >= 6
-    assert accuracy["median_abs_error"] < 0.005
-    assert accuracy["p95_abs_error"] < 0.015
-    assert abs(accuracy["level_error"]) < 0.01
+    # achieved: median 0.13 %, p95 0.26 %, level −0.13 %
+    assert accuracy["median_abs_error"] < 0.002
+    assert accuracy["p95_abs_error"] < 0.004
+    assert abs(accuracy["level_error"]) < 0.002
 
 
 def test_simulated_stars_parameters_recovered(simulated):
@@ -74,19 +73,19 @@ def test_simulated_errors_are_honest(synthetic_grid_dir, tmp_path):
     floor stands for the zero-point error too, and would add 5 mmag to each
     star's 2–4 mmag Gaia errors — pooled pull ≈ 0.7 with it).
     """
-    pulls = [print("SIMHON", seed) or _simulate_and_calibrate(synthetic_grid_dir, tmp_path, seed, zero_point_sigma=0.0,
+    pulls = [_simulate_and_calibrate(synthetic_grid_dir, tmp_path, seed, zero_point_sigma=0.0,
                                      mag_floor=0.0)[2]["pull_rms"]
              for seed in (21, 22, 23, 24)]
     pooled = np.sqrt(np.mean(np.square(pulls)))
-    print("SIMPULL", pulls, pooled)
-    assert 0.8 <= pooled <= 1.25
+    assert 0.8 <= pooled <= 1.25  # achieved 0.96
 
 
 @pytest.mark.parametrize("gray_range", [(1.0, 1.0), (0.7, 1.0)], ids=["no-gray-loss", "gray-losses"])
 def test_real_calspec_stars_through_the_command_line(calspec_dir, ck04_dir, tmp_path, gray_range):
     """Held-out CALSPEC stars, calibrated through the CLI with the correction learned from the training stars."""
     correction, _ = learned(calspec_dir, ck04_dir)
-    correction_file = correction.write(tmp_path / "correction_training.ecsv")
+    correction_file = tmp_path / "correction_training.ecsv"
+    correction.write(correction_file)
     exposure = make_calspec_exposure(calspec_files(calspec_dir, HELD_OUT), fwhm=30.0, n_pix=621,
                                      gray_range=gray_range, seed=2)
     red, cat = exposure.write(tmp_path, stem="calspec")
@@ -100,9 +99,9 @@ def test_real_calspec_stars_through_the_command_line(calspec_dir, ck04_dir, tmp_
                                     exposure.truth["system_calibration"] / true_level(result.summary,
                                                                                       exposure.truth["gray"]),
                                     wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)
-    print("CLIACC", gray_range, accuracy)
-    assert accuracy["median_abs_error"] <= MEDIAN_BOUND_CLI
-    assert accuracy["p95_abs_error"] <= P95_BOUND_CLI
+    # achieved: median 0.09 %, p95 0.53 % (the same frame uncorrected: 0.21 %, 1.30 %)
+    assert accuracy["median_abs_error"] <= 0.0014
+    assert accuracy["p95_abs_error"] <= 0.008
     assert accuracy["n_pixels"] > 0.6 * np.count_nonzero(
         (exposure.truth["wavelength"] > 3800 * u.AA) & (exposure.truth["wavelength"] < 9200 * u.AA))
 
