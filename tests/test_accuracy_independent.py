@@ -74,12 +74,12 @@ def test_pooled_pulls_on_independent_frames(synthetic_grid_dir, tmp_path):
         without.append(acc["errors"] / np.sqrt(rest))
     pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
     pooled_without = np.sqrt(np.mean(np.concatenate(without) ** 2))
-    print("POOLED", pooled, pooled_without, np.median(medians), np.median(p95))
-    # achieved: median over frames of the median error 0.39 %, of the p95 X %
+    # achieved: pooled pull 1.18 (1.31 without the misfit term); median over frames of the median error 0.39 %,
+    # of the p95 1.08 %
     assert 0.8 <= pooled <= 1.25
-    assert pooled_without > 1.2  # achieved 1.31: the misfit is real
+    assert pooled_without > 1.2
     assert np.median(medians) < 0.006
-    assert np.median(p95) < 0.03
+    assert np.median(p95) < 0.016
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,6 @@ def calspec_frames(calspec_dir, ck04_dir, tmp_path_factory):
         run, acc = _calibrate(frame, ck04_dir, tmp, f"cs{seed}", fwhm=30.0, template_correction=None,
                               template_misfit=floor)
         out.append((run, acc, accuracy(run.result, frame, wave_range=(3800.0, 9200.0))))
-    print("CSIND", [a["median_abs_error"] for _, a, _ in out], [w["p95_abs_error"] for _, _, w in out])
     return out
 
 
