@@ -4,8 +4,12 @@ Built independently of what `kspec_fluxcal.telluric` and
 `kspec_fluxcal.atmosphere` do, so that they can be checked against it:
 
 * telluric absorption is a forest of lines of known optical depth (O2 B and A
-  bands, H2O bands) on a fine grid (0.02 Å), convolved with a Gaussian here
-  (numpy, not the package's LSF code) and interpolated onto the fibers;
+  bands, H2O bands inside the package's telluric windows, and weaker O2 γ and
+  H2O bands outside them) on a fine grid (0.02 Å);
+* a frame is imprinted the way a spectrograph makes it: each star's spectrum
+  times the transmission on that fine grid, then the instrument's Gaussian
+  (numpy, not the package's LSF code), then the fiber's pixels — so dividing
+  the counts by the blurred transmission is not exact (`imprint_telluric`);
 * the extinction curve is a table of a typical mid-altitude site, interpolated
   with a cubic spline in ln k — not of the Rayleigh + aerosol + ozone form the
   package fits.
@@ -16,8 +20,10 @@ from astropy import units as u
 
 __all__ = [
     "TELLURIC_BANDS",
+    "OUTSIDE_BANDS",
     "telluric_line_transmission",
     "observed_transmission",
+    "stellar_absorption_ratio",
     "imprint_telluric",
     "SITE_EXTINCTION",
     "site_extinction",
@@ -33,7 +39,13 @@ TELLURIC_BANDS = (
     (8930.0, 9190.0, 2.0, 1.1, "H2O"),
     (9310.0, 9640.0, 2.2, 1.0, "H2O"),
 )
-"""The synthetic bands: inside each, lines of random strength under a smooth envelope."""
+"""The synthetic bands inside the package's telluric windows: lines of random strength under a smooth envelope."""
+
+OUTSIDE_BANDS = (
+    (6276.0, 6310.0, 0.5, 0.9, "O2 gamma"),
+    (6470.0, 6580.0, 0.25, 1.3, "H2O"),
+)
+"""Weaker synthetic bands outside the package's windows (``telluric_default``): never corrected there."""
 
 _FINE_STEP = 0.02
 _LINE_SIGMA = 0.12  # Å, intrinsic (pressure + Doppler) width of a telluric line
@@ -43,7 +55,7 @@ def _line_list(seed, strength=1.0):
     """(centres, peak optical depths) of every synthetic line, from ``seed``."""
     rng = np.random.default_rng(seed)
     centres, taus = [], []
-    for a, b, tau_max, spacing, _ in TELLURIC_BANDS:
+    for a, b, tau_max, spacing, _ in TELLURIC_BANDS + OUTSIDE_BANDS:
         n = int((b - a) / spacing)
         c = np.sort(rng.uniform(a + 2, b - 2, n))
         envelope = np.sin(np.pi * (c - a) / (b - a)) ** 0.7
@@ -83,27 +95,65 @@ def observed_transmission(wavelength, fwhm, seed=0, strength=1.0):
     lo, hi = np.nanmin(wave) - 5 * fwhm, np.nanmax(wave) + 5 * fwhm
     fine = np.arange(lo, hi, _FINE_STEP)
     t = telluric_line_transmission(fine, seed, strength)
+    return np.interp(wave, fine, 1.0 - _gaussian_blur(1.0 - t, fwhm))
+
+
+def _gaussian_blur(values, fwhm):
+    """``values`` on the fine grid convolved with a unit-area Gaussian of FWHM ``fwhm`` (Å), numpy direct sum."""
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
     half = int(np.ceil(5 * sigma / _FINE_STEP))
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * _FINE_STEP / sigma) ** 2)
-    kernel /= kernel.sum()
-    absorbed = np.convolve(1.0 - t, kernel, mode="same")
-    return np.interp(wave, fine, 1.0 - absorbed)
+    return np.convolve(values, kernel / kernel.sum(), mode="same")
+
+
+def stellar_absorption_ratio(wavelength, star_flux, fwhm, seed=0, strength=1.0):
+    """What the atmosphere does to one star's counts: LSF(F·T) / LSF(F) on ``wavelength`` (Å).
+
+    ``star_flux(fine)`` gives the star's flux above the atmosphere on a fine
+    grid (Å, air; at least the resolution of its lines). Around every band
+    (`TELLURIC_BANDS` and `OUTSIDE_BANDS`, ± 8 FWHM) the star times the
+    transmission is convolved on a 0.02 Å grid with a Gaussian of FWHM
+    ``fwhm`` (numpy) and divided by the star convolved alone; elsewhere the
+    ratio is 1. Where the star has lines inside a band this differs from the
+    blurred transmission (`observed_transmission`): the spectrograph blurs
+    star × transmission together.
+    """
+    wave = np.asarray(wavelength, dtype=float)
+    ratio = np.ones_like(wave)
+    segments = [np.arange(a - 8 * fwhm, b + 8 * fwhm, _FINE_STEP) for a, b, *_ in TELLURIC_BANDS + OUTSIDE_BANDS]
+    segments = [fine for fine in segments if np.any((wave > fine[0]) & (wave < fine[-1]))]
+    if not segments:
+        return ratio
+    fluxes = np.split(np.asarray(star_flux(np.concatenate(segments)), dtype=float),
+                      np.cumsum([fine.size for fine in segments])[:-1])
+    for fine, flux in zip(segments, fluxes):
+        near = (wave > fine[0]) & (wave < fine[-1])
+        t = telluric_line_transmission(fine, seed, strength)
+        ratio[near] *= np.interp(wave[near], fine, _gaussian_blur(flux * t, fwhm) / _gaussian_blur(flux, fwhm))
+    return ratio
 
 
 def imprint_telluric(exposure, fwhm, seed=0, strength=1.0, calibration=None, noise_seed=None):
     """Put the synthetic line forest into a `~kspec_fluxcal.simulate.SimulatedExposure` made without tellurics.
 
-    Every non-sky fiber's noise-free counts (from ``truth['true_flux']``) are
-    multiplied by `observed_transmission` on its own wavelengths and fresh
-    noise is drawn at the fiber's S/N with the simulator's noise model. The
-    exposure is changed in place; ``truth['transmission']`` (NFIB, NPIX) is
-    added. ``truth['true_flux']`` stays the flux above the atmosphere.
+    The imprint is physical: each non-sky fiber's star is rebuilt on a fine
+    grid from its true parameters (`~kspec_fluxcal.simulate.synthetic_stellar_spectrum`
+    at Teff, log g, [M/H], R = 20 000 as `~kspec_fluxcal.simulate.make_exposure`
+    made it, Doppler shifted by its RV), multiplied by the transmission,
+    convolved with the instrument's Gaussian and sampled at the fiber's pixels
+    (`stellar_absorption_ratio`; its scale and reddening, smooth, cancel in
+    the ratio); its noise-free counts (from
+    ``truth['true_flux']``) are multiplied by that ratio and fresh noise is
+    drawn at the fiber's S/N with the simulator's noise model. The exposure is
+    changed in place; ``truth['transmission']`` (NFIB, NPIX: the blurred
+    transmission, `observed_transmission`) and ``truth['absorption']`` (NFIB,
+    NPIX: the ratio each fiber's counts received) are added.
+    ``truth['true_flux']`` stays the flux above the atmosphere.
 
     Parameters
     ----------
     exposure : `~kspec_fluxcal.simulate.SimulatedExposure`
-        Made with ``telluric=False``.
+        Made by `~kspec_fluxcal.simulate.make_exposure` with ``telluric=False``.
     fwhm : float
         Instrument FWHM (Å).
     seed, strength : int, float
@@ -114,8 +164,9 @@ def imprint_telluric(exposure, fwhm, seed=0, strength=1.0, calibration=None, noi
     noise_seed : int, optional
         Seed of the new noise (default ``seed + 1``).
     """
-    from .simulate import add_noise, default_throughput
+    from .simulate import add_noise, default_throughput, synthetic_stellar_spectrum
 
+    c_kms = 299792.458
     calibration = calibration or default_throughput
     rng = np.random.default_rng(seed + 1 if noise_seed is None else noise_seed)
     hdul = exposure.hdulist
@@ -123,16 +174,24 @@ def imprint_telluric(exposure, fwhm, seed=0, strength=1.0, calibration=None, noi
     counts = np.array(hdul[0].data, dtype=float)
     variance = np.array(hdul["VARIANCE"].data, dtype=float)
     trans = np.ones_like(counts)
-    stars = exposure.truth["stars"]
+    absorption = np.ones_like(counts)
     ref = exposure.truth["reference_gray"]
-    for row in stars:
+    for row in exposure.truth["stars"]:
         f = int(row["fiber"])
+
+        def star(fine, row=row):
+            shifted = fine / (1 + float(row["rv_kms"]) / c_kms)
+            return synthetic_stellar_spectrum(shifted, float(row["teff"]), float(row["logg"]), float(row["feh"]),
+                                              resolution=20000.0)[0]
+
         trans[f] = observed_transmission(wave[f], fwhm, seed, strength)
+        absorption[f] = stellar_absorption_ratio(wave[f], star, fwhm, seed, strength)
         clean = exposure.truth["true_flux"][f] * ref / calibration(wave[f])
-        counts[f], variance[f] = add_noise(rng, clean * trans[f], float(row["snr"]))
+        counts[f], variance[f] = add_noise(rng, clean * absorption[f], float(row["snr"]))
     hdul[0].data = counts.astype(np.float32)
     hdul["VARIANCE"].data = variance.astype(np.float32)
     exposure.truth["transmission"] = trans
+    exposure.truth["absorption"] = absorption
     return exposure
 
 

@@ -6,7 +6,9 @@ when it is absent, except where the environment variable ``CI`` is set: there
 they fail, so that a CI run cannot pass without them.
 """
 
+import importlib
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,14 +23,42 @@ def pytest_configure(config):
         os.environ["KSPEC_FLUXCAL_CACHE"] = tempfile.mkdtemp(prefix="kspec_fluxcal_test_cache_")
 
 
+def skip_or_fail(message):
+    """Skip with ``message``; fail instead when env ``CI`` is set, so that a CI run cannot hide a missing piece."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run this test, so provide it there", pytrace=False)
+    pytest.skip(message)
+
+
+def require_module(name):
+    """`pytest.importorskip` that fails when env ``CI`` is set (the import error then stops the run)."""
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
+def make_read_only(folder):
+    """Make ``folder`` unwritable for this process; return the function that undoes it.
+
+    A normal user gets ``chmod 555``. Root ignores permission bits, so the
+    folder is bind-mounted read-only on itself (writes then fail with
+    EROFS); where mounting is not allowed either, `skip_or_fail`.
+    """
+    folder = str(folder)
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+        return lambda: os.chmod(folder, 0o755)
+    done = subprocess.run(["mount", "--bind", "-o", "ro", folder, folder], capture_output=True, text=True)
+    if done.returncode != 0:
+        skip_or_fail(f"running as root and cannot bind-mount {folder} read-only ({done.stderr.strip()})")
+    return lambda: subprocess.run(["umount", folder], check=True)
+
+
 def _shared(subdir):
     """The reference-data folder ``subdir``; skips when absent, but fails when env ``CI`` is set."""
     path = SHARED_DATA / subdir
     if not path.is_dir():
-        message = f"reference data {path} is absent (it lives in ../shared/data beside the repository)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the real-data tests, so provide it there", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(f"reference data {path} is absent (it lives in ../shared/data beside the repository)")
     return path
 
 

@@ -4,7 +4,11 @@ Two kinds of truth: SYNTHETIC exposures whose stars sit between the nodes of
 a synthetic grid (so matching, refinement, reddening and the combination are
 all exercised), and real CALSPEC stars (Bohlin et al.) observed through an
 invented throughput and calibrated with the Castelli–Kurucz grid — stars not
-made from the templates.
+made from the templates. The real-star tests are out of sample: their frames
+hold only the held-out stars of `tests/calspec_split.py`, calibrated with the
+correction and misfit floor learned from the training stars.
+
+Bounds are about 1.5× what these seeds achieve (the figures in the comments).
 """
 
 import numpy as np
@@ -12,11 +16,14 @@ import pytest
 from astropy import units as u
 
 from kspec_fluxcal.accuracy import calibration_accuracy, true_level
+from kspec_fluxcal.calspec_correction import calspec_frame_accuracy
 from kspec_fluxcal.cli import main
 from kspec_fluxcal.containers import FluxCalibrationResult
 from kspec_fluxcal.masks import load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure, make_exposure
+
+from .calspec_split import HELD_OUT, TRAINING, calspec_files, learned, star_name
 
 TELLURIC = load_mask_regions("telluric_default")
 # R = 4000 at every wavelength: FWHM(λ) = λ / 4000, as FWHMPCn coefficients
@@ -41,9 +48,10 @@ def simulated(synthetic_grid_dir, tmp_path_factory):
 def test_simulated_calibration_matches_injected_throughput(simulated):
     _, run, accuracy = simulated
     assert run.result.summary["n_stars_used"] >= 6
-    assert accuracy["median_abs_error"] < 0.005
-    assert accuracy["p95_abs_error"] < 0.015
-    assert abs(accuracy["level_error"]) < 0.01
+    # achieved: median 0.13 %, p95 0.26 %, level −0.13 %
+    assert accuracy["median_abs_error"] < 0.002
+    assert accuracy["p95_abs_error"] < 0.004
+    assert abs(accuracy["level_error"]) < 0.002
 
 
 def test_simulated_stars_parameters_recovered(simulated):
@@ -69,61 +77,110 @@ def test_simulated_errors_are_honest(synthetic_grid_dir, tmp_path):
                                      mag_floor=0.0)[2]["pull_rms"]
              for seed in (21, 22, 23, 24)]
     pooled = np.sqrt(np.mean(np.square(pulls)))
-    assert 0.8 <= pooled <= 1.25
+    assert 0.8 <= pooled <= 1.25  # achieved 0.96
 
 
 @pytest.mark.parametrize("gray_range", [(1.0, 1.0), (0.7, 1.0)], ids=["no-gray-loss", "gray-losses"])
 def test_real_calspec_stars_through_the_command_line(calspec_dir, ck04_dir, tmp_path, gray_range):
-    files = sorted(calspec_dir.glob("*.fits*"))
-    exposure = make_calspec_exposure(files, fwhm=30.0, n_pix=621, gray_range=gray_range, seed=2)
+    """Held-out CALSPEC stars, calibrated through the CLI with the correction learned from the training stars."""
+    correction, _ = learned(calspec_dir, ck04_dir)
+    correction_file = tmp_path / "correction_training.ecsv"
+    correction.write(correction_file)
+    exposure = make_calspec_exposure(calspec_files(calspec_dir, HELD_OUT), fwhm=30.0, n_pix=621,
+                                     gray_range=gray_range, seed=2)
     red, cat = exposure.write(tmp_path, stem="calspec")
     out = tmp_path / "calibrated.fits"
     status = main(["calibrate", str(red), "--catalog", str(cat), "--templates", str(ck04_dir), "--fwhm", "30",
-                   "--output", str(out), "--quiet"])
+                   "--template-correction", str(correction_file), "--output", str(out), "--quiet"])
     assert status == 0
     result = FluxCalibrationResult.read(out)
-    used = [m["fiber_id"] for m in result.summary["per_star_metrics"] if m.get("used")]
-    assert len(used) >= 3
+    assert result.summary["n_stars_used"] == len(HELD_OUT)
     accuracy = calibration_accuracy(result, exposure.truth["wavelength"],
                                     exposure.truth["system_calibration"] / true_level(result.summary,
                                                                                       exposure.truth["gray"]),
                                     wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)
-    assert accuracy["median_abs_error"] <= 0.012
-    assert accuracy["p95_abs_error"] <= 0.034
+    # achieved: median 0.09 %, p95 0.53 % (the same frame uncorrected: 0.21 %, 1.30 %)
+    assert accuracy["median_abs_error"] <= 0.0014
+    assert accuracy["p95_abs_error"] <= 0.008
     assert accuracy["n_pixels"] > 0.6 * np.count_nonzero(
         (exposure.truth["wavelength"] > 3800 * u.AA) & (exposure.truth["wavelength"] < 9200 * u.AA))
 
 
 def test_real_calspec_errors_are_honest(calspec_dir, ck04_dir, tmp_path):
-    """Pooled over four noise realisations, the ck04 misfit floor makes (Cal − truth)/σ about 1.
+    """Frames of the held-out stars, pooled over four noise realisations: the floor learned from the training
+    stars makes (Cal − truth)/σ about 1; without it the pull is far above; the correction learned from the
+    training stars halves the error.
 
-    The templates are uncorrected (the floor is the misfit term of standards no
-    correction covers) and the catalogue error model is the simulator's: no
-    zero-point error, no per-star systematic. Without the floor
-    (``template_misfit=0``) the same frames give a pooled pull rms near 2:
-    star-to-star scatter cannot see the misfit the G dwarfs share. With the
-    shipped correction, learned from these very stars, the errors are smaller
-    and the pull is below 1: its σ is that of a star it has not seen.
+    The catalogue error model is the simulator's: no zero-point error, no
+    per-star systematic. The split is that of `tests/calspec_split.py`.
     """
-    files = sorted(calspec_dir.glob("*.fits*"))
+    correction, floor = learned(calspec_dir, ck04_dir)
+    files = calspec_files(calspec_dir, HELD_OUT)
     pulls = {"floor": [], "none": [], "corrected": []}
+    errors = {"floor": [], "corrected": []}
     for seed in (1, 2, 3, 4):
         exposure = make_calspec_exposure(files, fwhm=30.0, n_pix=621, gray_range=(0.7, 1.0), seed=seed)
         red, cat = exposure.write(tmp_path, stem=f"cs{seed}")
-        for label, misfit, correction in (("floor", None, None), ("none", 0.0, None), ("corrected", None, "auto")):
+        for label, misfit, corr in (("floor", floor, None), ("none", 0.0, None), ("corrected", None, correction)):
             run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=ck04_dir, fwhm=30.0, template_misfit=misfit,
-                                                   template_correction=correction, zero_point_sigma=0.0, mag_floor=0.0,
+                                                   template_correction=corr, zero_point_sigma=0.0, mag_floor=0.0,
                                                    output=tmp_path / f"cs{seed}_{label}.fits"))
             truth = exposure.truth["system_calibration"] / true_level(run.result.summary, exposure.truth["gray"])
             accuracy = calibration_accuracy(run.result, exposure.truth["wavelength"], truth,
                                             wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)
             pulls[label].append(accuracy["pull_rms"])
-            if label == "floor":
-                assert accuracy["median_abs_error"] <= 0.008
-                assert accuracy["p95_abs_error"] <= 0.035
-            if label == "corrected":  # learned from these stars: in sample, better than its new-star sigma says
-                assert accuracy["p95_abs_error"] <= 0.025
+            if label in errors:
+                errors[label].append((accuracy["median_abs_error"], accuracy["p95_abs_error"]))
     pooled = {k: np.sqrt(np.mean(np.square(v))) for k, v in pulls.items()}
-    assert 0.7 <= pooled["floor"] <= 1.3
-    assert pooled["none"] > pooled["floor"] * 1.3
-    assert 0.25 <= pooled["corrected"] < pooled["floor"]
+    floor_err, corrected_err = np.max(errors["floor"], axis=0), np.max(errors["corrected"], axis=0)
+    # achieved (worst of four frames): uncorrected median 0.28 %, p95 1.30 %; corrected 0.15 %, 0.60 %
+    assert floor_err[0] <= 0.0042 and floor_err[1] <= 0.02
+    assert corrected_err[0] <= 0.0022 and corrected_err[1] <= 0.009
+    # the correction more than halves the error of the same frames (achieved: mean ratio 0.44 for the median
+    # error and 0.45 for the p95)
+    ratio = np.mean(np.array(errors["corrected"]) / np.array(errors["floor"]), axis=0)
+    assert ratio[0] <= 0.65 and ratio[1] <= 0.65
+    # achieved pooled pulls: floor 0.94, none 1.80
+    assert 0.8 <= pooled["floor"] <= 1.25
+    assert pooled["none"] > 1.4 * pooled["floor"]
+
+
+def test_corrected_errors_are_honest_for_a_held_out_star(calspec_dir, ck04_dir):
+    """Single-standard frames of each held-out star with the correction learned without it: pull rms about 1.
+
+    The correction's σ is its leave-one-star-out predictive scatter: the
+    error for one star it has not seen. Achieved: pooled pull 0.83 over 8
+    stars × 2 seeds; median error 0.25 %, worst p95 2.0 %.
+    """
+    correction, _ = learned(calspec_dir, ck04_dir)
+    rows = [calspec_frame_accuracy([f], ck04_dir, correction, seed)
+            for f in calspec_files(calspec_dir, HELD_OUT) for seed in (1, 2)]
+    pooled = np.sqrt(np.mean([r["pull_rms"] ** 2 for r in rows]))
+    assert 0.8 <= pooled <= 1.25
+    assert np.median([r["median_abs_error"] for r in rows]) <= 0.004
+    assert max(r["p95_abs_error"] for r in rows) <= 0.03
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: with many standards the correction's σ is that of one new "
+                   "star (its independent part does not average down over the stars): pooled pull 0.52")
+def test_corrected_errors_are_honest_with_many_standards(calspec_dir, ck04_dir, tmp_path):
+    """Frames of the eight held-out stars with the training correction: the pull rms should be about 1."""
+    correction, _ = learned(calspec_dir, ck04_dir)
+    files = calspec_files(calspec_dir, HELD_OUT)
+    pulls = []
+    for seed in (1, 2):
+        exposure = make_calspec_exposure(files, fwhm=30.0, n_pix=621, gray_range=(0.7, 1.0), seed=seed)
+        red, cat = exposure.write(tmp_path, stem=f"many{seed}")
+        run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=ck04_dir, fwhm=30.0,
+                                               template_correction=correction, zero_point_sigma=0.0, mag_floor=0.0,
+                                               output=tmp_path / f"many{seed}_cal.fits"))
+        truth = exposure.truth["system_calibration"] / true_level(run.result.summary, exposure.truth["gray"])
+        pulls.append(calibration_accuracy(run.result, exposure.truth["wavelength"], truth,
+                                          wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)["pull_rms"])
+    assert 0.8 <= np.sqrt(np.mean(np.square(pulls))) <= 1.25
+
+
+def test_the_split_is_recorded_and_disjoint(calspec_dir):
+    """The named stars are there, each once, and none is both a training and a held-out star."""
+    assert not set(TRAINING) & set(HELD_OUT)
+    assert [star_name(p) for p in calspec_files(calspec_dir, TRAINING + HELD_OUT)] == [*TRAINING, *HELD_OUT]

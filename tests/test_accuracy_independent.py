@@ -4,8 +4,10 @@ The instrument (Gaussian LSF by direct convolution, a throughput with
 ripples of 150–600 Å and a dichroic-like step), the atmosphere (weak telluric
 lines outside the masked windows too), the reddening (G23 while the package
 fits F99) and the catalogue (synphot magnitudes, per-band zero-point offsets)
-share no code with the package. The bounds are looser than the targets that
-``benchmarks/bench_accuracy.py`` prints.
+share no code with the package. Bounds are about 1.5× what these seeds achieve
+(the figures in the comments); the real-CALSPEC test observes the held-out stars
+of `tests/calspec_split.py` with the misfit floor learned from the training
+stars.
 """
 
 import numpy as np
@@ -14,7 +16,8 @@ from astropy.io import fits
 
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
-from .independent_sim import accuracy, make_frame
+from .calspec_split import HELD_OUT, calspec_files, learned
+from .independent_sim import accuracy, extra_line_misfit, make_frame
 
 
 def _calibrate(frame, grid_dir, tmp_path, stem, **options):
@@ -28,7 +31,7 @@ def _calibrate(frame, grid_dir, tmp_path, stem, **options):
 def structured(synthetic_grid_dir, tmp_path_factory):
     frame = make_frame(n_standards=8, n_pix=8000, seed=1)
     tmp = tmp_path_factory.mktemp("independent")
-    return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1"), tmp
+    return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1", template_misfit=extra_line_misfit), tmp
 
 
 def test_structured_throughput_is_followed(structured):
@@ -36,8 +39,8 @@ def test_structured_throughput_is_followed(structured):
     choice = run.result.summary["knot_selection"]
     assert choice["method"] == "loso" and choice["spacing"] <= 170.0
     assert acc["n_stars_used"] >= 6
-    assert acc["median_abs_error"] < 0.006
-    assert acc["p95_abs_error"] < 0.015
+    assert acc["median_abs_error"] < 0.0045  # achieved 0.29 %
+    assert acc["p95_abs_error"] < 0.019  # achieved 1.29 %
     with fits.open(run.output) as hdul:
         assert hdul[0].header["FCALKNOT"] == choice["spacing"]
         assert hdul[0].header["FCALKSEL"] == "loso"
@@ -46,39 +49,69 @@ def test_structured_throughput_is_followed(structured):
 
 def test_fixed_coarse_knots_smooth_the_structure_away(structured, synthetic_grid_dir):
     frame, (_, auto), tmp = structured
-    _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0)
-    assert coarse["p95_abs_error"] > 1.3 * auto["p95_abs_error"]
+    _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0,
+                           template_misfit=extra_line_misfit)
+    assert coarse["p95_abs_error"] > 1.5 * auto["p95_abs_error"]  # achieved 2.76 % against 1.29 %
     assert coarse["pull_rms"] > auto["pull_rms"]
 
 
 @pytest.mark.slow
 def test_pooled_pulls_on_independent_frames(synthetic_grid_dir, tmp_path):
-    """Eight frames with different throughputs, stars and catalogue zero points: honest σ when pooled."""
-    pulls, medians, p95 = [], [], []
+    """Eight frames with different throughputs, stars and catalogue zero points: honest σ when pooled.
+
+    The stars carry lines the templates lack (`tests.independent_sim.extra_lines`),
+    a misfit they share; the calibration is told its size (``template_misfit``).
+    Without that term the same errors give a pull rms far above 1.
+    """
+    pulls, medians, p95, without = [], [], [], []
     for seed in range(1, 9):
         _, acc = _calibrate(make_frame(n_standards=8, n_pix=8000, seed=seed), synthetic_grid_dir, tmp_path,
-                            f"pool{seed}")
+                            f"pool{seed}", template_misfit=extra_line_misfit)
         pulls.append(acc["pulls"])
         medians.append(acc["median_abs_error"])
         p95.append(acc["p95_abs_error"])
+        rest = acc["sigma_fraction"] ** 2 - extra_line_misfit(acc["wavelength"]) ** 2
+        without.append(acc["errors"] / np.sqrt(rest))
     pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
-    assert 0.7 <= pooled <= 1.5
+    pooled_without = np.sqrt(np.mean(np.concatenate(without) ** 2))
+    # achieved: pooled pull 1.18 (1.31 without the misfit term); median over frames of the median error 0.39 %,
+    # of the p95 1.08 %
+    assert 0.8 <= pooled <= 1.25
+    assert pooled_without > 1.2
     assert np.median(medians) < 0.006
-    assert np.median(p95) < 0.02
+    assert np.median(p95) < 0.016
 
 
-def test_real_calspec_stars_through_an_independent_instrument(calspec_dir, ck04_dir, tmp_path):
-    """CALSPEC F/G stars, ck04 templates, FWHM 30 Å: the misfit floor keeps σ honest, pooled over 3 frames."""
-    files = sorted(calspec_dir.glob("*.fits*"))
-    pulls, medians = [], []
-    for seed in (1, 2, 3):
+@pytest.fixture(scope="module")
+def calspec_frames(calspec_dir, ck04_dir, tmp_path_factory):
+    """Six frames of the held-out CALSPEC stars (`tests/calspec_split.py`) through the independent instrument,
+    ck04 templates, FWHM 30 Å, calibrated with the misfit floor learned from the training stars (no correction)."""
+    _, floor = learned(calspec_dir, ck04_dir)
+    files = calspec_files(calspec_dir, HELD_OUT)
+    tmp = tmp_path_factory.mktemp("calspec_independent")
+    out = []
+    for seed in range(1, 7):
         frame = make_frame(calspec_files=files, n_pix=621, fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
-        run, acc = _calibrate(frame, ck04_dir, tmp_path, f"cs{seed}", fwhm=30.0)
-        assert acc["n_stars_used"] >= 3
+        run, acc = _calibrate(frame, ck04_dir, tmp, f"cs{seed}", fwhm=30.0, template_correction=None,
+                              template_misfit=floor)
+        out.append((run, acc, accuracy(run.result, frame, wave_range=(3800.0, 9200.0))))
+    return out
+
+
+def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
+    """Accurate, and σ within 1.6× of honest (achieved: pooled pull 1.35, see the expected failure below)."""
+    for run, acc, _ in calspec_frames:
+        assert acc["n_stars_used"] >= len(HELD_OUT) - 2
         assert run.result.summary["error_budget"]["terms"]["template_misfit"]["median_fraction"] > 0
-        pulls.append(acc["pulls"])
-        medians.append(acc["median_abs_error"])
-        acc_wide = accuracy(run.result, frame, wave_range=(3800.0, 9200.0))
-        assert acc_wide["p95_abs_error"] < 0.045
-    assert np.median(medians) < 0.015
-    assert np.sqrt(np.mean(np.concatenate(pulls) ** 2)) < 2.0
+    # achieved: median over frames of the median error 0.52 %, worst p95 over 3800–9200 Å 3.4 %
+    assert np.median([acc["median_abs_error"] for _, acc, _ in calspec_frames]) < 0.008
+    assert max(wide["p95_abs_error"] for _, _, wide in calspec_frames) < 0.05
+    pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
+    assert 0.8 <= pooled <= 1.6
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: real stars through the independent instrument (ripples, G23, "
+                   "catalogue zero points) with the training floor give a pooled pull rms of 1.35")
+def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspec_frames):
+    pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
+    assert 0.8 <= pooled <= 1.25

@@ -97,8 +97,9 @@ def _fallback_errors(seed, target_airmass):
 def test_nightly_function_moved_beyond_the_nights_airmass_range():
     errs, pulls = zip(*[_fallback_errors(seed, 1.9) for seed in range(4)])
     err, pull = np.abs(np.concatenate(errs)), np.concatenate(pulls)
-    assert np.median(err) < 0.006 and np.percentile(err, 95) < 0.025
-    assert 0.5 < np.sqrt(np.mean(pull**2)) < 1.5
+    # achieved: median 0.17 %, p95 0.74 %, pull rms 1.08
+    assert np.median(err) < 0.0026 and np.percentile(err, 95) < 0.011
+    assert 0.8 < np.sqrt(np.mean(pull**2)) < 1.25
     # without the transfer the shape is that of airmass ~1.35: several per cent off in the blue
     rng = np.random.default_rng(0)
     night = combine_night([_exposure(i, x, rng) for i, x in enumerate(NIGHT_AIRMASS)])

@@ -12,7 +12,9 @@ from kspec_fluxcal.exceptions import InputDataError
 from kspec_fluxcal.pipeline import FluxcalConfig
 from kspec_fluxcal.products import load_calibration
 
-pytest.importorskip("distributed")
+from .conftest import require_module
+
+require_module("distributed")
 
 GOOD = ("n1_0001", "n1_0002", "n1_0003")
 

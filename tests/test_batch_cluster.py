@@ -26,7 +26,9 @@ import kspec_fluxcal
 from kspec_fluxcal.batch import calibrate_batch
 from kspec_fluxcal.runlog import RUN_LOG_NAME, read_run_log
 
-pytest.importorskip("distributed")
+from .conftest import require_module
+
+require_module("distributed")
 
 pytestmark = pytest.mark.slow
 

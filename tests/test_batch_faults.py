@@ -18,7 +18,9 @@ from kspec_fluxcal.batch import BatchRecord, calibrate_batch
 from kspec_fluxcal.exceptions import OutputWriteError
 from kspec_fluxcal.runlog import RUN_LOG_COLUMNS, RUN_LOG_NAME, append_run_log, read_run_log, run_log_table
 
-distributed = pytest.importorskip("distributed")
+from .conftest import require_module
+
+distributed = require_module("distributed")
 
 STEMS = ("f_0001", "f_0002", "f_0003")
 

@@ -50,6 +50,8 @@ from kspec_fluxcal.templates import TemplateLibrary
 from kspec_fluxcal.templates import prepared as prepared_grid
 from kspec_fluxcal.wavelength import common_log_grid
 
+from .conftest import make_read_only
+
 # ---------------------------------------------------------------------------
 # the good frame
 
@@ -428,10 +430,7 @@ def _writeto_fails(make_exception):
 
 
 def _read_only_folder(ws):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: chmod does not stop writes (the os.replace fault case covers it)")
-    ws.dir.chmod(0o555)
-    ws.cleanup.append(lambda: ws.dir.chmod(0o755))
+    ws.cleanup.append(make_read_only(ws.dir))  # chmod, or a read-only bind mount as root
 
 
 def _missing_output_folder(ws):
@@ -616,7 +615,7 @@ CASES = [
     Case("cache-verified-stamp-garbled", _garble_verified_stamp, check=_cache_repaired("loaded from the cache")),
     # the output write
     Case("out-permission-denied", _deny_replace, OutputWriteError, "cannot write .*red.fits: Permission denied"),
-    Case("out-read-only-folder", _read_only_folder, OutputWriteError, "Permission denied"),
+    Case("out-read-only-folder", _read_only_folder, OutputWriteError, "Permission denied|Read-only file system"),
     Case("out-missing-folder", _missing_output_folder, OutputWriteError, "No such file or directory"),
     Case("out-target-is-a-folder", _output_is_a_folder, OutputWriteError, "Is a directory"),
     Case("out-disk-full-midway", _writeto_fails(_no_space), OutputWriteError, "No space left on device"),

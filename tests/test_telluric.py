@@ -1,8 +1,13 @@
 """Telluric transmission from the standards: derivation, correction, the TELLURIC extension and the CLI.
 
 The truth is a forest of telluric lines of known optical depth on a 0.02 Å
-grid, convolved with a Gaussian by numpy (`kspec_fluxcal.simulate_atmosphere`),
-not with the package's LSF code.
+grid (`kspec_fluxcal.simulate_atmosphere`), imprinted as a spectrograph does:
+each star × the transmission on that grid, convolved with a Gaussian by numpy
+(not the package's LSF code), then sampled at the pixels. Dividing by the
+blurred transmission is therefore not exact where stellar lines fall in a
+band (0.2–1.5 % rms per pixel here), and two weaker bands lie outside the
+package's windows. Bounds are about 1.5× what the correction achieves on
+these seeds (the figures in the comments).
 """
 
 import logging
@@ -18,7 +23,7 @@ from kspec_fluxcal.exceptions import TelluricCorrectedError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, correct_red_file
 from kspec_fluxcal.products import load_calibration, save_calibration
 from kspec_fluxcal.simulate import make_exposure
-from kspec_fluxcal.simulate_atmosphere import TELLURIC_BANDS, imprint_telluric, observed_transmission
+from kspec_fluxcal.simulate_atmosphere import OUTSIDE_BANDS, TELLURIC_BANDS, imprint_telluric, observed_transmission
 from kspec_fluxcal.telluric import (
     TelluricTransmission,
     apply_telluric_correction,
@@ -144,11 +149,12 @@ def test_derived_transmission_matches_the_truth(lines_frame, corrected):
     assert trans.n_stars >= 5
     assert len(trans.windows) == len(TELLURIC_BANDS)
     truth = observed_transmission(trans.wavelength, FWHM, seed=31)
-    inside = ~trans.mask & (truth >= 0.3) & (truth < 0.999)
+    windows = np.any([(trans.wavelength > a) & (trans.wavelength < b) for a, b in trans.windows], axis=0)
+    inside = windows & ~trans.mask & (truth >= 0.3) & (truth < 0.999)
     err = trans.transmission[inside] - truth[inside]
-    assert np.median(np.abs(err)) < 0.01
+    assert np.median(np.abs(err)) < 0.01  # achieved 0.75 %
     pull = err / np.sqrt(trans.variance[inside])
-    assert 0.8 < np.sqrt(np.mean(pull**2)) < 1.3  # the stated variance is the transmission's error
+    assert 0.8 < np.sqrt(np.mean(pull**2)) < 1.25  # the stated variance is the transmission's error (1.08)
     # deep cores are masked, never divided by
     assert np.all(trans.mask[truth < 0.15])
 
@@ -164,8 +170,20 @@ def test_science_fibers_are_corrected_in_the_windows(lines_frame, corrected):
             band, line = _window_errors(flux[f], var[f], wave[f], truth[f], trans[f], f, a, b)
             bands.append(band)
             lines.append(line)
-    assert np.max(np.abs(bands)) < 0.01
-    assert np.max(lines) < 0.02  # every window of every fiber, the deep O2 A and H2O bands too
+    # every window of every fiber, the deep O2 A and H2O bands too; achieved: worst band 0.96 %, worst line-scale
+    # residual beyond the noise 1.7 % (dividing by the true blurred transmission leaves 0.2-1.5 % rms)
+    assert np.max(np.abs(bands)) < 0.015
+    assert np.max(lines) < 0.025
+    # the bands outside the windows are left as observed (5-8 % deep on average), and the calibration beside them
+    # is not bent by them: flux / truth there is the absorption the fiber received, within 1 %
+    for f in science:
+        for a, b, *_ in OUTSIDE_BANDS:
+            side = (((wave[f] > a - 150) & (wave[f] < a - 10)) | ((wave[f] > b + 10) & (wave[f] < b + 150)))
+            assert abs(np.median(flux[f][side] / truth[f][side]) - 1) < 0.01
+            sel = (wave[f] > a) & (wave[f] < b)
+            absorbed = exp.truth["absorption"][f][sel]
+            assert np.mean(absorbed) < 0.98
+            assert abs(np.mean(flux[f][sel] / truth[f][sel]) / np.mean(absorbed) - 1) < 0.01  # achieved 0.6 %
     with fits.open(out) as hdul:
         assert hdul[0].header["TELCOR"] is True
         assert hdul[0].header["TELNSTR"] == run.result.telluric.n_stars
