@@ -30,7 +30,9 @@ ln(Cal), each a function of wavelength:
 
 `apply_error_budget` adds the last two to the combined vector and records
 every term (median fractional σ and share of the total variance) in
-``summary['error_budget']`` (written to ``FCALSUM``).
+``summary['error_budget']`` (written to ``FCALSUM``); the terms' correlations
+over wavelength ride along as the result's
+`~kspec_fluxcal.covariance.CalibrationCovariance` (``FCALCOV``).
 """
 
 import logging
@@ -42,6 +44,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from .containers import CalibrationVector, FluxCalibrationResult
+from .covariance import CalibrationCovariance
 from .exceptions import InputDataError
 
 __all__ = [
@@ -224,7 +227,9 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         A new result: the combined vector's variance is the whole budget and
         ``summary['error_budget']`` lists, per term, the median fractional σ
-        and the share of the total variance over the defined pixels.
+        and the share of the total variance over the defined pixels;
+        ``covariance`` holds the budget with its correlations
+        (`~kspec_fluxcal.covariance.CalibrationCovariance.from_budget`).
     """
     combined = result.combined_vector
     representation = representation or result.summary.get("representation", "smooth")
@@ -271,7 +276,11 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     log.info("error budget (median fractional sigma): %s", ", ".join(
         f"{k} {100 * v['median_fraction']:.2f}%" for k, v in budget["terms"].items()
         if v["median_fraction"] is not None))
-    return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary)
+    covariance = CalibrationCovariance.from_budget(
+        wave, terms, ok, representation, knot_spacing=None if knot_choice is None else knot_choice.spacing,
+    ) if ok.any() else None
+    return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary,
+                                 covariance=covariance)
 
 
 LEVEL_TERMS = ("scale", "zero_point")

@@ -144,10 +144,14 @@ def read_red_spectrum_list(file_obj, **kwargs):
     `~specutils.SpectrumList`
         Spectral axes in Å (air); flux in the frame's ``BUNIT``;
         `~astropy.nddata.VarianceUncertainty`; mask True = bad; ``meta``
-        ``header``, ``fibre`` (the ``FIBRES`` row as a dict), ``fiber``.
+        ``header``, ``fibre`` (the ``FIBRES`` row as a dict), ``fiber`` and,
+        for a calibrated frame with ``FCALCOV``, ``fluxcal_covariance`` (its
+        `~kspec_fluxcal.covariance.CalibrationCovariance`, for
+        `kspec_fluxcal.band_flux`).
     """
     path = _path(file_obj)
     frame, mask = _frame_arrays(path)
+    covariance = _covariance_meta(path)
     spectra = SpectrumList()
     for i in range(frame.counts.shape[0]):
         spectra.append(Spectrum(
@@ -155,9 +159,17 @@ def read_red_spectrum_list(file_obj, **kwargs):
             flux=frame.counts[i] * frame.counts_unit,
             uncertainty=VarianceUncertainty(frame.variance[i], unit=frame.counts_unit**2),
             mask=mask[i].copy(),
-            meta={"header": frame.header.copy(), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i},
+            meta={"header": frame.header.copy(), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i, **covariance},
         ))
     return spectra
+
+
+def _covariance_meta(path):
+    """``{META_KEY: covariance}`` for a calibrated frame with ``FCALCOV``, else an empty dict."""
+    from ..covariance import META_KEY, read_covariance
+
+    covariance = read_covariance(path)
+    return {} if covariance is None else {META_KEY: covariance}
 
 
 @data_loader(RED_FORMAT, identifier=identify_kspec_red, dtype=Spectrum, extensions=["fits", "fit"],
@@ -175,7 +187,8 @@ def read_red_spectrum(file_obj, **kwargs):
     `~specutils.Spectrum`
         Flux (NFIB, NPIX) in the frame's ``BUNIT``, the shared spectral axis
         (Å, air), `~astropy.nddata.VarianceUncertainty`, mask True = bad;
-        ``meta`` ``header`` and ``fibres`` (the ``FIBRES`` table).
+        ``meta`` ``header`` and ``fibres`` (the ``FIBRES`` table), and
+        ``fluxcal_covariance`` as for `read_red_spectrum_list`.
 
     Raises
     ------
@@ -199,7 +212,7 @@ def read_red_spectrum(file_obj, **kwargs):
         flux=frame.counts * frame.counts_unit,
         uncertainty=VarianceUncertainty(frame.variance, unit=frame.counts_unit**2),
         mask=mask,
-        meta={"header": frame.header.copy(), "fibres": frame.fibres},
+        meta={"header": frame.header.copy(), "fibres": frame.fibres, **_covariance_meta(path)},
     )
 
 
@@ -218,11 +231,18 @@ def read_fluxcal_spectrum(file_obj, **kwargs):
     -------
     `~specutils.Spectrum`
         See `kspec_fluxcal.containers.CalibrationVector.to_spectrum`; the
-        flux is the calibration factor (e.g. erg s⁻¹ cm⁻² Å⁻¹ per ct).
+        flux is the calibration factor (e.g. erg s⁻¹ cm⁻² Å⁻¹ per ct);
+        ``meta['fluxcal_covariance']`` holds the stored
+        `~kspec_fluxcal.covariance.CalibrationCovariance` when there is one.
     """
+    from ..covariance import META_KEY
     from ..products import load_calibration
 
-    return load_calibration(_path(file_obj)).combined_vector.to_spectrum()
+    result = load_calibration(_path(file_obj))
+    spectrum = result.combined_vector.to_spectrum()
+    if result.covariance is not None:
+        spectrum.meta[META_KEY] = result.covariance
+    return spectrum
 
 
 def _fibres_table(fibres, n):
