@@ -83,11 +83,15 @@ def band_weights(wavelength, band):
         One weight per sample.
     """
     wave = np.asarray(wavelength, dtype=float)
-    if isinstance(band, (tuple, list)) and len(band) == 2:
+    if isinstance(band, (tuple, list)):
+        message = (f"a box band is a pair of wavelength Quantities (λ1, λ2), e.g. (5500 * u.AA, 6800 * u.AA); "
+                   f"got {band!r}.")
+        if len(band) != 2 or not all(isinstance(b, u.Quantity) for b in band):
+            raise InputDataError(message)
         try:
-            lo, hi = (u.Quantity(b).to_value(u.AA, equivalencies=u.spectral()) for b in band)
-        except (u.UnitsError, TypeError) as exc:
-            raise InputDataError(f"a box band is a pair of wavelength Quantities (λ1, λ2); got {band!r}.") from exc
+            lo, hi = (b.to_value(u.AA, equivalencies=u.spectral()) for b in band)
+        except u.UnitsError as exc:
+            raise InputDataError(message) from exc
         lo, hi = min(lo, hi), max(lo, hi)
         inside = (wave >= lo) & (wave <= hi)
         if not inside.any():

@@ -121,8 +121,7 @@ class CalibrationCovariance:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_budget(cls, wavelength, terms, defined, representation, knot_spacing=None,
-                    misfit_length=MISFIT_CORRELATION_LENGTH):
+    def from_budget(cls, wavelength, terms, defined, representation, knot_spacing=None, misfit_length=None):
         """The covariance of a calibration from its error budget's per-pixel terms.
 
         Parameters
@@ -138,8 +137,8 @@ class CalibrationCovariance:
             Form of the calibration.
         knot_spacing : float, optional
             Knot spacing (Å) of the smooth form (default 250 Å).
-        misfit_length : float
-            Correlation length (Å) of the template-misfit term.
+        misfit_length : float, optional
+            Correlation length (Å) of the template-misfit term (default `MISFIT_CORRELATION_LENGTH`).
 
         Returns
         -------
@@ -151,9 +150,10 @@ class CalibrationCovariance:
         if not defined.any():
             raise InputDataError("the calibration is undefined everywhere; it has no covariance.")
         spacing = float(knot_spacing or 250.0)
+        misfit_length = MISFIT_CORRELATION_LENGTH if misfit_length is None else float(misfit_length)
         smooth = representation != "pixel"
         lengths = {"scale": None, "zero_point": None, "noise": spacing if smooth else 0.0,
-                   "smoothing": 0.5 * spacing, "template_misfit": max(float(misfit_length), spacing if smooth else 0)}
+                   "smoothing": 0.5 * spacing, "template_misfit": max(misfit_length, spacing if smooth else 0.0)}
         independent = np.zeros(wave.size)
         correlated = []
         for name, variance in terms.items():
@@ -265,15 +265,15 @@ class CalibrationCovariance:
             columns.append(fits.Column(f"SIGMA_{term.name.upper()}", "E", array=term.sigma.astype(np.float32)))
         hdu = fits.BinTableHDU.from_columns(columns, name=EXTNAME)
         header = hdu.header
-        header["FCOVLO"] = (self.domain[0], "[Angstrom] start of the B-spline bases")
-        header["FCOVHI"] = (self.domain[1], "[Angstrom] end of the B-spline bases")
+        header["FCOVLO"] = (self.domain[0], "[Angstrom] start of the bases")
+        header["FCOVHI"] = (self.domain[1], "[Angstrom] end of the bases")
         header["FCOVDEG"] = (DEGREE, "degree of the B-spline bases")
         header["FCOVNTRM"] = (len(self.terms), "correlated terms (columns SIGMA_*)")
         header["FCOVFORM"] = (str(self.meta.get("representation", "")), "form of the calibration")
         for i, term in enumerate(self.terms, start=1):
-            header[f"FCOVN{i}"] = (term.name, "term name (its column is SIGMA_<NAME>)")
+            header[f"FCOVN{i}"] = (term.name, "term (column SIGMA_<NAME>)")
             header[f"FCOVL{i}"] = (-1.0 if term.length is None else float(term.length),
-                                   "[Angstrom] knot spacing; -1 = level term (constant)")
+                                   "[Angstrom] knot spacing; -1 = level")
         header["COMMENT"] = ("Covariance of ln(CAL_FACTOR): diag(INDEPENDENT) + sum over terms of "
                              "sigma_i sigma_j b(i).b(j)/(|b(i)||b(j)|), b = cubic B-splines on uniform knots "
                              "of spacing FCOVLn over [FCOVLO, FCOVHI] (or the constant 1 for FCOVLn = -1).")
