@@ -21,47 +21,12 @@ about √N for the correlated part.
 
 import numpy as np
 from astropy import units as u
-from specutils import Spectrum
 
-from .containers import FLAM, spectrum_variance
-from .covariance import META_KEY
-from .exceptions import InputDataError, MissingCovarianceError
+from .containers import FLAM
+from .exceptions import InputDataError
+from .spectrum_covariance import flux_arrays, stored_covariance, weighted_mean
 
 __all__ = ["band_flux", "band_weights", "flux_covariance", "relative_band_error"]
-
-
-def _covariance(spectrum):
-    covariance = (spectrum.meta or {}).get(META_KEY)
-    if covariance is None:
-        raise MissingCovarianceError(
-            "this spectrum carries no calibration covariance (meta['fluxcal_covariance']), so the correlated "
-            "part of its error is unknown and a band error would be too small. Use a spectrum calibrated by "
-            "this version (apply_flux_calibration with a FluxCalibrationResult, or SpectrumList.read of a RED "
-            "file calibrated with its FCALCOV extension); recalibrate older files."
-        )
-    return covariance
-
-
-def _rows(spectrum):
-    """(wavelength Å, flux FLAM, variance FLAM², bad) of a calibrated spectrum, 2-D (n_row, n_pix)."""
-    if not isinstance(spectrum, Spectrum):
-        raise InputDataError(f"band_flux needs a calibrated specutils Spectrum; got {type(spectrum).__name__}.")
-    wave = spectrum.spectral_axis.view(u.Quantity).to_value(u.AA)
-    try:
-        scale = (1.0 * spectrum.flux.unit).to_value(FLAM, equivalencies=u.spectral_density(wave * u.AA))
-    except u.UnitConversionError as exc:
-        raise InputDataError(
-            f"the spectrum's flux is in '{spectrum.flux.unit}', not a flux density; calibrate it first "
-            "(apply_flux_calibration)."
-        ) from exc
-    variance = spectrum_variance(spectrum)
-    if variance is None:
-        raise InputDataError("the spectrum has no uncertainty; band_flux needs its variance.")
-    flux = np.asarray(spectrum.flux.value, dtype=float) * scale
-    var = np.asarray(variance.value, dtype=float) * scale**2
-    mask = np.zeros(flux.shape, bool) if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool)
-    bad = mask | ~np.isfinite(flux) | ~np.isfinite(var) | (var < 0)
-    return wave, np.atleast_2d(flux), np.atleast_2d(var), np.atleast_2d(bad)
 
 
 def band_weights(wavelength, band):
@@ -110,24 +75,6 @@ def band_weights(wavelength, band):
     return weights / np.sum(weights)
 
 
-def _band_row(wave, flux, var, bad, covariance, band):
-    good = ~bad
-    w_good = wave[good]
-    f = flux[good]
-    weights = band_weights(w_good, band)
-    use = weights != 0
-    w, f, v, lam = weights[use], f[use], var[good][use], w_good[use]
-    independent, factor = covariance.factors(lam)
-    if not (np.all(np.isfinite(independent)) and np.all(np.isfinite(factor))):
-        raise InputDataError("the band reaches outside the calibration's defined range; choose a narrower band.")
-    calibration_var = f**2 * (independent + np.sum(factor**2, axis=1))
-    pixel = np.maximum(v - calibration_var, 0.0)
-    wf = w * f
-    correlated = factor.T @ wf
-    sigma2 = np.sum(w**2 * pixel) + np.sum(wf**2 * independent) + correlated @ correlated
-    return float(w @ f), float(np.sqrt(sigma2))
-
-
 def band_flux(spectrum, band):
     """Mean flux density of a calibrated spectrum over a band, with its error.
 
@@ -164,9 +111,10 @@ def band_flux(spectrum, band):
     >>> from astropy import units as u
     >>> flux, sigma = band_flux(calibrated, (5500 * u.AA, 6800 * u.AA))  # doctest: +SKIP
     """
-    covariance = _covariance(spectrum)
-    wave, flux, var, bad = _rows(spectrum)
-    values = np.array([_band_row(wave, flux[i], var[i], bad[i], covariance, band) for i in range(flux.shape[0])])
+    covariance = stored_covariance(spectrum)
+    wave, flux, var, bad = flux_arrays(spectrum)
+    values = np.array([weighted_mean(wave, flux[i], var[i], bad[i], covariance, lambda w: band_weights(w, band))
+                       for i in range(flux.shape[0])])
     if np.ndim(spectrum.flux) == 1:
         return values[0, 0] * FLAM, values[0, 1] * FLAM
     return values[:, 0] * FLAM, values[:, 1] * FLAM
@@ -201,10 +149,10 @@ def flux_covariance(spectrum, wavelength_range=None, calibration_only=False):
     """
     from astropy.nddata import Covariance
 
-    covariance = _covariance(spectrum)
+    covariance = stored_covariance(spectrum)
     if np.ndim(spectrum.flux) != 1:
         raise InputDataError("flux_covariance takes one fiber (a 1-D Spectrum); index the 2-D spectrum first.")
-    wave, flux, var, bad = _rows(spectrum)
+    wave, flux, var, bad = flux_arrays(spectrum)
     flux, var, bad = flux[0], var[0], bad[0]
     sel = ~bad
     if wavelength_range is not None:

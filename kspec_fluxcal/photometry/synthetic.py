@@ -120,6 +120,16 @@ def _spectrum_flam(spectrum):
     return wave[good], flam[good]
 
 
+def _magnitude_error(spectrum, band):
+    """1σ (mag) of a band's magnitude from the pixel noise and the calibration's correlated error."""
+    from ..spectrum_covariance import flux_arrays, stored_covariance, weighted_mean
+
+    covariance = stored_covariance(spectrum)
+    wave, flux, var, bad = flux_arrays(spectrum)
+    mean, sigma = weighted_mean(wave, flux[0], var[0], bad[0], covariance, lambda w: band_flux_weights(w, band))
+    return 2.5 / math.log(10) * sigma / mean if mean > 0 else np.nan
+
+
 def _one_magnitude(wave, flam, band, strict):
     from synphot import Observation, SourceSpectrum, SpectralElement
     from synphot.models import Empirical1D
@@ -180,10 +190,7 @@ def synthetic_photometry(spectrum, band, strict=False, return_error=False):
     bands = list(band) if isinstance(band, (list, tuple)) else [band]
     mags = np.array([_one_magnitude(wave, flam, b, strict) for b in bands])
     if return_error:
-        from ..bandflux import relative_band_error
-
-        errors = np.array([2.5 / math.log(10) * relative_band_error(spectrum, b) if np.isfinite(m) else np.nan
-                           for b, m in zip(bands, mags)])
+        errors = np.array([_magnitude_error(spectrum, b) if np.isfinite(m) else np.nan for b, m in zip(bands, mags)])
         if not isinstance(band, (list, tuple)):
             return mags[0] * u.ABmag, float(errors[0]) * u.mag
         return mags * u.ABmag, errors * u.mag
