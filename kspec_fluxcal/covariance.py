@@ -23,12 +23,18 @@ so that its own variance is exactly ``a_c²``). The diagonal is therefore the
 per-pixel budget unchanged: ``v + Σ a_c²`` is ``CAL_VARIANCE / CAL_FACTOR²``
 (`from_budget`), and the per-pixel pulls stay as they were.
 
-The terms are those of `kspec_fluxcal.error_budget`: ``scale`` and
-``zero_point`` are level terms; ``noise`` is pixel-independent for the
-per-pixel form and follows the knots of the smooth form; ``smoothing``
-(structure the knots miss) is correlated over half a knot interval;
-``template_misfit`` over `MISFIT_CORRELATION_LENGTH` or the knot spacing
-when that is longer (the smooth form cannot hold finer structure).
+The terms are those of `kspec_fluxcal.error_budget`: ``scale`` is a level
+term; ``zero_point`` is carried by two signed level profiles in the span of
+1 and k(λ) (``zero_point_1``, ``zero_point_2``: a catalogue offset moves the
+stars' fitted scale and reddening, so it tilts the vector as well as
+lifting it); the part of ``noise`` that is the reddening tilt of the stars'
+photometric fits likewise (``tilt_1``, ``tilt_2``,
+`kspec_fluxcal.error_budget.photometric_profiles`), the rest of it
+pixel-independent for the per-pixel form and following the knots of the
+smooth form; ``smoothing`` (structure the knots miss) is correlated over half
+a knot interval; ``template_misfit`` over `MISFIT_CORRELATION_LENGTH` or the
+knot spacing when that is longer (the smooth form cannot hold finer
+structure).
 """
 
 from dataclasses import dataclass, field
@@ -73,6 +79,26 @@ def read_covariance(path):
         return CalibrationCovariance.from_hdu(hdul[EXTNAME])
 
 
+_NEGLIGIBLE = 1e-9
+"""A remainder of a term below this fraction of its largest variance is rounding, not a term."""
+
+
+def _profile_terms(label, columns, variance, exact):
+    """Level terms ``label_1``, ``label_2`` … of signed ``columns`` (n, r) rescaled per row, and what is left.
+
+    Each row is scaled so that its variance (the sum of its squares) is the
+    term's ``variance`` (``exact``) or at most it; the rest is returned.
+    """
+    model = np.sum(columns**2, axis=1)
+    share = variance if exact else np.minimum(model, variance)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(model > 0, np.sqrt(share / model), 0.0)
+    rows = columns * scale[:, None]
+    level = [CovarianceTerm(f"{label}_{j + 1}", rows[:, j]) for j in range(rows.shape[1])
+             if np.any(rows[:, j] != 0)]
+    return level, np.maximum(variance - np.sum(rows**2, axis=1), 0.0)
+
+
 @dataclass
 class CovarianceTerm:
     """One correlated term of a calibration's covariance.
@@ -82,7 +108,8 @@ class CovarianceTerm:
     name : str
         The budget term (``'scale'``, ``'zero_point'``, ``'noise'``, ``'smoothing'``, ``'template_misfit'``).
     sigma : ndarray
-        Fractional 1σ of the term at each sample of the covariance's grid.
+        Fractional 1σ of the term at each sample of the covariance's grid; a
+        level term's may be signed (its profile: a tilt changes sign).
     length : float or None
         Correlation length (Å): the knot spacing of the term's B-spline basis; None for a level term
         (one constant function: fully correlated over the whole vector).
@@ -121,7 +148,8 @@ class CalibrationCovariance:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_budget(cls, wavelength, terms, defined, representation, knot_spacing=None, misfit_length=None):
+    def from_budget(cls, wavelength, terms, defined, representation, knot_spacing=None, misfit_length=None,
+                    profiles=None):
         """The covariance of a calibration from its error budget's per-pixel terms.
 
         Parameters
@@ -139,6 +167,14 @@ class CalibrationCovariance:
             Knot spacing (Å) of the smooth form (default 250 Å).
         misfit_length : float, optional
             Correlation length (Å) of the template-misfit term (default `MISFIT_CORRELATION_LENGTH`).
+        profiles : dict of str to ndarray, optional
+            Signed profiles (n, r) of a term's low-rank structure over the
+            whole vector (e.g. the span of 1 and k(λ) of a photometric fit's
+            offset and reddening): ``'zero_point'`` is rescaled row by row to
+            the term's variance; for ``'noise'`` they give the reddening tilt
+            of the stars' fits (level terms ``tilt_1``, ``tilt_2``), up to the
+            noise variance, and the rest of the noise keeps its own
+            correlation.
 
         Returns
         -------
@@ -156,12 +192,18 @@ class CalibrationCovariance:
                    "smoothing": 0.5 * spacing, "template_misfit": max(misfit_length, spacing if smooth else 0.0)}
         independent = np.zeros(wave.size)
         correlated = []
+        profiles = profiles or {}
         for name, variance in terms.items():
             variance = np.where(defined, np.maximum(np.asarray(variance, dtype=float), 0.0), 0.0)
+            if profiles.get(name) is not None:
+                label = "tilt" if name == "noise" else name
+                level, variance = _profile_terms(label, np.asarray(profiles[name], dtype=float), variance,
+                                                 exact=name != "noise")
+                correlated += level
             length = lengths.get(name, spacing)
             if length == 0.0:
                 independent += variance
-            elif np.any(variance > 0):
+            elif np.any(variance > _NEGLIGIBLE * np.max(terms[name], initial=0.0)):
                 correlated.append(CovarianceTerm(name, np.sqrt(variance), length))
         lo, hi = float(wave[defined].min()), float(wave[defined].max())
         return cls(wave, independent, correlated, ~defined, (lo, hi),
