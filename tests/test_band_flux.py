@@ -222,6 +222,19 @@ def test_band_flux_from_file_and_memory_agree(calibrated_run):
         band_flux(SpectrumList.read(red, format="KSPEC-RED")[science[0]], "ps1_r")
 
 
+def test_written_spectra_keep_the_covariance(calibrated_run, tmp_path):
+    run, _, _ = calibrated_run
+    fibers = SpectrumList.read(run.output, format="KSPEC-RED")
+    fibers.write(tmp_path / "copy.fits", format="KSPEC-RED")
+    again = SpectrumList.read(tmp_path / "copy.fits", format="KSPEC-RED")
+    band = (5000 * u.AA, 6000 * u.AA)
+    np.testing.assert_allclose([q.value for q in band_flux(again[0], band)],
+                               [q.value for q in band_flux(fibers[0], band)], rtol=1e-6)
+    single = tmp_path / "one.fits"
+    fibers[0].write(single, format="KSPEC-RED")
+    assert isinstance(SpectrumList.read(single, format="KSPEC-RED")[0].meta[META_KEY], CalibrationCovariance)
+
+
 def test_result_without_covariance_round_trips(calibrated_run, tmp_path):
     run, _, _ = calibrated_run
     bare = FluxCalibrationResult(run.result.combined_vector, summary=dict(run.result.summary))

@@ -313,6 +313,18 @@ def red_hdulist(flux, variance, wavelength, mask, header=None, fibres=None):
     return fits.HDUList(hdus)
 
 
+def _with_covariance(hdulist, metas):
+    """``hdulist`` with ``FCALCOV`` when every spectrum carries the same calibration covariance."""
+    from ..covariance import META_KEY
+
+    covariances = {id(m.get(META_KEY)): m.get(META_KEY) for m in metas}
+    if len(covariances) == 1 and None not in covariances.values():
+        hdulist.append(next(iter(covariances.values())).to_hdu())
+    elif any(c is not None for c in covariances.values()):
+        log.warning("the spectra carry different calibration covariances; FCALCOV is not written")
+    return hdulist
+
+
 def _write(hdulist, path, overwrite):
     path = Path(path)
     if path.exists() and not overwrite:
@@ -326,7 +338,8 @@ def write_red_spectrum(spectrum, file_name, overwrite=False, **kwargs):
 
     ``meta['header']`` becomes the PRIMARY header and ``meta['fibres']`` (or,
     for a 1-D spectrum, ``meta['fibre']``) the ``FIBRES`` table. See
-    `red_hdulist` for the layout.
+    `red_hdulist` for the layout; ``meta['fluxcal_covariance']`` becomes
+    ``FCALCOV``.
     """
     flux = spectrum.flux
     meta = spectrum.meta or {}
@@ -339,7 +352,7 @@ def write_red_spectrum(spectrum, file_name, overwrite=False, **kwargs):
         variance = variance.reshape(flux.shape)
     mask = None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool).reshape(flux.shape)
     hdul = red_hdulist(flux, variance, spectrum.spectral_axis.view(u.Quantity), mask, meta.get("header"), fibres)
-    _write(hdul, file_name, overwrite)
+    _write(_with_covariance(hdul, [meta]), file_name, overwrite)
 
 
 @custom_writer(RED_FORMAT, dtype=SpectrumList, force=True)
@@ -348,7 +361,9 @@ def write_red_spectrum_list(spectra, file_name, overwrite=False, **kwargs):
 
     The first fiber's ``meta['header']`` becomes the PRIMARY header; each
     fiber's ``meta['fibre']`` its ``FIBRES`` row; each fiber keeps its own
-    wavelengths (``WAVELA`` of shape (NFIB, NPIX)).
+    wavelengths (``WAVELA`` of shape (NFIB, NPIX)). A calibration covariance
+    that every fiber carries (``meta['fluxcal_covariance']``, the same one)
+    is written as ``FCALCOV``.
     """
     if len(spectra) == 0:
         raise InputDataError("the SpectrumList is empty; there is no frame to write.")
@@ -367,4 +382,4 @@ def write_red_spectrum_list(spectra, file_name, overwrite=False, **kwargs):
     metas = [s.meta or {} for s in spectra]
     fibres = [m["fibre"] for m in metas] if all(m.get("fibre") for m in metas) else None
     hdul = red_hdulist(flux, variance, wave, mask, metas[0].get("header"), fibres)
-    _write(hdul, file_name, overwrite)
+    _write(_with_covariance(hdul, metas), file_name, overwrite)
