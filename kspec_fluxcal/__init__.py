@@ -14,6 +14,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # The curated public API (see the API page); everything else lives in its module.
 from .apply import apply_flux_calibration  # noqa: E402
+from .bandflux import band_flux, flux_covariance  # noqa: E402
 from .containers import CalibrationVector, FluxCalibrationResult, Photometry, make_spectrum  # noqa: E402
 from .engine import EngineOptions, StandardStar, derive_flux_calibration  # noqa: E402
 from .exceptions import *  # noqa: F401,F403,E402
@@ -33,6 +34,8 @@ __all__ = [
     "StandardStar",
     "EngineOptions",
     "apply_flux_calibration",
+    "band_flux",
+    "flux_covariance",
     "TemplateLibrary",
     "PreparedGrid",
     "prepare_template",

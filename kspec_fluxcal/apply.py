@@ -12,6 +12,7 @@ from astropy.nddata import VarianceUncertainty
 from specutils import Spectrum, SpectrumList
 
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, spectrum_variance
+from .covariance import META_KEY as COVARIANCE_KEY
 from .exceptions import InputDataError
 from .io.header import update_calibration_header
 from .wavelength import interpolate_masked
@@ -144,7 +145,9 @@ def _fiber_wavelengths(wavelength, calibration, shape):
 
 def _as_calibration(calibration):
     if isinstance(calibration, Spectrum):
-        return CalibrationVector.from_spectrum(calibration)
+        vector = CalibrationVector.from_spectrum(calibration)
+        covariance = (calibration.meta or {}).get(COVARIANCE_KEY)
+        return vector if covariance is None else FluxCalibrationResult(vector, covariance=covariance)
     if isinstance(calibration, (CalibrationVector, FluxCalibrationResult)):
         return calibration
     raise InputDataError(
@@ -183,6 +186,9 @@ def _wrap(spectrum, flux, flux_var, calibration):
         mask |= np.asarray(spectrum.mask, dtype=bool)
     if meta.get("header") is not None:
         meta["header"] = update_calibration_header(meta["header"].copy(), calibration)
+    meta.pop(COVARIANCE_KEY, None)
+    if getattr(calibration, "covariance", None) is not None:
+        meta[COVARIANCE_KEY] = calibration.covariance
     return Spectrum(
         spectral_axis=spectrum.spectral_axis.view(u.Quantity).to(u.AA),
         flux=flux,
@@ -242,7 +248,10 @@ or `~specutils.Spectrum`
         the calibration is undefined), `~astropy.nddata.VarianceUncertainty`
         propagated, mask True where the input was masked or the result is
         undefined; ``meta`` copied, with ``meta['header']`` (when present)
-        carrying ``FLUXCAL``, ``BUNIT``, ``FCALNSTR``, ``FCALRMS``.
+        carrying ``FLUXCAL``, ``BUNIT``, ``FCALNSTR``, ``FCALRMS``, and
+        ``meta['fluxcal_covariance']`` the calibration's
+        `~kspec_fluxcal.covariance.CalibrationCovariance` when the
+        calibration is a result that has one (for `kspec_fluxcal.band_flux`).
     """
     calibration = _as_calibration(calibration)
     if isinstance(spectra, SpectrumList):

@@ -583,6 +583,9 @@ class FluxCalibrationResult:
     telluric : `~kspec_fluxcal.telluric.TelluricTransmission`, optional
         The exposure's telluric transmission, when measured (``TELLURIC``
         extension on disk).
+    covariance : `~kspec_fluxcal.covariance.CalibrationCovariance`, optional
+        The combined vector's error with its correlations over wavelength
+        (``FCALCOV`` extension on disk); None when not known.
     """
 
     combined_vector: CalibrationVector
@@ -590,6 +593,7 @@ class FluxCalibrationResult:
     per_star_residuals: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     telluric: object = None
+    covariance: object = None
 
     def __post_init__(self):
         if not isinstance(self.combined_vector, CalibrationVector):
@@ -606,7 +610,7 @@ class FluxCalibrationResult:
             )
 
     def to_hdulist(self):
-        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM`` (and ``TELLURIC``)."""
+        """The result as FITS HDUs: ``FLUXCAL``, then ``FCALVEC`` per star, ``FCALSUM``, ``TELLURIC``, ``FCALCOV``."""
         hdus = fits.HDUList([fits.PrimaryHDU()])
         combined = table_to_fits_hdu(self.combined_vector.to_table(), "FLUXCAL")
         hdus.append(combined)
@@ -622,6 +626,8 @@ class FluxCalibrationResult:
         hdus.append(summary)
         if self.telluric is not None:
             hdus.append(self.telluric.to_hdu())
+        if self.covariance is not None:
+            hdus.append(self.covariance.to_hdu())
         return hdus
 
     @classmethod
@@ -649,7 +655,12 @@ class FluxCalibrationResult:
         telluric = None
         if "TELLURIC" in names:
             telluric = TelluricTransmission.from_hdu(hdulist["TELLURIC"])
-        return cls(combined, vectors, residuals, summary, telluric)
+        covariance = None
+        if "FCALCOV" in names:
+            from .covariance import CalibrationCovariance
+
+            covariance = CalibrationCovariance.from_hdu(hdulist["FCALCOV"])
+        return cls(combined, vectors, residuals, summary, telluric, covariance)
 
     def write(self, path, overwrite=False):
         """Write the result to a FITS file."""

@@ -30,7 +30,9 @@ ln(Cal), each a function of wavelength:
 
 `apply_error_budget` adds the last two to the combined vector and records
 every term (median fractional σ and share of the total variance) in
-``summary['error_budget']`` (written to ``FCALSUM``).
+``summary['error_budget']`` (written to ``FCALSUM``); the terms' correlations
+over wavelength ride along as the result's
+`~kspec_fluxcal.covariance.CalibrationCovariance` (``FCALCOV``).
 """
 
 import logging
@@ -42,6 +44,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from .containers import CalibrationVector, FluxCalibrationResult
+from .covariance import CalibrationCovariance
 from .exceptions import InputDataError
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "apply_error_budget",
     "complete_error_budget",
     "level_log_variance",
+    "photometric_profiles",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,6 +201,68 @@ def _zero_point_log_variance(result, wave, extinction, r_v, sigma):
     return np.median(terms, axis=0) if terms else np.zeros_like(wave)
 
 
+def photometric_profiles(result, wave, extinction, r_v, sigma):
+    """Signed profiles of the zero-point and reddening-tilt terms in the span of 1 and k(λ).
+
+    Parameters
+    ----------
+    result : `~kspec_fluxcal.containers.FluxCalibrationResult`
+        The combination (its used star vectors carry ``phot_design``).
+    wave : ndarray
+        Å, where the profiles are wanted.
+    extinction, r_v : str, float
+        The reddening law fitted.
+    sigma : float
+        rms (mag) of the catalogue zero points.
+
+    Both come from the stars' photometric fits, whose offset μ and colour
+    excess E move ln F(λ) by −0.4 ln 10 (δμ + k(λ) δE): two functions of λ
+    carry them over the whole vector. The zero points are common to all
+    stars (the median of their covariances); each star's own fit error,
+    less its gray part (removed with its gray factor), is a tilt about its
+    pivot k* that averages down over the N used stars.
+
+    Returns
+    -------
+    dict
+        ``{'zero_point': (n, 2), 'noise': (n, 2)}`` arrays (the entries
+        missing when no used star has a photometric design).
+    """
+    from .extinction import extinction_per_ebv
+
+    k = extinction_per_ebv(wave, extinction, r_v)
+    basis = np.column_stack([np.ones_like(k), k]) * (0.4 * np.log(10))
+    zero_points, tilts = [], []
+    for vec in result.per_star_vectors:
+        design = vec.meta.get("phot_design") or {}
+        if not vec.meta.get("used") or not design.get("jacobian"):
+            continue
+        jac = np.asarray(design["jacobian"], dtype=float)
+        w = np.asarray(design["weights"], dtype=float)
+        fit = np.linalg.pinv(jac.T @ (w[:, None] * jac))
+        sens = fit @ (jac.T * w)
+        zero_points.append(sigma**2 * sens @ sens.T)
+        if fit[1, 1] > 0:
+            pinned = fit[0, 0] - fit[0, 1] ** 2 / fit[1, 1]
+            stated = vec.meta.get("phot_log_variance")
+            if stated is not None and np.isfinite(stated) and pinned > 0:  # the fit's own scaling of its errors
+                fit = fit * float(stated) / ((0.4 * np.log(10)) ** 2 * pinned)
+            direction = np.array([-fit[0, 1] / fit[1, 1], 1.0]) * np.sqrt(fit[1, 1])
+            tilts.append(np.outer(direction, direction))
+    out = {}
+    if zero_points:
+        out["zero_point"] = basis @ _root(np.median(zero_points, axis=0))
+    if tilts:
+        out["noise"] = basis @ _root(np.sum(tilts, axis=0) / len(tilts) ** 2)
+    return out
+
+
+def _root(matrix):
+    """L with L Lᵀ = ``matrix`` (symmetric, positive semi-definite)."""
+    values, vectors = np.linalg.eigh(matrix)
+    return vectors * np.sqrt(np.maximum(values, 0.0))
+
+
 def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_label="", representation=None,
                        zero_point_sigma=CATALOG_ZERO_POINT_SIGMA, extinction="F99", r_v=3.1):
     """Add the smoothing and template-misfit terms to a combined calibration and record every term.
@@ -224,7 +290,9 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         A new result: the combined vector's variance is the whole budget and
         ``summary['error_budget']`` lists, per term, the median fractional σ
-        and the share of the total variance over the defined pixels.
+        and the share of the total variance over the defined pixels;
+        ``covariance`` holds the budget with its correlations
+        (`~kspec_fluxcal.covariance.CalibrationCovariance.from_budget`).
     """
     combined = result.combined_vector
     representation = representation or result.summary.get("representation", "smooth")
@@ -271,7 +339,12 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     log.info("error budget (median fractional sigma): %s", ", ".join(
         f"{k} {100 * v['median_fraction']:.2f}%" for k, v in budget["terms"].items()
         if v["median_fraction"] is not None))
-    return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary)
+    covariance = CalibrationCovariance.from_budget(
+        wave, terms, ok, representation, knot_spacing=None if knot_choice is None else knot_choice.spacing,
+        profiles=photometric_profiles(result, wave, extinction, r_v, zero_point_sigma),
+    ) if ok.any() else None
+    return FluxCalibrationResult(vector, result.per_star_vectors, result.per_star_residuals, summary,
+                                 covariance=covariance)
 
 
 LEVEL_TERMS = ("scale", "zero_point")

@@ -17,6 +17,7 @@ __all__ = [
     "TemplateLibraryError",
     "CacheError",
     "CalibrationError",
+    "MissingCovarianceError",
     "DownloadError",
     "OutputWriteError",
     "BatchIncompleteError",
@@ -40,6 +41,10 @@ class CatalogError(InputDataError):
 
 class RedFileError(InputDataError):
     """A RED file is missing extensions or holds inconsistent shapes."""
+
+
+class MissingCovarianceError(InputDataError):
+    """A calibrated spectrum carries no calibration covariance, so an error over many pixels cannot be given."""
 
 
 class AlreadyCalibratedError(KspecFluxcalError):

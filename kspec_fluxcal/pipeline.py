@@ -713,10 +713,10 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         telluric_header(primary.header, telluric, origin.get("source"))
     with fits.open(red_filename, memmap=False) as hdul:
         kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "FLUXCAL", "FCALSTAR", "FCALVEC",
-                                                              "FCALSUM", "TELLURIC")]
+                                                              "FCALSUM", "TELLURIC", "FCALCOV")]
     target = Path(config.output) if config.output else red_filename
     hdus = [primary, variance, *kept, products["FLUXCAL"], _fcalstar_table(result),
-            *[h for h in products if h.name in ("FCALVEC", "FCALSUM")],
+            *[h for h in products if h.name in ("FCALVEC", "FCALSUM", "FCALCOV")],
             *([telluric.to_hdu()] if telluric is not None else [])]
     write_fits_atomic(hdus, target)
     log.info("wrote %s (%d standards used)", target, result.summary["n_stars_used"])

@@ -146,7 +146,7 @@ def _with_provenance(result, provenance):
     if provenance is not None:
         summary["provenance"] = jsonable(provenance)
     return FluxCalibrationResult(result.combined_vector, list(result.per_star_vectors),
-                                 list(result.per_star_residuals), summary, result.telluric)
+                                 list(result.per_star_residuals), summary, result.telluric, result.covariance)
 
 
 def _product_hdulist(result):
@@ -327,4 +327,4 @@ def calibration_for_frame(result, counts_unit, exptime=None):
     converted = CalibrationVector(vec.wavelength, factor, variance, vec.mask, smooth, smooth_var, dict(vec.meta))
     log.info("calibration converted from '%s' to '%s' with the exposure time", vec.unit, factor.unit)
     return FluxCalibrationResult(converted, list(result.per_star_vectors), list(result.per_star_residuals),
-                                 dict(result.summary), result.telluric)
+                                 dict(result.summary), result.telluric, result.covariance)

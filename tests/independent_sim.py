@@ -129,7 +129,8 @@ def telluric_transmission(wavelength, rng):
 
 @dataclass
 class IndependentFrame:
-    """A RED frame, its catalogue and the truth (``wavelength`` Å, ``calibration``, ``gray``)."""
+    """A RED frame, its catalogue and the truth (``wavelength`` Å, ``calibration``, ``gray``, ``atmosphere``
+    — the telluric transmission at the instrument's resolution)."""
 
     hdulist: fits.HDUList
     catalog: Table
@@ -289,7 +290,8 @@ def make_frame(n_standards=8, n_pix=12400, wave_range=(3600.0, 9800.0), fwhm=2.0
     hdul = fits.HDUList([primary, fits.ImageHDU(variance.astype(np.float32), name="VARIANCE"), wave_hdu, fib_hdu])
     catalog = Table(rows=[[r[c] for c in REFCAT_COLUMNS] for r in rows], names=REFCAT_COLUMNS)
     truth = dict(wavelength=pix, calibration=throughput(pix), gray=gray, stars=truth_stars,
-                 throughput=throughput, zero_points=zero_points)
+                 throughput=throughput, zero_points=zero_points,
+                 atmosphere=np.interp(pix, fine[window], convolve(atmosphere[window], kernel, boundary="extend")))
     return IndependentFrame(hdul, catalog, truth)
 
 

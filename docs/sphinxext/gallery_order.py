@@ -8,6 +8,7 @@ TUTORIALS = (
     "plot_template_correction.py",
     "plot_specutils_workflow.py",
     "plot_kspec_frame_specutils.py",
+    "plot_band_flux_errors.py",
 )
 
 

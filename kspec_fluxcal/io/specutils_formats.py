@@ -144,10 +144,14 @@ def read_red_spectrum_list(file_obj, **kwargs):
     `~specutils.SpectrumList`
         Spectral axes in Å (air); flux in the frame's ``BUNIT``;
         `~astropy.nddata.VarianceUncertainty`; mask True = bad; ``meta``
-        ``header``, ``fibre`` (the ``FIBRES`` row as a dict), ``fiber``.
+        ``header``, ``fibre`` (the ``FIBRES`` row as a dict), ``fiber`` and,
+        for a calibrated frame with ``FCALCOV``, ``fluxcal_covariance`` (its
+        `~kspec_fluxcal.covariance.CalibrationCovariance`, for
+        `kspec_fluxcal.band_flux`).
     """
     path = _path(file_obj)
     frame, mask = _frame_arrays(path)
+    covariance = _covariance_meta(path)
     spectra = SpectrumList()
     for i in range(frame.counts.shape[0]):
         spectra.append(Spectrum(
@@ -155,9 +159,17 @@ def read_red_spectrum_list(file_obj, **kwargs):
             flux=frame.counts[i] * frame.counts_unit,
             uncertainty=VarianceUncertainty(frame.variance[i], unit=frame.counts_unit**2),
             mask=mask[i].copy(),
-            meta={"header": frame.header.copy(), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i},
+            meta={"header": frame.header.copy(), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i, **covariance},
         ))
     return spectra
+
+
+def _covariance_meta(path):
+    """``{META_KEY: covariance}`` for a calibrated frame with ``FCALCOV``, else an empty dict."""
+    from ..covariance import META_KEY, read_covariance
+
+    covariance = read_covariance(path)
+    return {} if covariance is None else {META_KEY: covariance}
 
 
 @data_loader(RED_FORMAT, identifier=identify_kspec_red, dtype=Spectrum, extensions=["fits", "fit"],
@@ -175,7 +187,8 @@ def read_red_spectrum(file_obj, **kwargs):
     `~specutils.Spectrum`
         Flux (NFIB, NPIX) in the frame's ``BUNIT``, the shared spectral axis
         (Å, air), `~astropy.nddata.VarianceUncertainty`, mask True = bad;
-        ``meta`` ``header`` and ``fibres`` (the ``FIBRES`` table).
+        ``meta`` ``header`` and ``fibres`` (the ``FIBRES`` table), and
+        ``fluxcal_covariance`` as for `read_red_spectrum_list`.
 
     Raises
     ------
@@ -199,7 +212,7 @@ def read_red_spectrum(file_obj, **kwargs):
         flux=frame.counts * frame.counts_unit,
         uncertainty=VarianceUncertainty(frame.variance, unit=frame.counts_unit**2),
         mask=mask,
-        meta={"header": frame.header.copy(), "fibres": frame.fibres},
+        meta={"header": frame.header.copy(), "fibres": frame.fibres, **_covariance_meta(path)},
     )
 
 
@@ -218,11 +231,18 @@ def read_fluxcal_spectrum(file_obj, **kwargs):
     -------
     `~specutils.Spectrum`
         See `kspec_fluxcal.containers.CalibrationVector.to_spectrum`; the
-        flux is the calibration factor (e.g. erg s⁻¹ cm⁻² Å⁻¹ per ct).
+        flux is the calibration factor (e.g. erg s⁻¹ cm⁻² Å⁻¹ per ct);
+        ``meta['fluxcal_covariance']`` holds the stored
+        `~kspec_fluxcal.covariance.CalibrationCovariance` when there is one.
     """
+    from ..covariance import META_KEY
     from ..products import load_calibration
 
-    return load_calibration(_path(file_obj)).combined_vector.to_spectrum()
+    result = load_calibration(_path(file_obj))
+    spectrum = result.combined_vector.to_spectrum()
+    if result.covariance is not None:
+        spectrum.meta[META_KEY] = result.covariance
+    return spectrum
 
 
 def _fibres_table(fibres, n):
@@ -293,6 +313,18 @@ def red_hdulist(flux, variance, wavelength, mask, header=None, fibres=None):
     return fits.HDUList(hdus)
 
 
+def _with_covariance(hdulist, metas):
+    """``hdulist`` with ``FCALCOV`` when every spectrum carries the same calibration covariance."""
+    from ..covariance import META_KEY
+
+    covariances = {id(m.get(META_KEY)): m.get(META_KEY) for m in metas}
+    if len(covariances) == 1 and None not in covariances.values():
+        hdulist.append(next(iter(covariances.values())).to_hdu())
+    elif any(c is not None for c in covariances.values()):
+        log.warning("the spectra carry different calibration covariances; FCALCOV is not written")
+    return hdulist
+
+
 def _write(hdulist, path, overwrite):
     path = Path(path)
     if path.exists() and not overwrite:
@@ -306,7 +338,8 @@ def write_red_spectrum(spectrum, file_name, overwrite=False, **kwargs):
 
     ``meta['header']`` becomes the PRIMARY header and ``meta['fibres']`` (or,
     for a 1-D spectrum, ``meta['fibre']``) the ``FIBRES`` table. See
-    `red_hdulist` for the layout.
+    `red_hdulist` for the layout; ``meta['fluxcal_covariance']`` becomes
+    ``FCALCOV``.
     """
     flux = spectrum.flux
     meta = spectrum.meta or {}
@@ -319,7 +352,7 @@ def write_red_spectrum(spectrum, file_name, overwrite=False, **kwargs):
         variance = variance.reshape(flux.shape)
     mask = None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool).reshape(flux.shape)
     hdul = red_hdulist(flux, variance, spectrum.spectral_axis.view(u.Quantity), mask, meta.get("header"), fibres)
-    _write(hdul, file_name, overwrite)
+    _write(_with_covariance(hdul, [meta]), file_name, overwrite)
 
 
 @custom_writer(RED_FORMAT, dtype=SpectrumList, force=True)
@@ -328,7 +361,9 @@ def write_red_spectrum_list(spectra, file_name, overwrite=False, **kwargs):
 
     The first fiber's ``meta['header']`` becomes the PRIMARY header; each
     fiber's ``meta['fibre']`` its ``FIBRES`` row; each fiber keeps its own
-    wavelengths (``WAVELA`` of shape (NFIB, NPIX)).
+    wavelengths (``WAVELA`` of shape (NFIB, NPIX)). A calibration covariance
+    that every fiber carries (``meta['fluxcal_covariance']``, the same one)
+    is written as ``FCALCOV``.
     """
     if len(spectra) == 0:
         raise InputDataError("the SpectrumList is empty; there is no frame to write.")
@@ -347,4 +382,4 @@ def write_red_spectrum_list(spectra, file_name, overwrite=False, **kwargs):
     metas = [s.meta or {} for s in spectra]
     fibres = [m["fibre"] for m in metas] if all(m.get("fibre") for m in metas) else None
     hdul = red_hdulist(flux, variance, wave, mask, metas[0].get("header"), fibres)
-    _write(hdul, file_name, overwrite)
+    _write(_with_covariance(hdul, metas), file_name, overwrite)

@@ -120,6 +120,16 @@ def _spectrum_flam(spectrum):
     return wave[good], flam[good]
 
 
+def _magnitude_error(spectrum, band):
+    """1σ (mag) of a band's magnitude from the pixel noise and the calibration's correlated error."""
+    from ..spectrum_covariance import flux_arrays, stored_covariance, weighted_mean
+
+    covariance = stored_covariance(spectrum)
+    wave, flux, var, bad = flux_arrays(spectrum)
+    mean, sigma = weighted_mean(wave, flux[0], var[0], bad[0], covariance, lambda w: band_flux_weights(w, band))
+    return 2.5 / math.log(10) * sigma / mean if mean > 0 else np.nan
+
+
 def _one_magnitude(wave, flam, band, strict):
     from synphot import Observation, SourceSpectrum, SpectralElement
     from synphot.models import Empirical1D
@@ -144,7 +154,7 @@ def _one_magnitude(wave, flam, band, strict):
     return -2.5 * math.log10(fnu) - AB_ZERO_POINT
 
 
-def synthetic_photometry(spectrum, band, strict=False):
+def synthetic_photometry(spectrum, band, strict=False, return_error=False):
     """Photon-counting AB magnitude(s) of a spectrum, computed with synphot.
 
     Parameters
@@ -158,6 +168,11 @@ def synthetic_photometry(spectrum, band, strict=False):
     strict : bool
         Raise `~kspec_fluxcal.InputDataError` instead of returning NaN when the
         spectrum does not cover a band.
+    return_error : bool
+        Also return each magnitude's 1σ error, from the pixel noise and the
+        calibration's correlated error (`kspec_fluxcal.band_flux`; the
+        spectrum must be calibrated and carry its calibration covariance,
+        else `~kspec_fluxcal.MissingCovarianceError`).
 
     Returns
     -------
@@ -167,11 +182,21 @@ def synthetic_photometry(spectrum, band, strict=False):
         floats. NaN for a band the spectrum does not cover (with a
         `~kspec_fluxcal.PartialBandpassWarning`) or where the band flux is not
         positive.
+    `~astropy.units.Quantity`
+        With ``return_error``: the magnitude errors in ``u.mag``,
+        2.5 / ln 10 · σ/f of the band's mean flux (NaN where the magnitude is).
     """
     wave, flam = _spectrum_flam(spectrum)
+    bands = list(band) if isinstance(band, (list, tuple)) else [band]
+    mags = np.array([_one_magnitude(wave, flam, b, strict) for b in bands])
+    if return_error:
+        errors = np.array([_magnitude_error(spectrum, b) if np.isfinite(m) else np.nan for b, m in zip(bands, mags)])
+        if not isinstance(band, (list, tuple)):
+            return mags[0] * u.ABmag, float(errors[0]) * u.mag
+        return mags * u.ABmag, errors * u.mag
     if isinstance(band, (list, tuple)):
-        return np.array([_one_magnitude(wave, flam, b, strict) for b in band]) * u.ABmag
-    return _one_magnitude(wave, flam, band, strict) * u.ABmag
+        return mags * u.ABmag
+    return mags[0] * u.ABmag
 
 
 def synthetic_color(spectrum, band1, band2, strict=False):
