@@ -11,6 +11,7 @@ import pytest
 
 from kspec_fluxcal import cli
 from kspec_fluxcal.batch import BatchRecord
+from kspec_fluxcal.cli import main
 from kspec_fluxcal.exceptions import (
     BatchIncompleteError,
     CalibrationError,
@@ -20,7 +21,6 @@ from kspec_fluxcal.exceptions import (
     OutputWriteError,
     UnknownBandError,
 )
-from kspec_fluxcal.cli import main
 
 
 def _raising(exc):
