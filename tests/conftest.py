@@ -102,3 +102,24 @@ def write_small_frames():
         return folder
 
     return write
+
+
+def _register_hypothesis_profiles():
+    """Hypothesis profiles: 'default' (a few dozen draws per property) and 'ci' (a few hundred), no deadline.
+
+    The 'ci' profile is loaded when the environment variable ``CI`` is set; ``HYPOTHESIS_PROFILE`` picks
+    one explicitly. tests/test_fuzz.py's frame draws use these sizes.
+    """
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # hypothesis is a test dependency (setup.cfg); without it the property tests skip
+        return
+    relaxed = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("default", max_examples=30, deadline=None, database=None,
+                              suppress_health_check=relaxed)
+    settings.register_profile("ci", max_examples=200, deadline=None, database=None,
+                              suppress_health_check=relaxed)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
+
+
+_register_hypothesis_profiles()
