@@ -11,7 +11,8 @@
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
-        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] [--run-log FILE] ...
+        [--workers N | --scheduler ADDRESS [--connect-timeout S]] [--force] [--products]
+        [--fallback NIGHT.fits] [--run-log FILE] ...
     kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
@@ -138,6 +139,8 @@ def build_parser():
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
+    batch.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="seconds the --scheduler has to answer before the batch fails (default 5)")
     batch.add_argument("--products", action="store_true",
                        help="also write each calibration as <stem>_fluxcal.fits beside the calibrated file")
     batch.add_argument("--run-log", type=Path, metavar="FILE",
@@ -245,7 +248,8 @@ def _batch(args):
     try:
         records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args), workers=args.workers,
                                   scheduler=args.scheduler, output_dir=args.output_dir, force=args.force,
-                                  products=args.products, run_log=args.run_log or True)
+                                  products=args.products, run_log=args.run_log or True,
+                                  connect_timeout=args.connect_timeout)
     except BatchIncompleteError as exc:  # the table of what is known, then the one-line error
         print("\n".join(summary_table(exc.records).pformat(max_lines=-1, max_width=-1)))
         raise
