@@ -56,3 +56,32 @@ def test_a_clean_frame_calibrates(scratch, libraries):
 def test_fuzz_regression(key, scratch, libraries):
     text, _ = REGRESSIONS[key]
     _check(Draw.from_json(text), scratch, libraries)
+
+
+def test_a_standard_seen_only_in_a_telluric_window_is_rejected_not_fatal(scratch, libraries):
+    """Found by the fuzzer: one standard with fewer than 10 pixels outside the masked regions aborted the frame
+    with "spectra[0] has only 1 usable pixels"; now that star is rejected, named, and the others calibrate the frame."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
+    from kspec_fluxcal.simulate import make_exposure
+
+    exp = make_exposure(n_standards=3, n_science=1, n_sky=0, n_pix=300, wave_range=(7450.0, 7750.0), fwhm=3.0,
+                        wavelength_jitter=0.3, seed=5)
+    types = np.char.strip(np.asarray(exp.hdulist["FIBRES"].data["TYPE"]).astype(str))
+    victim = int(np.flatnonzero(types == "C")[0])
+    wave = np.broadcast_to(exp.hdulist["WAVELA"].data, exp.hdulist[0].data.shape)[victim]
+    exp.hdulist[0].data[victim, (wave < 7592) | (wave > 7698)] = np.nan  # only the O2 A band's pixels are left
+    folder = tempfile.mkdtemp(dir=scratch)
+    red, cat = exp.write(folder, stem="one")
+    out = red.with_name("out.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=libraries["bosz4"], output=out))
+    with fits.open(out) as hdul:
+        stars = Table.read(hdul["FCALSTAR"])
+        assert hdul[0].header["FCALNSTR"] >= 1
+    reasons = {int(f): str(r) for f, r in zip(stars["FIBER"], stars["REASON"])}
+    assert "usable pixels outside the masked regions" in reasons[victim], reasons
