@@ -20,6 +20,12 @@ from hypothesis import given
 from .fuzz_frames import Draw, calibrate_draw, frames, write_libraries
 
 REGRESSIONS = {
+    "knot-step-zero": (
+        '{"lo": 6876.195, "hi": 7340.709, "step": 2.1541371693328375, "fwhm": 19.57770772910359, "n_standards": 3, '
+        '"n_science": 0, "n_sky": 0, "jitter": 0.22146338036570562, "library": "ck04_4", '
+        '"damage": [["dead", 0, 0.9063122325187141, 1.175494351e-38]], "seed": 633}',
+        "OverflowError in knot_selection: the median sample step of a grid whose clipped ends repeat was 0",
+    ),
 }
 """Draws that once broke the contract (found by benchmarks/fuzz_calibrate.py): id → (draw JSON, what broke)."""
 
