@@ -131,3 +131,20 @@ def test_every_package_error_is_one_base_class():
         assert issubclass(exc, KspecFluxcalError)
     assert issubclass(UnknownBandError, KeyError) and issubclass(UnknownBandError, ValueError)
     assert str(UnknownBandError("unknown band 'x'")) == "unknown band 'x'"
+
+
+def test_a_damaged_calspec_file_is_an_input_error(tmp_path):
+    """It was a KeyError (an internal error) for a table without WAVELENGTH, a bare OSError for garbage."""
+    import numpy as np
+    from astropy.io import fits
+
+    from kspec_fluxcal.calspec import read_calspec
+
+    table = tmp_path / "star_stis_001.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="FLUX", format="D", array=np.ones(3))])]).writeto(table)
+    garbage = tmp_path / "junk_stis_001.fits"
+    garbage.write_bytes(b"not a FITS file")
+    for path in (table, garbage):
+        with pytest.raises(InputDataError, match=f"{path.name} is not a readable CALSPEC spectrum"):
+            read_calspec(path)
