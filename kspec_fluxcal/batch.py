@@ -260,8 +260,42 @@ def _is_calibrated(path):
         return False
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a scheduler given by address to answer (``--connect-timeout``; distributed's own is 30 s)."""
+
+WORKER_WAIT = 120.0
+"""Seconds to wait for the first worker of a scheduler given by address."""
+
+
+def _connect(Client, scheduler, connect_timeout):
+    """A ``distributed.Client`` of the scheduler at ``scheduler``, or `InputDataError` within ``connect_timeout``."""
+    try:
+        timeout = float(connect_timeout)
+    except (TypeError, ValueError):
+        timeout = float("nan")
+    if not timeout > 0:
+        raise InputDataError(f"connect timeout must be a positive number of seconds; got {connect_timeout!r}.")
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 — whatever answers (or not) at the address, it is no usable scheduler
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputDataError(
+            f"cannot reach a Dask scheduler at {scheduler} within {timeout:g} s ({detail}); check the address and "
+            "that the scheduler runs and its port is open, or allow longer with --connect-timeout."
+        ) from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except (TimeoutError, OSError) as exc:
+        client.close()
+        raise InputDataError(
+            f"the Dask scheduler at {scheduler} has no worker after {WORKER_WAIT:g} s; start workers with "
+            f"'dask worker {scheduler}'."
+        ) from exc
+    return client
+
+
 @contextmanager
-def dask_client(workers=2, scheduler=None):
+def dask_client(workers=2, scheduler=None, connect_timeout=CONNECT_TIMEOUT):
     """A ``distributed.Client`` for batch work, closed (with its cluster) on exit.
 
     Parameters
@@ -271,16 +305,23 @@ def dask_client(workers=2, scheduler=None):
         BLAS thread each: `WORKER_ENV`; no dashboard).
     scheduler : str, optional
         Address of a running scheduler to connect to instead (waits up to
-        2 min for a worker).
+        `WORKER_WAIT` for a worker).
+    connect_timeout : float
+        Seconds the scheduler at ``scheduler`` has to answer.
 
     Yields
     ------
     distributed.Client
+
+    Raises
+    ------
+    InputDataError
+        The scheduler cannot be reached within ``connect_timeout`` (or does
+        not speak Dask), or has no worker within `WORKER_WAIT`.
     """
     dask, Client, LocalCluster, _ = _import_distributed()
     if scheduler:
-        with Client(scheduler) as client:
-            client.wait_for_workers(1, timeout=120)
+        with _connect(Client, scheduler, connect_timeout) as client:
             yield client
         return
     workers = int(workers)
@@ -299,7 +340,7 @@ def dask_client(workers=2, scheduler=None):
 
 
 def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None, output_dir=None, force=False,
-                    products=False, run_log=True):
+                    products=False, run_log=True, connect_timeout=CONNECT_TIMEOUT):
     """Calibrate many RED files in parallel on Dask.
 
     Parameters
@@ -320,6 +361,9 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
         Address of a running ``dask.distributed`` scheduler
         (``tcp://host:8786``); its workers must see the files, the template
         library and the cache folder at the same paths.
+    connect_timeout : float
+        Seconds the scheduler at ``scheduler`` has to answer (default
+        `CONNECT_TIMEOUT`); it is reached before any work starts.
     output_dir : str or Path, optional
         Write calibrated files here under their own names; default: rewrite
         each file in place (atomically).
@@ -345,7 +389,8 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
     InputDataError
         Bad batch options (no files, ``config.output`` or
         ``config.save_calibration`` set, two files of one name with
-        ``output_dir``, a missing template library).
+        ``output_dir``, a missing template library), or a scheduler that
+        cannot be reached within ``connect_timeout``.
     BatchIncompleteError
         The scheduler was lost: the unfinished files are named (its
         ``records`` hold every file's record; the run log is written first).
@@ -398,7 +443,7 @@ def calibrate_batch(red_files, catalogs, config=None, workers=2, scheduler=None,
     for i in sorted(records):
         log.info("%s: %s (%s)", Path(records[i].file).name, records[i].status, records[i].reason)
     if tasks:
-        _run(tasks, records, config, workers, scheduler)
+        _run(tasks, records, config, workers, scheduler, connect_timeout)
         ended = [t for t in tasks if records[t[0]].status != "unfinished"]  # an unfinished task may still write
         _remove_partials([t[3].output or t[1] for t in ended] + [t[3].save_calibration for t in ended
                                                                   if t[3].save_calibration is not None])
@@ -448,25 +493,25 @@ def _write_run_logs(records, output_dir, path):
             log.error("%s", exc)
 
 
-def _run(tasks, records, config, workers, scheduler):
-    """Prepare the common grid, submit the tasks and collect their records as they complete."""
+def _run(tasks, records, config, workers, scheduler, connect_timeout=CONNECT_TIMEOUT):
+    """Reach the cluster, prepare the common grid, submit the tasks and collect their records as they complete."""
     from .templates import PreparedGrid, TemplateLibrary
 
     _, _, _, as_completed = _import_distributed()
     specs, setups = {}, [None] * len(tasks)
-    if config.calibration is None:
-        setups = [_setup(red, config) for _, red, _, _ in tasks]
-        specs = _grid_specs(setups)
-        counts = Counter(s[0] for s in setups if s is not None)
-        if counts:
-            key = counts.most_common(1)[0][0]
-            log.info("preparing the template grid for the common set-up of %d of %d frames (FWHM %s Å) once",
-                     counts[key], len(tasks), key[0] if key[0] is not None else key[1])
-            PreparedGrid.build(TemplateLibrary(config.templates, correction=config.template_correction), specs[key],
-                               key[0], fwhm_poly_coeffs=key[1])
-    cache_root = cache_dir()
-    start = time.perf_counter()
-    with dask_client(workers, scheduler) as client:
+    with dask_client(workers, scheduler, connect_timeout) as client:  # an unreachable scheduler fails first
+        if config.calibration is None:
+            setups = [_setup(red, config) for _, red, _, _ in tasks]
+            specs = _grid_specs(setups)
+            counts = Counter(s[0] for s in setups if s is not None)
+            if counts:
+                key = counts.most_common(1)[0][0]
+                log.info("preparing the template grid for the common set-up of %d of %d frames (FWHM %s Å) once",
+                         counts[key], len(tasks), key[0] if key[0] is not None else key[1])
+                PreparedGrid.build(TemplateLibrary(config.templates, correction=config.template_correction),
+                                   specs[key], key[0], fwhm_poly_coeffs=key[1])
+        cache_root = cache_dir()
+        start = time.perf_counter()
         futures = {}
         for (i, red, cat, file_config), setup in zip(tasks, setups):
             key = setup[0] if setup is not None else None

@@ -10,6 +10,7 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 
+from .exceptions import InputDataError
 from .wavelength import vacuum_to_air
 
 __all__ = ["read_calspec"]
@@ -20,12 +21,24 @@ def read_calspec(path):
 
     CALSPEC wavelengths are in vacuum; they are converted to air here,
     explicitly. R is the median λ/FWHM over 3500–10 000 Å.
+
+    Raises
+    ------
+    InputDataError
+        The file is not a readable FITS table with ``WAVELENGTH`` and ``FLUX``
+        columns in extension 1.
     """
-    with fits.open(path) as hdul:
-        data = hdul[1].data
-        vac = np.asarray(data["WAVELENGTH"], dtype=float)
-        flux = np.asarray(data["FLUX"], dtype=float)
-        fwhm = np.asarray(data["FWHM"], dtype=float) if "FWHM" in data.columns.names else None
+    try:
+        with fits.open(path) as hdul:
+            data = hdul[1].data
+            vac = np.asarray(data["WAVELENGTH"], dtype=float)
+            flux = np.asarray(data["FLUX"], dtype=float)
+            fwhm = np.asarray(data["FWHM"], dtype=float) if "FWHM" in data.columns.names else None
+    except (OSError, IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputDataError(
+            f"{path} is not a readable CALSPEC spectrum ({' '.join(str(exc).split())}); it must be a FITS table "
+            "with WAVELENGTH (Å, vacuum) and FLUX columns in extension 1."
+        ) from exc
     good = np.isfinite(flux) & (flux > 0) & np.isfinite(vac)
     vac, flux = vac[good], flux[good]
     order = np.argsort(vac)

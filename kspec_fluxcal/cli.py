@@ -11,19 +11,22 @@
     kspec-fluxcal combine-night PRODUCT... -o NIGHT.fits [--outlier-sigma S] [--extinction auto|fit|default|FILE]
     kspec-fluxcal telluric RED.fits --transmission FILE [-o OUT.fits]
     kspec-fluxcal batch RED... (--catalog CAT.csv | --catalog-dir DIR) [--templates DIR] [--output-dir DIR]
-        [--workers N | --scheduler ADDRESS] [--force] [--products] [--fallback NIGHT.fits] [--run-log FILE]
-        [--report REPORT_DIR] ...
+        [--workers N | --scheduler ADDRESS [--connect-timeout S]] [--force] [--products]
+        [--fallback NIGHT.fits] [--run-log FILE] [--report REPORT_DIR] ...
     kspec-fluxcal report NIGHT_DIR -o REPORT_DIR [--night NIGHT.fits] [--site-extinction FILE]
     kspec-fluxcal derive-correction --calspec DIR --templates LIB -o CORR.ecsv [--fwhm FWHM_A] [--exclude STAR ...]
     kspec-fluxcal demo [--output DIR]
     kspec-fluxcal download-templates [--dest DIR] [--dry-run] [--force]
     kspec-fluxcal info
 
-Exit status 0 on success; otherwise one line on stderr and a non-zero
-status: 1 for an error (bad input, a failed write, or an internal error, which
-names the exception type), 130 when interrupted, 2 for a command-line usage
-error. Tracebacks only with ``--debug``. ``batch`` prints a summary table and
-exits with status 1 when any file failed (the others are calibrated).
+Exit statuses (`EXIT_STATUSES`): 0 ok; 1 a batch finished with some files
+failed or unfinished (its table says which; the others are calibrated); 2 bad
+input or usage — the package's own errors
+(`~kspec_fluxcal.exceptions.KspecFluxcalError`), OS errors (a file that cannot
+be read or written) and command-line usage errors; 70 an internal error, i.e.
+a bug (any other exception: one line saying so, and to rerun with ``--debug``
+for the traceback); 130 interrupted. Every failure prints one line on stderr;
+tracebacks only with ``--debug``.
 """
 
 import argparse
@@ -35,16 +38,34 @@ from pathlib import Path
 from . import __version__
 from .exceptions import KspecFluxcalError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_FILES_FAILED", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
+           "EXIT_STATUSES"]
 
 log = logging.getLogger("kspec_fluxcal")
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
+EXIT_INTERRUPTED = 130
+EXIT_STATUSES = {
+    EXIT_OK: "ok",
+    EXIT_FILES_FAILED: "a batch finished with some files failed or unfinished (its table says which)",
+    EXIT_INPUT: "bad input or usage: the package's own errors, files that cannot be read or written, bad arguments",
+    EXIT_INTERNAL: "internal error, a bug: rerun with --debug for the traceback and report it",
+    EXIT_INTERRUPTED: "interrupted (nothing partial is left)",
+}
+"""The exit statuses of ``kspec-fluxcal`` and what each means."""
+
+_EPILOG = "exit status:\n" + "\n".join(f"  {code:<4d}{meaning}" for code, meaning in EXIT_STATUSES.items())
 
 
 def build_parser():
     """The argument parser of ``kspec-fluxcal``."""
     from .download_bosz import add_download_arguments
 
-    parser = argparse.ArgumentParser(prog="kspec-fluxcal", description="Flux calibration of KSPEC RED frames.")
+    parser = argparse.ArgumentParser(prog="kspec-fluxcal", description="Flux calibration of KSPEC RED frames.",
+                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"kspec_fluxcal {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     noise = common.add_mutually_exclusive_group()
@@ -79,7 +100,8 @@ def build_parser():
     derive.add_argument("--zero-point-sigma", type=float, default=None, metavar="MAG",
                         help="catalogue zero-point error shared by all standards, in the error budget (default 0.005)")
 
-    cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file")
+    cal = sub.add_parser("calibrate", parents=[common, derive], help="flux-calibrate a RED file", epilog=_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     cal.add_argument("red", type=Path, help="RED file (rewritten atomically unless --output)")
     source = cal.add_mutually_exclusive_group(required=True)
     source.add_argument("--catalog", type=Path, help="Refcat2 CSV of the field's standards")
@@ -107,7 +129,8 @@ def build_parser():
                       help="a file with a TELLURIC extension (calibrated RED file or calibration product)")
     tell.add_argument("-o", "--output", type=Path, help="write the corrected frame here")
 
-    batch = sub.add_parser("batch", parents=[common, derive], help="calibrate many RED files on Dask")
+    batch = sub.add_parser("batch", parents=[common, derive], help="calibrate many RED files on Dask",
+                           epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     batch.add_argument("red", type=Path, nargs="+", help="RED files (rewritten atomically unless --output-dir)")
     cats = batch.add_mutually_exclusive_group(required=True)
     cats.add_argument("--catalog", type=Path, help="one Refcat2 CSV for every file")
@@ -117,6 +140,8 @@ def build_parser():
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
+    batch.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="seconds the --scheduler has to answer before the batch fails (default 5)")
     batch.add_argument("--products", action="store_true",
                        help="also write each calibration as <stem>_fluxcal.fits beside the calibrated file")
     batch.add_argument("--run-log", type=Path, metavar="FILE",
@@ -240,7 +265,8 @@ def _batch(args):
     try:
         records = calibrate_batch(args.red, args.catalog or args.catalog_dir, _config(args, **extra),
                                   workers=args.workers, scheduler=args.scheduler, output_dir=args.output_dir,
-                                  force=args.force, products=args.products, run_log=args.run_log or True)
+                                  force=args.force, products=args.products, run_log=args.run_log or True,
+                                  connect_timeout=args.connect_timeout)
     except BatchIncompleteError as exc:  # the table of what is known, then the one-line error
         print("\n".join(summary_table(exc.records).pformat(max_lines=-1, max_width=-1)))
         raise
@@ -349,28 +375,47 @@ COMMANDS = {"calibrate": _calibrate, "combine-night": _combine_night, "telluric"
             "report": _report}
 
 
+def _one_line(exc):
+    return " ".join(str(exc).split())
+
+
 def main(argv=None):
-    """Run ``kspec-fluxcal``; return the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run ``kspec-fluxcal``; return the exit status (`EXIT_STATUSES`).
+
+    Only the package's own errors (`~kspec_fluxcal.exceptions.KspecFluxcalError`)
+    and OS errors are reported as bad input (`EXIT_INPUT`, one line
+    ``kspec-fluxcal: error: ...``); a batch that ends with files unfinished
+    (`~kspec_fluxcal.exceptions.BatchIncompleteError`) exits like one with
+    failed files (`EXIT_FILES_FAILED`); any other exception is a bug
+    (`EXIT_INTERNAL`, one line saying so). ``--debug`` re-raises instead, so
+    the traceback shows. Usage errors exit with argparse's status 2.
+    """
+    from .exceptions import BatchIncompleteError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), its message printed already
+        return exc.code if isinstance(exc.code, int) else EXIT_INPUT
     _configure_logging(args)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("kspec-fluxcal: interrupted; nothing partial was written.", file=sys.stderr)
-        return 130
-    except (KspecFluxcalError, OSError, ValueError) as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).split())
-        print(f"kspec-fluxcal: error: {message}", file=sys.stderr)
-        return 1
+        print("kspec-fluxcal: interrupted; nothing partial was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (KspecFluxcalError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"kspec-fluxcal: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FILES_FAILED if isinstance(exc, BatchIncompleteError) else EXIT_INPUT
     except Exception as exc:  # a bug: still one line; --debug shows the traceback
         if args.debug:
             raise
-        detail = ": ".join(filter(None, (type(exc).__name__, " ".join(str(exc).split()))))
-        print(f"kspec-fluxcal: internal error ({detail}); rerun with --debug for the traceback and report it.",
-              file=sys.stderr)
-        return 1
+        detail = ": ".join(filter(None, (type(exc).__name__, _one_line(exc))))
+        print(f"kspec-fluxcal: internal error, a bug and not bad input ({detail}); rerun with --debug for the "
+              "traceback and report it.", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -123,6 +123,27 @@ def _reject(rejected, star, reason):
     rejected.append({"star_name": star.name, "fiber_id": int(star.fiber_id), "reject_reason": str(reason)})
 
 
+MIN_MATCH_PIXELS = 10
+"""Fewest usable pixels (outside the masked regions, inside the grid's coverage) a standard needs to be matched."""
+
+
+def _matchable(stars, spectra, regions, grid, rejected):
+    """The stars (and spectra) with enough usable pixels to be matched; the others are rejected, named."""
+    from .masks import spectrum_arrays
+
+    lo, hi = (float(v) for v in u.Quantity(grid.wavelength, u.AA).to_value(u.AA)[[0, -1]])
+    keep = []
+    for k, (star, spectrum) in enumerate(zip(stars, spectra)):
+        wave, _, _, good = spectrum_arrays(spectrum, regions, f"standard {star.name}")
+        n_good = int(np.count_nonzero(good & (wave >= lo) & (wave <= hi)))
+        if n_good < MIN_MATCH_PIXELS:
+            _reject(rejected, star, f"only {n_good} usable pixels outside the masked regions (telluric windows, "
+                                    f"strong lines) and inside the template grid; {MIN_MATCH_PIXELS} needed")
+        else:
+            keep.append(k)
+    return [stars[k] for k in keep], [spectra[k] for k in keep]
+
+
 def _star_meta(star, match, window, grid):
     """What a star's vector records about it besides the calibration itself."""
     return {"star_name": star.name, "fiber_id": int(star.fiber_id), **star.meta, "teff_window": window,
@@ -172,6 +193,9 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         regions = load_mask_regions(regions)
     out_wave = grid.wavelength if output_wavelength is None else u.Quantity(output_wavelength, u.AA)
     spectra = [validate_spectrum(star.spectrum, name=f"standard {star.name}") for star in stars]
+    stars, spectra = _matchable(stars, spectra, regions, grid, rejected)
+    if not stars:
+        return combine_calibration_vectors([], rejected=rejected)
     windows = [_teff_window(s.photometry) if options.use_teff_window else None for s in stars]
     log.info("matching %d standards against %d templates", len(stars), grid.n_templates)
     matches = select_best_templates(spectra, grid, teff_windows=windows, metric=options.metric,

@@ -12,6 +12,7 @@ __all__ = [
     "InputDataError",
     "CatalogError",
     "RedFileError",
+    "UnknownBandError",
     "AlreadyCalibratedError",
     "TelluricCorrectedError",
     "TemplateLibraryError",
@@ -41,6 +42,13 @@ class CatalogError(InputDataError):
 
 class RedFileError(InputDataError):
     """A RED file is missing extensions or holds inconsistent shapes."""
+
+
+class UnknownBandError(InputDataError, KeyError):
+    """A band name the filter registry does not know (a `KeyError` too, as a missing registry key)."""
+
+    def __str__(self):  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class MissingCovarianceError(InputDataError):

@@ -225,8 +225,7 @@ def select_knot_spacing(wavelength, values, variance, exclude, candidates=CANDID
     smoothing = np.zeros(xb.size)
     if best > 0:
         diff = np.where(np.isfinite(shapes[best]) & np.isfinite(shapes[best - 1]), shapes[best] - shapes[best - 1], 0.0)
-        step = np.median(np.diff(xb))
-        smoothing = uniform_filter1d(diff**2, max(int(round(cands[best] / step)), 1), mode="nearest")
+        smoothing = uniform_filter1d(diff**2, _samples_per(cands[best], xb), mode="nearest")
     mean_allowance = float(np.sum(np.where(valid[best], allowance, 0.0)) / max(np.count_nonzero(valid[best]), 1))
     log.info("knot spacing %.0f Å chosen by leave-one-star-out over %d standards (scores %s; misfit allowance "
              "%.3f)", cands[best], n_star, ", ".join(f"{c:.0f}:{s:.3f}" for c, s in zip(cands, scores)),
@@ -297,9 +296,15 @@ def _unresolved_structure(x, y_log, w_log, used, x_used, lo, hi, coarse, fine):
     whitened = np.sum(w_log * diff**2, axis=1) / extra
     significant = whitened > 1.0 + 2.0 * np.sqrt(2.0 / extra)  # beyond a 2σ fluctuation of noise alone
     excess = np.where(significant, 1.0 - 1.0 / np.maximum(whitened, 1e-300), 0.0)
-    step = np.median(np.diff(x))
-    per_star = uniform_filter1d(diff**2 * excess[:, None], max(int(round(coarse / step)), 1), axis=1, mode="nearest")
+    per_star = uniform_filter1d(diff**2 * excess[:, None], _samples_per(coarse, x), axis=1, mode="nearest")
     return np.mean(per_star, axis=0)
+
+
+def _samples_per(length, x):
+    """Samples of ``x`` (Å, increasing; clipped copies of its ends repeat) in ``length`` Å; at least 1."""
+    spacing = np.diff(np.unique(x))
+    step = float(np.median(spacing)) if spacing.size else 0.0
+    return max(int(round(length / step)), 1) if step > 0 else 1
 
 
 def _masked_row_median(values, keep):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table, vstack
 
-from .exceptions import OutputWriteError
+from .exceptions import InputDataError, OutputWriteError
 from .io.atomic import atomic_output
 
 __all__ = ["RUN_LOG_NAME", "RUN_LOG_COLUMNS", "new_run_id", "run_log_table", "append_run_log", "read_run_log"]
@@ -86,13 +86,19 @@ def read_run_log(path):
 
     Raises
     ------
-    OSError, ValueError
-        The file is missing or is not a run log.
+    OSError
+        The file is missing or unreadable.
+    InputDataError
+        The file is not a run log (a `ValueError` too).
     """
-    table = Table.read(path, format="ascii.ecsv")
+    try:
+        table = Table.read(path, format="ascii.ecsv")
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise InputDataError(f"{path} is not a readable ECSV run log ({' '.join(str(exc).split())}).") from exc
     missing = [c for c in RUN_LOG_COLUMNS if c not in table.colnames]
     if missing:
-        raise ValueError(f"{path} is not a kspec_fluxcal run log (no column {', '.join(missing)})")
+        raise InputDataError(f"{path} is not a kspec_fluxcal run log (no column {', '.join(missing)}); give the "
+                             "ECSV run log a batch wrote (kspec_fluxcal_runlog.ecsv).")
     for name in ("reason", "worker", "output"):  # ECSV reads an empty string back as masked
         if hasattr(table[name], "mask"):
             table[name] = table[name].filled("")

@@ -30,7 +30,12 @@ Only windows where absorption is detected (``min_depth`` and
 ``detect_sigma``) are corrected; elsewhere T = 1 with zero variance, so a
 frame without telluric absorption is left unchanged. Pixels with T below
 ``min_transmission`` (0.2) are masked (True = bad): a corrected frame is NaN
-there.
+there. T is fitted only where the standards have usable samples: a window
+the frame covers in part, or that the standards' good pixels reach only in
+part, is corrected there and keeps T = 1 (the bridged smooth calibration)
+in the rest; a window no standard samples inside (the frame ends before it,
+its samples lie only in the 3σ margin beside it, or every pixel there is
+masked) is not corrected. One log line per window says which.
 
 Correcting a frame divides flux and variance: F' = F/T and
 V' = V/T² + F² V_T / T⁴. The header then carries ``TELCOR = T``; a frame with
@@ -177,9 +182,11 @@ def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.
     t, variance : ndarray, shape of ``out``
         The fitted transmission and its variance (the fit's covariance scaled
         by the local reduced χ² when that exceeds 1); NaN outside the samples'
-        range.
+        range, and everywhere when fewer than 8 samples lie within 3 σ of the
+        window, when they span less than ``sigma`` or no point of ``out``
+        (samples only in the margin beside the window).
     n_stars : ndarray of int, shape of ``out``
-        Stars whose kept samples span each point.
+        Stars whose kept samples span each point (0 where nothing was fitted).
     """
     from scipy.interpolate import BSpline
 
@@ -198,8 +205,8 @@ def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.
     t_out = np.full(out.shape, np.nan)
     var_out = np.full(out.shape, np.nan)
     n_out = np.zeros(out.shape, dtype=int)
-    if x.size < 8:
-        return t_out, var_out, n_out
+    if x.size < 8 or not np.any((out >= x[0]) & (out <= x[-1])) or x[-1] - x[0] < sigma:
+        return t_out, var_out, n_out  # too few samples, or none spans a point of ``out`` (e.g. all in the margin)
     lo, hi = x[0], x[-1]
     n_int = max(int(np.ceil((hi - lo) / sigma)), 1)
     knots = np.r_[[lo] * 3, np.linspace(lo, hi, n_int + 1), [hi] * 3]
@@ -316,19 +323,36 @@ def derive_telluric_transmission(spectra, matches, grid, phot_scales, vectors, w
             w, t, _ = samples[k]
             per_star[k, sel] = np.interp(out[sel], w, t, left=np.nan, right=np.nan)
         if not measured:
+            log.info("telluric window %.0f–%.0f Å: no standard has usable samples there; the smooth calibration "
+                     "bridges it (not corrected)", a, b)
             continue
         t, v, n_used = fit_transmission([samples[k][0] for k in measured], [samples[k][1] for k in measured],
                                         [samples[k][2] for k in measured], (a, b), sigma, out[sel])
         ok = n_used > 0
         min_samples = int(np.ceil(3 * max(step * SAMPLES_PER_SIGMA / sigma, 1.0)))
-        if not ok.any() or not _detected(t[ok], v[ok], min_depth, detect_sigma, min_samples):
+        if not ok.any():
+            log.info("telluric window %.0f–%.0f Å: no standard's usable samples reach inside it; the smooth "
+                     "calibration bridges it (not corrected)", a, b)
+            continue
+        if not _detected(t[ok], v[ok], min_depth, detect_sigma, min_samples):
+            log.info("telluric window %.0f–%.0f Å: no absorption detected; the smooth calibration bridges it "
+                     "(not corrected)", a, b)
             continue
         corrected.append((a, b))
         with np.errstate(invalid="ignore"):
-            bad = ~ok | ~(t >= min_transmission)
-        transmission[sel] = np.where(bad, np.nan, t)
-        variance[sel] = np.where(bad, np.nan, v)
+            bad = ok & ~(t >= min_transmission)
+        transmission[sel] = np.where(ok, np.where(bad, np.nan, t), 1.0)
+        variance[sel] = np.where(ok, np.where(bad, np.nan, v), 0.0)
         mask[sel] = bad
+        fitted = out[sel][ok]
+        n_max = int(n_used.max())
+        if ok.all():
+            log.info("telluric window %.0f–%.0f Å: transmission fitted on up to %d standard(s) across the whole "
+                     "window", a, b, n_max)
+        else:
+            log.info("telluric window %.0f–%.0f Å: transmission fitted on up to %d standard(s) over %.0f–%.0f Å "
+                     "where they have samples; the smooth calibration bridges the rest (T = 1 there)",
+                     a, b, n_max, fitted[0], fitted[-1])
     log.info("telluric transmission from %d standard(s): %d of %d windows corrected, %d samples masked",
              len(measured), len(corrected), len(windows), int(np.count_nonzero(mask)))
     return TelluricTransmission(out, transmission, variance, mask, np.array(corrected).reshape(-1, 2),

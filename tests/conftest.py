@@ -81,6 +81,31 @@ def ck04_dir():
 
 
 @pytest.fixture(scope="session")
+def ck04_subset(ck04_dir, tmp_path_factory):
+    """A function ``subset(folders)``: a ``ck04models`` folder holding only the named metallicity folders.
+
+    The folders are symbolic links into ../shared/data/ck04models, so a test names the models it uses and more
+    data there never changes its result. A named folder that is absent fails the test.
+    """
+    made = {}
+
+    def subset(folders):
+        key = tuple(folders)
+        if key not in made:
+            root = tmp_path_factory.mktemp("ck04subset") / "ck04models"
+            root.mkdir()
+            for name in key:
+                source = ck04_dir / name
+                if not source.is_dir():
+                    pytest.fail(f"ck04 folder {source} named by the test is absent", pytrace=False)
+                (root / name).symlink_to(source, target_is_directory=True)
+            made[key] = root
+        return made[key]
+
+    return subset
+
+
+@pytest.fixture(scope="session")
 def synthetic_grid_dir(tmp_path_factory):
     """A SYNTHETIC BOSZ-format grid at R = 10 000: Teff 5000–8000/250, log g 4.0 4.5, [M/H] −1…+0.5/0.5."""
     from kspec_fluxcal.simulate import write_bosz_grid
@@ -107,3 +132,24 @@ def write_small_frames():
         return folder
 
     return write
+
+
+def _register_hypothesis_profiles():
+    """Hypothesis profiles: 'default' (a few dozen draws per property) and 'ci' (a few hundred), no deadline.
+
+    The 'ci' profile is loaded when the environment variable ``CI`` is set; ``HYPOTHESIS_PROFILE`` picks
+    one explicitly. tests/test_fuzz.py's frame draws use these sizes.
+    """
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # hypothesis is a test dependency (setup.cfg); without it the property tests skip
+        return
+    relaxed = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("default", max_examples=30, deadline=None, database=None,
+                              suppress_health_check=relaxed)
+    settings.register_profile("ci", max_examples=200, deadline=None, database=None,
+                              suppress_health_check=relaxed)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
+
+
+_register_hypothesis_profiles()

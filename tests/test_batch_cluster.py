@@ -75,11 +75,11 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_scheduler(self):
+    def start_scheduler(self, **env):
         sched_file = self.root / f"scheduler-{len(self.procs)}.json"
         self.scheduler = self._spawn(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                                       "--no-dashboard", "--scheduler-file", str(sched_file)],
-                                     f"scheduler-{len(self.procs)}.log")
+                                     f"scheduler-{len(self.procs)}.log", **env)
         self.address = _wait_for(lambda: sched_file.is_file() and json.loads(sched_file.read_text() or "{}").get(
             "address"), "the scheduler file")
         return self.address
@@ -286,4 +286,40 @@ def test_lost_scheduler_names_the_unfinished_files_and_a_rerun_finishes_them(clu
     log = read_run_log(out / RUN_LOG_NAME)
     assert list(log["state"]) == ["unfinished"] * len(STEMS) + ["ok"] * len(STEMS)
     assert len(set(log["run"])) == 2
+    assert not _no_partials(out, night)
+
+
+@pytest.mark.parametrize("allowed_failures", [3, 2])
+def test_three_workers_killed_in_a_row(cluster, night, synthetic_grid_dir, reference, tmp_path, allowed_failures):
+    """Three workers die in a row, each while writing: the fourth finishes the night when the scheduler allows
+    three failures per task (Dask's default); when it allows two, the files end as failed in the table (exit 1)."""
+    address = cluster.start_scheduler(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(allowed_failures))
+    worker = cluster.add_worker("w0")
+    cluster.wait_for_workers(1)
+    out = tmp_path / "out"
+    cluster.hold(*(f"{s}_red.fits" for s in STEMS))  # every worker stops inside its first write
+    driver, finish = _run_cli(night, synthetic_grid_dir, out, address)
+    try:
+        for k in range(1, 4):  # one worker alive at a time: the same tasks are on every worker that dies
+            _wait_for(lambda w=worker: cluster.started(w.pid), f"worker {k - 1} to begin writing")
+            Cluster.kill(worker)
+            worker = cluster.add_worker(f"w{k}")
+        if allowed_failures >= 3:
+            _wait_for(lambda w=worker: cluster.started(w.pid), "the fourth worker to begin writing")
+        cluster.release()
+    except BaseException:
+        Cluster.kill(driver)
+        raise
+    status, stdout, stderr = finish()
+    lines = {line.split()[0]: line for line in stdout.splitlines() if line.strip().startswith("c_")}
+    assert len(lines) == len(STEMS), stdout + stderr
+    if allowed_failures >= 3:
+        assert status == 0, stdout + stderr
+        assert f"{len(STEMS)} calibrated, 0 failed, 0 skipped" in stdout
+        _assert_same_data(out, reference)
+    else:
+        assert status == 1, stdout + stderr  # a batch with failed files: the table says which
+        failed = [name for name, line in lines.items() if " failed " in line]
+        assert failed and all("KilledWorker" in lines[name] for name in failed), stdout
+        assert all(" ok " in line for name, line in lines.items() if name not in failed), stdout
     assert not _no_partials(out, night)

@@ -522,7 +522,7 @@ class Case:
     corrupt: object
     error: type = None
     match: str = ""
-    exit: int = 1
+    exit: int = 2
     check: object = None
 
 
@@ -621,7 +621,11 @@ CASES = [
     Case("out-disk-full-midway", _writeto_fails(_no_space), OutputWriteError, "No space left on device"),
     Case("out-interrupted-midway", _writeto_fails(KeyboardInterrupt), KeyboardInterrupt, "interrupted", exit=130),
     Case("out-unexpected-error", _writeto_fails(lambda: RuntimeError("disk controller on fire")), RuntimeError,
-         r"internal error \(RuntimeError: disk controller on fire\); rerun with --debug"),
+         r"internal error, a bug and not bad input \(RuntimeError: disk controller on fire\); rerun with --debug",
+         exit=70),
+    Case("out-bare-ValueError-is-a-bug", _writeto_fails(lambda: ValueError("min() arg is an empty sequence")),
+         ValueError, r"internal error, a bug and not bad input \(ValueError: min\(\) arg is an empty sequence\)",
+         exit=70),
 ]
 
 

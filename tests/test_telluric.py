@@ -246,7 +246,7 @@ def test_cli_applies_a_stored_transmission_once(lines_frame, corrected, syntheti
         assert new[0].header["TELCOR"] is True and new[0].header["TELSRC"] == "product.fits"
         np.testing.assert_allclose(new[0].data, ref[0].data, rtol=1e-5, equal_nan=True)
     before = fixed.read_bytes()
-    assert main(["telluric", str(fixed), "--transmission", str(product), "--quiet"]) == 1
+    assert main(["telluric", str(fixed), "--transmission", str(product), "--quiet"]) == 2  # bad input
     assert "telluric-corrected already" in capsys.readouterr().err
     assert fixed.read_bytes() == before
     with pytest.raises(TelluricCorrectedError):

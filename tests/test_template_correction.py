@@ -370,7 +370,7 @@ def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
 
 def test_command_line_refuses_an_empty_calspec_folder(ck04_dir, tmp_path, capsys):
     assert main(["derive-correction", "--calspec", str(tmp_path), "--templates", str(ck04_dir), "-o",
-                 str(tmp_path / "c.ecsv")]) == 1
+                 str(tmp_path / "c.ecsv")]) == 2  # bad input
     assert "neither a CALSPEC FITS file nor a folder holding one" in capsys.readouterr().err
     assert not (tmp_path / "c.ecsv").exists()
 

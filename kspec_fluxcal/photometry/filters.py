@@ -15,7 +15,7 @@ import numpy as np
 from astropy import units as u
 
 from ..containers import FilterCurve
-from ..exceptions import InputDataError
+from ..exceptions import InputDataError, UnknownBandError
 from ..io.text import read_columns
 from ..wavelength import as_wavelength_quantity, vacuum_to_air
 from .ab import C_AA_PER_S
@@ -214,7 +214,7 @@ def load_filter_curve(name):
 
     Raises
     ------
-    KeyError
+    UnknownBandError
         The name is not registered; the message lists the known names.
 
     Examples
@@ -229,7 +229,7 @@ def load_filter_curve(name):
     elif name in _BUILTIN:
         curve = _load_builtin(name)
     else:
-        raise KeyError(
+        raise UnknownBandError(
             f"unknown band {name!r}; known bands: {', '.join(registered_bands())}. "
             "Register others with kspec_fluxcal.photometry.register_filter."
         )
@@ -331,11 +331,11 @@ def unregister_filter(name):
 
     Raises
     ------
-    KeyError
+    UnknownBandError
         ``name`` is not a custom registration (built-in bands cannot be removed).
     """
     if name not in _CUSTOM:
-        raise KeyError(f"{name!r} is not a custom band; custom bands: {', '.join(_CUSTOM) or 'none'}.")
+        raise UnknownBandError(f"{name!r} is not a custom band; custom bands: {', '.join(_CUSTOM) or 'none'}.")
     del _CUSTOM[name]
     _CURVES.pop(name, None)
     _band_arrays_by_name.cache_clear()
