@@ -9,9 +9,8 @@ never 0.
 import numpy as np
 from astropy import units as u
 from astropy.nddata import VarianceUncertainty
-from specutils import Spectrum, SpectrumList
 
-from .containers import FLAM, CalibrationVector, FluxCalibrationResult, spectrum_variance
+from .containers import FLAM, CalibrationVector, FluxCalibrationResult, is_spectrum, spectrum_variance
 from .exceptions import InputDataError
 from .io.header import update_calibration_header
 from .wavelength import interpolate_masked
@@ -73,7 +72,7 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
         finite. For `~specutils.Spectrum` / `~specutils.SpectrumList` input,
         one object of the same kind instead.
     """
-    if isinstance(spectra, (Spectrum, SpectrumList)):
+    if is_spectrum(spectra) or is_spectrum(spectra, "SpectrumList"):
         return calibrate_spectra(spectra, variance if calibration is None else calibration)
     result = calibration if isinstance(calibration, FluxCalibrationResult) else None
     if result is not None:
@@ -143,7 +142,7 @@ def _fiber_wavelengths(wavelength, calibration, shape):
 
 
 def _as_calibration(calibration):
-    if isinstance(calibration, Spectrum):
+    if is_spectrum(calibration):
         return CalibrationVector.from_spectrum(calibration)
     if isinstance(calibration, (CalibrationVector, FluxCalibrationResult)):
         return calibration
@@ -163,7 +162,7 @@ def _for_units(calibration, counts_unit, header):
 
 
 def _check_spectrum(spectrum):
-    if not isinstance(spectrum, Spectrum):
+    if not is_spectrum(spectrum):
         raise InputDataError(f"every element of a SpectrumList must be a Spectrum; got {type(spectrum).__name__}.")
     if spectrum.flux.ndim not in (1, 2):
         raise InputDataError(f"a Spectrum to calibrate must be 1-D or 2-D (fibers, pixels); got {spectrum.flux.shape}.")
@@ -183,6 +182,8 @@ def _wrap(spectrum, flux, flux_var, calibration):
         mask |= np.asarray(spectrum.mask, dtype=bool)
     if meta.get("header") is not None:
         meta["header"] = update_calibration_header(meta["header"].copy(), calibration)
+    from specutils import Spectrum
+
     return Spectrum(
         spectral_axis=spectrum.spectral_axis.view(u.Quantity).to(u.AA),
         flux=flux,
@@ -211,12 +212,12 @@ def _calibrate_list(spectra, calibration):
         s.flux.ndim == 1 and s.flux.shape == first.flux.shape and s.flux.unit == first.flux.unit for s in spectra
     ) and (first.flux.unit * vector.unit).is_equivalent(FLAM)  # no per-fiber exposure-time conversion needed
     if not stackable:
-        return SpectrumList([_calibrate_one(s, calibration) for s in spectra])
+        return type(spectra)([_calibrate_one(s, calibration) for s in spectra])
     flux = u.Quantity([s.flux for s in spectra])
     variance = u.Quantity([_spectrum_variance_or_zero(s).to(first.flux.unit**2) for s in spectra])
     wave = u.Quantity([s.spectral_axis.view(u.Quantity).to(u.AA) for s in spectra])
     out_flux, out_var = apply_flux_calibration(flux, variance, calibration, wavelength=wave)
-    return SpectrumList([_wrap(s, out_flux[i], out_var[i], calibration) for i, s in enumerate(spectra)])
+    return type(spectra)([_wrap(s, out_flux[i], out_var[i], calibration) for i, s in enumerate(spectra)])
 
 
 def calibrate_spectra(spectra, calibration):
@@ -245,6 +246,6 @@ or `~specutils.Spectrum`
         carrying ``FLUXCAL``, ``BUNIT``, ``FCALNSTR``, ``FCALRMS``.
     """
     calibration = _as_calibration(calibration)
-    if isinstance(spectra, SpectrumList):
+    if is_spectrum(spectra, "SpectrumList"):
         return _calibrate_list(spectra, calibration)
     return _calibrate_one(spectra, calibration)

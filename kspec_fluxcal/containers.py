@@ -8,6 +8,7 @@ fault in every error.
 """
 
 import json
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,6 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
-from specutils import Spectrum
 
 from .exceptions import InputDataError
 from .io.header import set_card
@@ -25,6 +25,7 @@ from .wavelength import as_wavelength
 __all__ = [
     "FLAM",
     "make_spectrum",
+    "is_spectrum",
     "validate_spectrum",
     "spectrum_variance",
     "Photometry",
@@ -105,6 +106,8 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != wave.shape:
         raise InputDataError(f"mask has shape {mask.shape} but wavelength has shape {wave.shape}.")
+    from specutils import Spectrum
+
     return Spectrum(
         spectral_axis=wave * u.AA,
         flux=flux,
@@ -112,6 +115,16 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         mask=mask.copy(),
         meta=dict(meta or {}),
     )
+
+
+def is_spectrum(obj, kind="Spectrum"):
+    """True when ``obj`` is a specutils ``Spectrum`` (or, with ``kind='SpectrumList'``, a ``SpectrumList``).
+
+    specutils is not imported for the check (it is slow to import): before it
+    is imported, no spectrum exists.
+    """
+    specutils = sys.modules.get("specutils")
+    return specutils is not None and isinstance(obj, getattr(specutils, kind))
 
 
 def validate_spectrum(spectrum, name="spectrum"):
@@ -123,7 +136,7 @@ def validate_spectrum(spectrum, name="spectrum"):
     missing mask becomes all False. A pixel axis, a decreasing axis or a
     non-spectrum raises `~kspec_fluxcal.InputDataError`.
     """
-    if not isinstance(spectrum, Spectrum):
+    if not is_spectrum(spectrum):
         raise InputDataError(
             f"{name} must be a specutils Spectrum; got {type(spectrum).__name__}. "
             "Build one with kspec_fluxcal.containers.make_spectrum."
@@ -497,6 +510,8 @@ class CalibrationVector:
         if self.smooth_factor is not None:
             meta["smooth_factor"] = self.smooth_factor.copy()
             meta["smooth_variance"] = self.smooth_variance.copy()
+        from specutils import Spectrum
+
         return Spectrum(
             spectral_axis=self.wavelength.copy(),
             flux=self.cal_factor.copy(),
@@ -513,7 +528,7 @@ class CalibrationVector:
         is masked where its flux is not finite and positive. Standard
         deviations and inverse variances are converted to variances.
         """
-        if not isinstance(spectrum, Spectrum) or spectrum.flux.ndim != 1:
+        if not is_spectrum(spectrum) or spectrum.flux.ndim != 1:
             raise InputDataError(
                 "CalibrationVector.from_spectrum needs a 1-D specutils Spectrum (flux per count on a wavelength axis)."
             )

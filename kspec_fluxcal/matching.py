@@ -54,9 +54,8 @@ from astropy.constants import c as _speed_of_light
 from astropy.stats import mad_std
 from scipy import fft as sfft
 from scipy.interpolate import BSpline, CubicSpline, make_interp_spline
-from specutils import Spectrum
 
-from .containers import FLAM, StellarTemplate, validate_spectrum
+from .containers import FLAM, StellarTemplate, is_spectrum, validate_spectrum
 from .continuum import smoothing_operator
 from .exceptions import InputDataError
 from .masks import spectrum_arrays
@@ -155,7 +154,7 @@ def _template_arrays(template):
     """(wavelength Å, flux) of a Spectrum, a StellarTemplate or a (wavelength, flux) pair."""
     if isinstance(template, StellarTemplate):
         return template.wavelength.to_value(u.AA), template.flux.value
-    if isinstance(template, Spectrum):
+    if is_spectrum(template):
         spec = validate_spectrum(template, "template")
         return spec.spectral_axis.to_value(u.AA), np.asarray(spec.flux.value, dtype=float)
     if isinstance(template, (tuple, list)) and len(template) == 2:
@@ -911,7 +910,7 @@ def select_best_templates(
         One per star, in order.
     """
     _check_metric(metric, huber_delta)
-    if isinstance(spectra, Spectrum):
+    if is_spectrum(spectra):
         raise InputDataError("spectra must be a list of spectra; use select_best_template for one star.")
     spectra = list(spectra)
     m = len(spectra)
