@@ -1,4 +1,10 @@
-"""The package's module graph: no import cycles, no private names reached across modules."""
+"""What the import-linter contracts (pyproject.toml, run by ``lint-imports``) cannot say about the module graph.
+
+The contracts check the layers (no module imports from a layer above its
+own). Left here: no import cycle inside a layer or a subpackage, no private
+name reached across modules, and every module importable first, on its own,
+in a fresh interpreter.
+"""
 
 import ast
 import os
