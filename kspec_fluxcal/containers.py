@@ -25,6 +25,7 @@ from .wavelength import as_wavelength
 __all__ = [
     "FLAM",
     "make_spectrum",
+    "ArraySpectrum",
     "is_spectrum",
     "validate_spectrum",
     "spectrum_variance",
@@ -49,7 +50,7 @@ def _as_quantity(value, unit, name):
     return np.asarray(value, dtype=float) * u.Unit(unit)
 
 
-def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, meta=None):
+def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, meta=None, light=False):
     """Build a `~specutils.Spectrum` that follows the package conventions.
 
     Parameters
@@ -66,10 +67,13 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         Unit of a plain-array ``flux`` (``variance`` gets its square).
     meta : dict, optional
         Stored on the spectrum.
+    light : bool, optional
+        Return an `ArraySpectrum` (same attributes, no specutils import)
+        instead, for spectra made only to be calibrated.
 
     Returns
     -------
-    `~specutils.Spectrum`
+    `~specutils.Spectrum` or `ArraySpectrum`
         Spectral axis in Å; `~astropy.nddata.VarianceUncertainty`; boolean mask.
 
     Examples
@@ -106,6 +110,8 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != wave.shape:
         raise InputDataError(f"mask has shape {mask.shape} but wavelength has shape {wave.shape}.")
+    if light:
+        return ArraySpectrum(wave * u.AA, flux, uncertainty, mask.copy(), dict(meta or {}))
     from specutils import Spectrum
 
     return Spectrum(
@@ -115,6 +121,37 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         mask=mask.copy(),
         meta=dict(meta or {}),
     )
+
+
+@dataclass(frozen=True)
+class ArraySpectrum:
+    """A 1-D spectrum in the package conventions, without specutils: what the stages read of a ``Spectrum``.
+
+    Built by ``make_spectrum(..., light=True)`` where a process makes
+    spectra only to calibrate them (`kspec_fluxcal.pipeline`), so that it does
+    not pay for importing specutils (about a second: ndcube, matplotlib,
+    dask.array). Every function that accepts a `~specutils.Spectrum` for a
+    standard accepts it too (`validate_spectrum` passes it through).
+
+    Attributes
+    ----------
+    spectral_axis : `~astropy.units.Quantity`
+        Wavelengths in Å (air), increasing.
+    flux : `~astropy.units.Quantity`
+        Flux.
+    uncertainty : `~astropy.nddata.VarianceUncertainty` or None
+        Variance in flux unit squared.
+    mask : ndarray of bool
+        True = bad.
+    meta : dict
+        Anything.
+    """
+
+    spectral_axis: u.Quantity
+    flux: u.Quantity
+    uncertainty: object
+    mask: np.ndarray
+    meta: dict
 
 
 def is_spectrum(obj, kind="Spectrum"):
@@ -136,6 +173,8 @@ def validate_spectrum(spectrum, name="spectrum"):
     missing mask becomes all False. A pixel axis, a decreasing axis or a
     non-spectrum raises `~kspec_fluxcal.InputDataError`.
     """
+    if isinstance(spectrum, ArraySpectrum) and spectrum.flux.ndim == 1:
+        return spectrum  # made by make_spectrum, in the conventions already
     if not is_spectrum(spectrum):
         raise InputDataError(
             f"{name} must be a specutils Spectrum; got {type(spectrum).__name__}. "

@@ -315,7 +315,7 @@ def _standards(frame, catalog, config):
             rejected.append({**ident, "reject_reason": reason})
             continue
         spec = make_spectrum(frame.wavelength[f], np.where(bad, 1.0, counts), np.where(bad, 1.0, var),
-                             mask=bad, flux_unit=frame.counts_unit)
+                             mask=bad, flux_unit=frame.counts_unit, light=True)
         phot = photometry_from_catalog_row(catalog[int(m["CATALOG_ROW"])])
         stars.append(StandardStar(spec, phot, name=name, fiber_id=int(f),
                                   meta={"catalog_sep_arcsec": float(m["SEPARATION"])}))

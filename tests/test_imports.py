@@ -84,3 +84,28 @@ def test_every_public_name_resolves_to_its_module():
     assert set(kspec_fluxcal.__all__) <= set(dir(kspec_fluxcal))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         kspec_fluxcal.nonexistent  # noqa: B018
+
+
+def test_the_refraction_index_is_specutils_morton2000():
+    """The formula written out (so that converting wavelengths does not import specutils) is specutils' own."""
+    import numpy as np
+    from astropy import units as u
+    from specutils.utils.wcs_utils import refraction_index as specutils_index
+
+    from kspec_fluxcal.wavelength import refraction_index
+
+    wave = np.geomspace(2000.0, 3.0e5, 500)
+    np.testing.assert_allclose(refraction_index(wave), specutils_index(wave * u.AA, method="Morton2000"),
+                               rtol=1e-15, atol=0)
+
+
+def test_a_frame_calibrates_without_specutils(tmp_path, synthetic_grid_dir, write_small_frames):
+    """The RED-file stage makes no Spectrum, so a calibrating process never pays for importing specutils."""
+    write_small_frames(tmp_path, ["f"], seed=11)
+    code = (f"from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal\n"
+            f"run = apply_fluxcal({str(tmp_path / 'f_red.fits')!r}, FluxcalConfig(catalog="
+            f"{str(tmp_path / 'f_refcat.csv')!r}, templates={str(synthetic_grid_dir)!r}, "
+            f"output={str(tmp_path / 'out.fits')!r}))\n"
+            "assert run.result.summary['n_stars_used'] >= 2, run.result.summary['n_stars_used']")
+    assert loaded_after(code) == []
+    assert (tmp_path / "out.fits").is_file()
