@@ -15,7 +15,7 @@ from .exceptions import InputDataError
 from .io.header import update_calibration_header
 from .wavelength import interpolate_masked
 
-__all__ = ["apply_flux_calibration", "calibrate_spectra", "calibration_on_grid"]
+__all__ = ["apply_flux_calibration", "calibrate_spectra", "calibration_on_grid", "fiber_blocks"]
 
 
 def calibration_on_grid(calibration, wavelength):
@@ -104,10 +104,15 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
         raise InputDataError(
             f"wavelength shape {wave.shape} fits neither spectra {counts.shape} nor its transpose."
         )
-    factor, fvar, bad = calibration_on_grid(calibration, wave)
-    bad = bad | ~np.isfinite(c) | ~np.isfinite(v) | (v < 0)
-    flux = np.where(bad, np.nan, c * factor)
-    flux_var = np.where(bad, np.nan, v * factor**2 + c**2 * fvar)
+    flux, flux_var = np.empty(c.shape), np.empty(c.shape)
+    shared = _shared_row(wave)
+    on_grid = calibration_on_grid(calibration, shared) if shared is not None else None
+    for rows in fiber_blocks(c.shape):
+        factor, fvar, bad = on_grid if on_grid is not None else calibration_on_grid(calibration, wave[rows])
+        cb, vb = np.asarray(c[rows], dtype=float), np.asarray(v[rows], dtype=float)
+        bad = bad | ~np.isfinite(cb) | ~np.isfinite(vb) | (vb < 0)
+        flux[rows] = np.where(bad, np.nan, cb * factor)
+        flux_var[rows] = np.where(bad, np.nan, vb * factor**2 + cb**2 * fvar)
     if transposed:
         flux, flux_var = flux.T, flux_var.T
     if spectra is not None and np.ndim(spectra) == 1:
@@ -115,13 +120,39 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
     scale = out_unit.to(FLAM)
     if update_header is not None:
         update_calibration_header(update_header, result or calibration)
-    return flux * scale * FLAM, flux_var * scale**2 * FLAM**2
+    flux *= scale
+    flux_var *= scale**2
+    return u.Quantity(flux, FLAM, copy=False), u.Quantity(flux_var, FLAM**2, copy=False)
+
+
+BLOCK_VALUES = 1 << 21
+"""Values (fibers × pixels) of one block of `fiber_blocks`: 16 MB per float64 temporary."""
+
+
+def fiber_blocks(shape, values=BLOCK_VALUES):
+    """Row slices of a (NFIB, NPIX) array, each of at most ``values`` values (at least one fiber).
+
+    Frames are calibrated block by block, so that no step holds a
+    (fibers × pixels) float64 temporary of a whole frame.
+    """
+    n_fib, n_pix = shape
+    step = max(1, values // max(1, n_pix))
+    return [slice(lo, min(lo + step, n_fib)) for lo in range(0, n_fib, step)]
+
+
+def _shared_row(wave):
+    """The one wavelength row of a (NFIB, NPIX) array broadcast from a shared axis, else None."""
+    if wave.ndim == 2 and wave.strides[0] == 0:
+        return wave[0]
+    return None
 
 
 def _as_counts(value, unit, name):
+    """``value`` as a Quantity, not copied (converted to float block by block)."""
     if isinstance(value, u.Quantity):
-        return value.astype(float)
-    return np.asarray(value, dtype=float) * u.Unit(unit)
+        return value if value.dtype.kind == "f" else value.astype(float)
+    value = np.asarray(value)
+    return u.Quantity(value if value.dtype.kind == "f" else value.astype(float), unit, copy=False)
 
 
 def _fiber_wavelengths(wavelength, calibration, shape):

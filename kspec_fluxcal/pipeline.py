@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from . import __version__
-from .apply import apply_flux_calibration
+from .apply import apply_flux_calibration, fiber_blocks
 from .atmosphere import read_airmass, transfer_to_airmass
 from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
@@ -398,8 +398,8 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
         _budget_cards(header, result.summary)
     for line in _history(result) if not origin.get("source") else origin.get("history", []):
         header.add_history(_ascii(line))
-    primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)
-    variance = fits.ImageHDU(flux_var.astype(np.float32), name="VARIANCE")
+    primary = fits.PrimaryHDU(np.asarray(flux, dtype=np.float32), header=header)
+    variance = fits.ImageHDU(np.asarray(flux_var, dtype=np.float32), name="VARIANCE")
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
     products = result.to_hdulist()
     return primary, variance, products
@@ -567,14 +567,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
     else:
         result, origin = _derive(red_filename, frame, config, grid)
     result = calibration_for_frame(result, frame.counts_unit, header_exptime(frame.header))
-    flux, flux_var = apply_flux_calibration(
-        frame.counts * frame.counts_unit, frame.variance * frame.counts_unit**2, result,
-        wavelength=frame.wavelength,
-    )
-    flux, flux_var = flux.value, flux_var.value
     telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
-    if telluric is not None:
-        flux, flux_var = apply_telluric_correction(flux, flux_var, frame.wavelength, telluric)
+    flux, flux_var = _calibrated_arrays(frame, result, telluric)
     primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
     if telluric is not None:
         telluric_header(primary.header, telluric, origin.get("source"))
@@ -599,6 +593,26 @@ def apply_fluxcal(red_filename, config=None, grid=None):
 
             figures += save_telluric_figures(telluric, config.plots, prefix=target.stem)
     return FluxcalRun(result=result, output=target, figures=figures, frame=frame)
+
+
+def _calibrated_arrays(frame, result, telluric):
+    """The frame's calibrated flux and variance (FLAM, float32 as written), computed in blocks of fibers.
+
+    Each block is calibrated (and telluric-corrected) in float64 and stored
+    in float32, the type the calibrated file holds, so that no step holds a
+    (fibers × pixels) float64 temporary of the whole frame.
+    """
+    flux = np.empty(frame.counts.shape, dtype=np.float32)
+    flux_var = np.empty(frame.counts.shape, dtype=np.float32)
+    for rows in fiber_blocks(frame.counts.shape):
+        f, fv = apply_flux_calibration(frame.counts[rows] * frame.counts_unit,
+                                       frame.variance[rows] * frame.counts_unit**2, result,
+                                       wavelength=frame.wavelength[rows])
+        f, fv = f.value, fv.value
+        if telluric is not None:
+            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric)
+        flux[rows], flux_var[rows] = f, fv
+    return flux, flux_var
 
 
 def correct_red_file(red_filename, transmission, output=None):
