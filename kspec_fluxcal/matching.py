@@ -53,9 +53,10 @@ from astropy import units as u
 from astropy.stats import mad_std
 from scipy.interpolate import BSpline, make_interp_spline
 
+from .cache import cache_dir, fingerprint, load_verified_arrays, save_arrays, stamp_verified
 from .containers import FLAM, is_spectrum
 from .continuum import smoothing_operator
-from .exceptions import InputDataError
+from .exceptions import CacheError, InputDataError
 from .radial_velocity import (  # noqa: F401 (C_KMS, doppler_factor, cross_correlate_rv: public here too)
     C_KMS,
     ccf_peaks,
@@ -113,11 +114,7 @@ class _GridData:
             self.par[name] = np.asarray(u.Quantity(table[name]).value, dtype=float)
         self.spacing = default_knot_spacing(self.wave, knot_spacing)
         self.op = smoothing_operator(self.wave, self.spacing * u.AA)
-        cont = self.op(self.flux)
-        self.pix_good = np.all(np.isfinite(self.flux) & (cont > 0), axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.norm = np.where(self.pix_good, self.flux / cont, 0.0)
-        self.norm2 = self.norm**2
+        self.pix_good, self.norm, self.norm2 = _normalised_templates(grid, self.flux, self.op, self.spacing)
         self.n_coef = self.op.n_coef
         # per [alpha/M] cube: node values per axis, and a node-index cube (−1 = missing) padded by one
         self.axes, self.cube, self.position = {}, {}, np.zeros((self.n_templates, 3), dtype=int)
@@ -146,6 +143,40 @@ class _GridData:
             rows, _ = ccf_rows(flux, None, np.broadcast_to(good, flux.shape), self.ccf_op)
             self._ccf_templates.update(zip(missing, rows))
         return np.array([self._ccf_templates[k] for k in indices])
+
+
+_NORMALISED_VERSION = 1
+"""Bump when the normalisation of the templates (`_normalised_templates`) changes."""
+
+
+def _normalised_templates(grid, flux, op, spacing):
+    """(usable pixels, flux / continuum, its square) of every template, memory-mapped from the cache when there.
+
+    A grid prepared through the cache (``grid.meta['key']``) keeps its
+    normalised templates beside it, so that the first match of a process
+    reads them instead of smoothing the whole grid again.
+    """
+    key = (getattr(grid, "meta", None) or {}).get("key")
+    folder = cache_dir("normalised", str(key), fingerprint(_NORMALISED_VERSION, spacing)) if key else None
+    if folder is not None:
+        try:
+            arrays, _ = load_verified_arrays(folder)
+            if arrays["norm"].shape == flux.shape:
+                return arrays["pix_good"], arrays["norm"], arrays["norm2"]
+        except CacheError:
+            log.debug("normalised templates of %s are not cached yet", key)
+    cont = op(flux)
+    pix_good = np.all(np.isfinite(flux) & (cont > 0), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(pix_good, flux / cont, 0.0)
+    norm2 = norm**2
+    if folder is not None:
+        try:
+            save_arrays(folder, {"pix_good": pix_good, "norm": norm, "norm2": norm2}, {"grid": key})
+            stamp_verified(folder)
+        except OSError as exc:  # a read-only cache: the next process normalises again
+            log.debug("cannot cache the normalised templates of %s: %s", key, exc)
+    return pix_good, norm, norm2
 
 
 _GRID_CACHE = {}
