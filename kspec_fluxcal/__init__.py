@@ -2,7 +2,9 @@
 
 Importing the package registers the ``KSPEC-RED`` and ``KSPEC-FLUXCAL``
 formats with specutils (`kspec_fluxcal.io.specutils_formats`), so KSPEC
-frames open with ``Spectrum.read`` / ``SpectrumList.read``.
+frames open with ``Spectrum.read`` / ``SpectrumList.read``; when specutils
+is not imported yet, they are registered as soon as it is
+(`kspec_fluxcal.io.specutils_hook`), so the package itself stays light.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,40 +14,51 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0.dev0"
 
-# The curated public API (see the API page); everything else lives in its module.
-from .apply import apply_flux_calibration  # noqa: E402
-from .bandflux import band_flux, flux_covariance  # noqa: E402
-from .containers import CalibrationVector, FluxCalibrationResult, Photometry, make_spectrum  # noqa: E402
-from .engine import EngineOptions, StandardStar, derive_flux_calibration  # noqa: E402
+# The curated public API (see the API page); everything else lives in its module. The names are imported
+# when first used, so that ``import kspec_fluxcal`` (and the command line) pays only for what it uses.
 from .exceptions import *  # noqa: F401,F403,E402
-from .io import specutils_formats  # noqa: E402,F401  (registers the specutils formats)
-from .io.units import parse_unit  # noqa: E402
-from .night import combine_night  # noqa: E402
-from .photometry import synthetic_photometry  # noqa: E402
-from .pipeline import FluxcalConfig, apply_fluxcal, read_red_frame  # noqa: E402
-from .products import load_calibration, save_calibration  # noqa: E402
-from .templates import PreparedGrid, TemplateLibrary, prepare_template  # noqa: E402
+from .io.specutils_hook import register_specutils_formats  # noqa: E402
 
-__all__ = [
-    "apply_fluxcal",
-    "FluxcalConfig",
-    "read_red_frame",
-    "derive_flux_calibration",
-    "StandardStar",
-    "EngineOptions",
-    "apply_flux_calibration",
-    "band_flux",
-    "flux_covariance",
-    "TemplateLibrary",
-    "PreparedGrid",
-    "prepare_template",
-    "CalibrationVector",
-    "FluxCalibrationResult",
-    "Photometry",
-    "synthetic_photometry",
-    "make_spectrum",
-    "load_calibration",
-    "save_calibration",
-    "combine_night",
-    "parse_unit",
-]
+_PUBLIC = {
+    "apply_fluxcal": "pipeline",
+    "FluxcalConfig": "pipeline",
+    "read_red_frame": "pipeline",
+    "derive_flux_calibration": "engine",
+    "StandardStar": "engine",
+    "EngineOptions": "engine",
+    "apply_flux_calibration": "apply",
+    "band_flux": "bandflux",
+    "flux_covariance": "bandflux",
+    "TemplateLibrary": "templates",
+    "PreparedGrid": "templates",
+    "prepare_template": "templates",
+    "CalibrationVector": "containers",
+    "FluxCalibrationResult": "containers",
+    "Photometry": "containers",
+    "synthetic_photometry": "photometry",
+    "make_spectrum": "containers",
+    "load_calibration": "products",
+    "save_calibration": "products",
+    "combine_night": "night",
+    "parse_unit": "io.units",
+}
+"""Public name → the module (relative to the package) that defines it."""
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'kspec_fluxcal' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+register_specutils_formats()
+
+__all__ = list(_PUBLIC)

@@ -9,15 +9,14 @@ never 0.
 import numpy as np
 from astropy import units as u
 from astropy.nddata import VarianceUncertainty
-from specutils import Spectrum, SpectrumList
 
-from .containers import FLAM, CalibrationVector, FluxCalibrationResult, spectrum_variance
+from .containers import FLAM, CalibrationVector, FluxCalibrationResult, is_spectrum, spectrum_variance
 from .covariance import META_KEY as COVARIANCE_KEY
 from .exceptions import InputDataError
 from .io.header import update_calibration_header
 from .wavelength import interpolate_masked
 
-__all__ = ["apply_flux_calibration", "calibrate_spectra", "calibration_on_grid"]
+__all__ = ["apply_flux_calibration", "calibrate_spectra", "calibration_on_grid", "fiber_blocks"]
 
 
 def calibration_on_grid(calibration, wavelength):
@@ -74,7 +73,7 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
         finite. For `~specutils.Spectrum` / `~specutils.SpectrumList` input,
         one object of the same kind instead.
     """
-    if isinstance(spectra, (Spectrum, SpectrumList)):
+    if is_spectrum(spectra) or is_spectrum(spectra, "SpectrumList"):
         return calibrate_spectra(spectra, variance if calibration is None else calibration)
     result = calibration if isinstance(calibration, FluxCalibrationResult) else None
     if result is not None:
@@ -106,10 +105,15 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
         raise InputDataError(
             f"wavelength shape {wave.shape} fits neither spectra {counts.shape} nor its transpose."
         )
-    factor, fvar, bad = calibration_on_grid(calibration, wave)
-    bad = bad | ~np.isfinite(c) | ~np.isfinite(v) | (v < 0)
-    flux = np.where(bad, np.nan, c * factor)
-    flux_var = np.where(bad, np.nan, v * factor**2 + c**2 * fvar)
+    flux, flux_var = np.empty(c.shape), np.empty(c.shape)
+    shared = _shared_row(wave)
+    on_grid = calibration_on_grid(calibration, shared) if shared is not None else None
+    for rows in fiber_blocks(c.shape):
+        factor, fvar, bad = on_grid if on_grid is not None else calibration_on_grid(calibration, wave[rows])
+        cb, vb = np.asarray(c[rows], dtype=float), np.asarray(v[rows], dtype=float)
+        bad = bad | ~np.isfinite(cb) | ~np.isfinite(vb) | (vb < 0)
+        flux[rows] = np.where(bad, np.nan, cb * factor)
+        flux_var[rows] = np.where(bad, np.nan, vb * factor**2 + cb**2 * fvar)
     if transposed:
         flux, flux_var = flux.T, flux_var.T
     if spectra is not None and np.ndim(spectra) == 1:
@@ -117,13 +121,39 @@ def apply_flux_calibration(spectra, variance=None, calibration=None, wavelength=
     scale = out_unit.to(FLAM)
     if update_header is not None:
         update_calibration_header(update_header, result or calibration)
-    return flux * scale * FLAM, flux_var * scale**2 * FLAM**2
+    flux *= scale
+    flux_var *= scale**2
+    return u.Quantity(flux, FLAM, copy=False), u.Quantity(flux_var, FLAM**2, copy=False)
+
+
+BLOCK_VALUES = 1 << 21
+"""Values (fibers × pixels) of one block of `fiber_blocks`: 16 MB per float64 temporary."""
+
+
+def fiber_blocks(shape, values=BLOCK_VALUES):
+    """Row slices of a (NFIB, NPIX) array, each of at most ``values`` values (at least one fiber).
+
+    Frames are calibrated block by block, so that no step holds a
+    (fibers × pixels) float64 temporary of a whole frame.
+    """
+    n_fib, n_pix = shape
+    step = max(1, values // max(1, n_pix))
+    return [slice(lo, min(lo + step, n_fib)) for lo in range(0, n_fib, step)]
+
+
+def _shared_row(wave):
+    """The one wavelength row of a (NFIB, NPIX) array broadcast from a shared axis, else None."""
+    if wave.ndim == 2 and wave.strides[0] == 0:
+        return wave[0]
+    return None
 
 
 def _as_counts(value, unit, name):
+    """``value`` as a Quantity, not copied (converted to float block by block)."""
     if isinstance(value, u.Quantity):
-        return value.astype(float)
-    return np.asarray(value, dtype=float) * u.Unit(unit)
+        return value if value.dtype.kind == "f" else value.astype(float)
+    value = np.asarray(value)
+    return u.Quantity(value if value.dtype.kind == "f" else value.astype(float), unit, copy=False)
 
 
 def _fiber_wavelengths(wavelength, calibration, shape):
@@ -144,7 +174,7 @@ def _fiber_wavelengths(wavelength, calibration, shape):
 
 
 def _as_calibration(calibration):
-    if isinstance(calibration, Spectrum):
+    if is_spectrum(calibration):
         vector = CalibrationVector.from_spectrum(calibration)
         covariance = (calibration.meta or {}).get(COVARIANCE_KEY)
         return vector if covariance is None else FluxCalibrationResult(vector, covariance=covariance)
@@ -166,7 +196,7 @@ def _for_units(calibration, counts_unit, header):
 
 
 def _check_spectrum(spectrum):
-    if not isinstance(spectrum, Spectrum):
+    if not is_spectrum(spectrum):
         raise InputDataError(f"every element of a SpectrumList must be a Spectrum; got {type(spectrum).__name__}.")
     if spectrum.flux.ndim not in (1, 2):
         raise InputDataError(f"a Spectrum to calibrate must be 1-D or 2-D (fibers, pixels); got {spectrum.flux.shape}.")
@@ -189,6 +219,8 @@ def _wrap(spectrum, flux, flux_var, calibration):
     meta.pop(COVARIANCE_KEY, None)
     if getattr(calibration, "covariance", None) is not None:
         meta[COVARIANCE_KEY] = calibration.covariance
+    from specutils import Spectrum
+
     return Spectrum(
         spectral_axis=spectrum.spectral_axis.view(u.Quantity).to(u.AA),
         flux=flux,
@@ -217,12 +249,12 @@ def _calibrate_list(spectra, calibration):
         s.flux.ndim == 1 and s.flux.shape == first.flux.shape and s.flux.unit == first.flux.unit for s in spectra
     ) and (first.flux.unit * vector.unit).is_equivalent(FLAM)  # no per-fiber exposure-time conversion needed
     if not stackable:
-        return SpectrumList([_calibrate_one(s, calibration) for s in spectra])
+        return type(spectra)([_calibrate_one(s, calibration) for s in spectra])
     flux = u.Quantity([s.flux for s in spectra])
     variance = u.Quantity([_spectrum_variance_or_zero(s).to(first.flux.unit**2) for s in spectra])
     wave = u.Quantity([s.spectral_axis.view(u.Quantity).to(u.AA) for s in spectra])
     out_flux, out_var = apply_flux_calibration(flux, variance, calibration, wavelength=wave)
-    return SpectrumList([_wrap(s, out_flux[i], out_var[i], calibration) for i, s in enumerate(spectra)])
+    return type(spectra)([_wrap(s, out_flux[i], out_var[i], calibration) for i, s in enumerate(spectra)])
 
 
 def calibrate_spectra(spectra, calibration):
@@ -254,6 +286,6 @@ or `~specutils.Spectrum`
         calibration is a result that has one (for `kspec_fluxcal.band_flux`).
     """
     calibration = _as_calibration(calibration)
-    if isinstance(spectra, SpectrumList):
+    if is_spectrum(spectra, "SpectrumList"):
         return _calibrate_list(spectra, calibration)
     return _calibrate_one(spectra, calibration)

@@ -8,6 +8,7 @@ fault in every error.
 """
 
 import json
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,6 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
-from specutils import Spectrum
 
 from .exceptions import InputDataError
 from .io.header import set_card
@@ -25,6 +25,8 @@ from .wavelength import as_wavelength
 __all__ = [
     "FLAM",
     "make_spectrum",
+    "ArraySpectrum",
+    "is_spectrum",
     "validate_spectrum",
     "spectrum_variance",
     "Photometry",
@@ -48,7 +50,7 @@ def _as_quantity(value, unit, name):
     return np.asarray(value, dtype=float) * u.Unit(unit)
 
 
-def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, meta=None):
+def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, meta=None, light=False):
     """Build a `~specutils.Spectrum` that follows the package conventions.
 
     Parameters
@@ -65,10 +67,13 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         Unit of a plain-array ``flux`` (``variance`` gets its square).
     meta : dict, optional
         Stored on the spectrum.
+    light : bool, optional
+        Return an `ArraySpectrum` (same attributes, no specutils import)
+        instead, for spectra made only to be calibrated.
 
     Returns
     -------
-    `~specutils.Spectrum`
+    `~specutils.Spectrum` or `ArraySpectrum`
         Spectral axis in Å; `~astropy.nddata.VarianceUncertainty`; boolean mask.
 
     Examples
@@ -105,6 +110,10 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != wave.shape:
         raise InputDataError(f"mask has shape {mask.shape} but wavelength has shape {wave.shape}.")
+    if light:
+        return ArraySpectrum(wave * u.AA, flux, uncertainty, mask.copy(), dict(meta or {}))
+    from specutils import Spectrum
+
     return Spectrum(
         spectral_axis=wave * u.AA,
         flux=flux,
@@ -112,6 +121,47 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         mask=mask.copy(),
         meta=dict(meta or {}),
     )
+
+
+@dataclass(frozen=True)
+class ArraySpectrum:
+    """A 1-D spectrum in the package conventions, without specutils: what the stages read of a ``Spectrum``.
+
+    Built by ``make_spectrum(..., light=True)`` where a process makes
+    spectra only to calibrate them (`kspec_fluxcal.pipeline`), so that it does
+    not pay for importing specutils (about a second: ndcube, matplotlib,
+    dask.array). Every function that accepts a `~specutils.Spectrum` for a
+    standard accepts it too (`validate_spectrum` passes it through).
+
+    Attributes
+    ----------
+    spectral_axis : `~astropy.units.Quantity`
+        Wavelengths in Å (air), increasing.
+    flux : `~astropy.units.Quantity`
+        Flux.
+    uncertainty : `~astropy.nddata.VarianceUncertainty` or None
+        Variance in flux unit squared.
+    mask : ndarray of bool
+        True = bad.
+    meta : dict
+        Anything.
+    """
+
+    spectral_axis: u.Quantity
+    flux: u.Quantity
+    uncertainty: object
+    mask: np.ndarray
+    meta: dict
+
+
+def is_spectrum(obj, kind="Spectrum"):
+    """True when ``obj`` is a specutils ``Spectrum`` (or, with ``kind='SpectrumList'``, a ``SpectrumList``).
+
+    specutils is not imported for the check (it is slow to import): before it
+    is imported, no spectrum exists.
+    """
+    specutils = sys.modules.get("specutils")
+    return specutils is not None and isinstance(obj, getattr(specutils, kind))
 
 
 def validate_spectrum(spectrum, name="spectrum"):
@@ -123,7 +173,9 @@ def validate_spectrum(spectrum, name="spectrum"):
     missing mask becomes all False. A pixel axis, a decreasing axis or a
     non-spectrum raises `~kspec_fluxcal.InputDataError`.
     """
-    if not isinstance(spectrum, Spectrum):
+    if isinstance(spectrum, ArraySpectrum) and spectrum.flux.ndim == 1:
+        return spectrum  # made by make_spectrum, in the conventions already
+    if not is_spectrum(spectrum):
         raise InputDataError(
             f"{name} must be a specutils Spectrum; got {type(spectrum).__name__}. "
             "Build one with kspec_fluxcal.containers.make_spectrum."
@@ -497,6 +549,8 @@ class CalibrationVector:
         if self.smooth_factor is not None:
             meta["smooth_factor"] = self.smooth_factor.copy()
             meta["smooth_variance"] = self.smooth_variance.copy()
+        from specutils import Spectrum
+
         return Spectrum(
             spectral_axis=self.wavelength.copy(),
             flux=self.cal_factor.copy(),
@@ -513,7 +567,7 @@ class CalibrationVector:
         is masked where its flux is not finite and positive. Standard
         deviations and inverse variances are converted to variances.
         """
-        if not isinstance(spectrum, Spectrum) or spectrum.flux.ndim != 1:
+        if not is_spectrum(spectrum) or spectrum.flux.ndim != 1:
             raise InputDataError(
                 "CalibrationVector.from_spectrum needs a 1-D specutils Spectrum (flux per count on a wavelength axis)."
             )

@@ -23,9 +23,8 @@ from astropy import units as u
 from astropy.stats import mad_std, sigma_clip
 from numpy.polynomial import legendre
 from scipy import ndimage, sparse
-from specutils import Spectrum
 
-from .containers import make_spectrum, spectrum_variance, validate_spectrum
+from .containers import is_spectrum, make_spectrum, spectrum_variance, validate_spectrum
 from .exceptions import InputDataError
 from .masks import spectrum_arrays
 from .quantities import value_in
@@ -278,9 +277,9 @@ def normalize_with_model_continuum(spectrum_or_template_flux, model_continuum):
         plain array.
     """
     cont = model_continuum
-    if isinstance(cont, Spectrum):
+    if is_spectrum(cont):
         cont = cont.flux
-    if isinstance(spectrum_or_template_flux, Spectrum):
+    if is_spectrum(spectrum_or_template_flux):
         spec = validate_spectrum(spectrum_or_template_flux)
         cont = u.Quantity(cont, spec.flux.unit) if not isinstance(cont, u.Quantity) else cont
         if cont.shape != spec.flux.shape:

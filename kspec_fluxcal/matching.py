@@ -8,7 +8,7 @@ The whole package uses the *optical* (classical) convention
 
 which is how the IAU defines a spectroscopic radial velocity (``cz``) and
 what astropy calls ``doppler_optical``. `doppler_factor` returns this factor;
-every shift in the package goes through it.
+every shift in the package goes through it (`kspec_fluxcal.radial_velocity`).
 
 Matching in brief
 -----------------
@@ -50,16 +50,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy import units as u
-from astropy.constants import c as _speed_of_light
 from astropy.stats import mad_std
-from scipy import fft as sfft
-from scipy.interpolate import BSpline, CubicSpline, make_interp_spline
-from specutils import Spectrum
+from scipy.interpolate import BSpline, make_interp_spline
 
-from .containers import FLAM, StellarTemplate, validate_spectrum
+from .cache import cache_dir, fingerprint, load_verified_arrays, save_arrays, stamp_verified
+from .containers import FLAM, is_spectrum
 from .continuum import smoothing_operator
-from .exceptions import InputDataError
-from .masks import spectrum_arrays
+from .exceptions import CacheError, InputDataError
+from .radial_velocity import (  # noqa: F401 (C_KMS, doppler_factor, cross_correlate_rv: public here too)
+    C_KMS,
+    ccf_peaks,
+    ccf_rows,
+    cross_correlate_rv,
+    default_knot_spacing,
+    doppler_factor,
+    doppler_kms,
+    resample,
+    star_arrays,
+    velocity_kms,
+)
+from .template_scores import HUBER_ITER, check_metric, chi2_matrix, huber_reweight, score_template_fit, template_scores
 from .wavelength import log_uniform_grid
 
 __all__ = [
@@ -75,414 +85,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-C_KMS = _speed_of_light.to_value(u.km / u.s)
 _KMS = u.km / u.s
 _PARAMS = ("teff", "logg", "feh")
-_METRICS = ("chi2", "huber")
-_TAPER_FRACTION = 0.05
 _REFINE_COARSE = 0.25  # lattice steps (in node steps) of the refinement passes
 _REFINE_FINE = 0.05
 _REFINE_RECENTRE = 3
-_HUBER_ITER = 3
-_HUBER_CHUNK = 128
-
-
-# ----------------------------------------------------------------------------- Doppler
-
-
-def _velocity(value, name):
-    """``value`` in km/s as a float array; plain numbers are refused."""
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, u.Quantity) for v in value):
-        value = u.Quantity(value)
-    if not isinstance(value, u.Quantity):
-        raise InputDataError(f"{name} must be a velocity Quantity (e.g. 12 * u.km / u.s); got {value!r}.")
-    try:
-        return np.asarray(value.to_value(_KMS), dtype=float)
-    except u.UnitConversionError as exc:
-        raise InputDataError(f"{name} has unit '{value.unit}', which is not a velocity.") from exc
-
-
-def _doppler_kms(v_kms):
-    """Optical-convention Doppler factor λ_obs/λ_rest = 1 + v/c of velocities in km/s.
-
-    The relation of `astropy.units.doppler_optical`, written out: the
-    equivalency machinery costs ~1 ms a call, and the matching calls this for
-    every star.
-    """
-    v = np.asarray(v_kms, dtype=float)
-    if np.any(v <= -C_KMS):
-        raise InputDataError(f"velocities must exceed -c; got a minimum of {v.min():.1f} km/s.")
-    return 1.0 + v / C_KMS
-
-
-def doppler_factor(rv):
-    """Wavelength ratio λ_obs/λ_rest of a radial velocity: 1 + v/c.
-
-    Parameters
-    ----------
-    rv : `~astropy.units.Quantity`
-        Radial velocity (positive = receding), scalar or array.
-
-    Returns
-    -------
-    float or ndarray
-        ``1 + rv/c`` (optical convention, used throughout the package).
-
-    Examples
-    --------
-    >>> import astropy.units as u
-    >>> round(float(doppler_factor(299.792458 * u.km / u.s)), 6)
-    1.001
-    """
-    return _doppler_kms(_velocity(rv, "rv"))
-
-
-# ----------------------------------------------------------------------------- arrays
-
-
-def _star_arrays(spectrum, mask_regions, name):
-    """(wavelength Å, flux, variance or None, good) of a spectrum."""
-    wave, flux, var, good = spectrum_arrays(spectrum, mask_regions, name)
-    if np.count_nonzero(good) < 10:
-        raise InputDataError(
-            f"{name} has only {np.count_nonzero(good)} usable pixels (mask, non-finite values and "
-            "mask_regions removed); at least 10 are needed."
-        )
-    return wave, flux, var, good
-
-
-def _template_arrays(template):
-    """(wavelength Å, flux) of a Spectrum, a StellarTemplate or a (wavelength, flux) pair."""
-    if isinstance(template, StellarTemplate):
-        return template.wavelength.to_value(u.AA), template.flux.value
-    if isinstance(template, Spectrum):
-        spec = validate_spectrum(template, "template")
-        return spec.spectral_axis.to_value(u.AA), np.asarray(spec.flux.value, dtype=float)
-    if isinstance(template, (tuple, list)) and len(template) == 2:
-        wave, flux = template
-        wave = wave.to_value(u.AA) if isinstance(wave, u.Quantity) else np.asarray(wave, dtype=float)
-        flux = flux.value if isinstance(flux, u.Quantity) else np.asarray(flux, dtype=float)
-        if wave.ndim != 1 or wave.shape != flux.shape or np.any(np.diff(wave) <= 0):
-            raise InputDataError(
-                "a (wavelength, flux) template needs two 1-D arrays of equal length with "
-                "increasing wavelengths."
-            )
-        return wave, flux
-    raise InputDataError(
-        f"template must be a Spectrum, a StellarTemplate or a (wavelength, flux) pair; got "
-        f"{type(template).__name__}."
-    )
-
-
-def _resample(wave, flux, var, good, target, cubic=False):
-    """Interpolate a spectrum onto ``target`` wavelengths (Å).
-
-    Bad pixels are first filled by linear interpolation over the good ones;
-    the flux is then interpolated linearly, or with a cubic spline when
-    ``cubic`` (used for the scores: linear interpolation smooths
-    undersampled lines and would bias the match towards weaker lines). The
-    flux is finite everywhere (constant beyond the ends). A target pixel is
-    good only when both source pixels around it are good and it lies inside
-    the coverage. The variance is interpolated linearly, which (unlike the
-    squared-weight rule) also roughly allows for the correlation the
-    interpolation introduces.
-    """
-    wg = wave[good]
-    if cubic:
-        filled = CubicSpline(wave, np.interp(wave, wg, flux[good]))(np.clip(target, wave[0], wave[-1]))
-    else:
-        filled = np.interp(target, wg, flux[good])
-    tgood = np.interp(target, wave, good.astype(float)) > 1.0 - 1e-9
-    tgood &= (target >= wave[0]) & (target <= wave[-1])
-    tvar = None if var is None else np.interp(target, wg, var[good])
-    return filled, tvar, tgood
-
-
-def _cosine_taper(good):
-    """Cosine taper over the first and last 5 % of each row's good range (zero outside)."""
-    n = good.shape[1]
-    i0 = np.argmax(good, axis=1)
-    i1 = n - 1 - np.argmax(good[:, ::-1], axis=1)
-    span = np.maximum(i1 - i0, 1)[:, None]
-    pos = (np.arange(n)[None, :] - i0[:, None]) / span
-    ramp = np.clip(np.minimum(pos, 1.0 - pos) / _TAPER_FRACTION, 0.0, 1.0)
-    taper = np.ones_like(ramp)
-    edge = ramp < 1.0  # the sine only where the taper is not flat
-    taper[edge] = np.sin(0.5 * np.pi * ramp[edge]) ** 2
-    return taper
-
-
-def _ccf_rows(flux, var, good, op):
-    """Normalised (flux/S(flux) − 1), noise-weighted and tapered rows for the CCF."""
-    cont = op(flux)
-    ok = good & (cont > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rows = np.where(ok, flux / cont - 1.0, 0.0)
-        if var is not None:
-            ivar = np.where(ok, cont**2 / var, 0.0)
-            med = np.array([np.median(r[o]) if o.any() else 1.0 for r, o in zip(ivar, ok)])
-            rows *= np.sqrt(ivar / med[:, None])
-    return rows * _cosine_taper(ok), ok
-
-
-def _ccf_peaks(star_rows, tmpl_rows, lnstep, rv_lo, rv_hi, n_native):
-    """Vectorised FFT cross-correlation and sub-pixel peaks.
-
-    ``star_rows`` and ``tmpl_rows`` (m, n) sit on the same uniform ln λ grid.
-    The CCF is ``C[k] = Σ_i s[i+k]·t[i]``, so a positive lag ``k`` means the
-    star is redshifted; lags are gathered explicitly (``k mod nfft``) so
-    negative lags are where they belong. The peak is searched between the
-    lags of ``rv_lo`` and ``rv_hi`` (km/s) and refined with a three-point
-    Gaussian (log-parabola) fit, a parabola where the points are not
-    positive. The error follows Zucker (2003, MNRAS 342, 1291):
-    σ_v² = −(1 − C²) / (N · C · C''), with C'' the curvature in velocity and
-    N the number of native star pixels.
-    """
-    m, n = star_rows.shape
-    klo = np.log(_doppler_kms(rv_lo)) / lnstep
-    khi = np.log(_doppler_kms(rv_hi)) / lnstep
-    half = int(min(np.ceil(np.max(np.abs(np.concatenate([klo, khi])))) + 2, n - 2))
-    nfft = sfft.next_fast_len(n + half + 1, real=True)
-    spec = sfft.rfft(star_rows, nfft, axis=1) * np.conj(sfft.rfft(tmpl_rows, nfft, axis=1))
-    full = sfft.irfft(spec, nfft, axis=1)
-    lags = np.arange(-half, half + 1)
-    norm = np.sqrt(np.sum(star_rows**2, axis=1) * np.sum(tmpl_rows**2, axis=1))
-    ccf = full[:, lags % nfft] / np.where(norm > 0, norm, 1.0)[:, None]
-    allowed = (lags[None, :] >= np.floor(klo)[:, None]) & (lags[None, :] <= np.ceil(khi)[:, None])
-    k0 = np.argmax(np.where(allowed, ccf, -np.inf), axis=1)
-    first = np.argmax(allowed, axis=1)
-    last = allowed.shape[1] - 1 - np.argmax(allowed[:, ::-1], axis=1)
-    at_edge = (k0 == first) | (k0 == last)
-    rows = np.arange(m)
-    ym = ccf[rows, np.clip(k0 - 1, 0, 2 * half)]
-    y0 = ccf[rows, k0]
-    yp = ccf[rows, np.clip(k0 + 1, 0, 2 * half)]
-    positive = (ym > 0) & (y0 > 0) & (yp > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lm, l0, lp = (np.log(np.where(positive, v, 1.0)) for v in (ym, y0, yp))
-        fm, f0, fp = (np.where(positive, a, b) for a, b in ((lm, ym), (l0, y0), (lp, yp)))
-        denom = fm - 2.0 * f0 + fp
-        delta = np.where(denom < 0, 0.5 * (fm - fp) / denom, 0.0)
-    delta = np.clip(delta, -1.0, 1.0)
-    lag = np.clip(lags[k0] + delta, klo, khi)
-    rv = C_KMS * (np.exp(lag * lnstep) - 1.0)
-    peak = y0 - 0.25 * (ym - yp) * delta
-    dv_dlag = C_KMS * lnstep * np.exp(lag * lnstep)
-    curv = (ym - 2.0 * y0 + yp) / dv_dlag**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err2 = -(1.0 - np.minimum(peak, 1.0) ** 2) / (n_native * peak * curv)
-    rv_err = np.where((curv < 0) & (peak > 0), np.sqrt(np.maximum(err2, 0.0)), np.nan)
-    velocity = C_KMS * (np.exp(lags * lnstep) - 1.0)
-    return rv, rv_err, peak, at_edge, velocity, ccf
-
-
-def _default_spacing(wave, knot_spacing):
-    """Knot spacing (Å): the value given, else max(150 Å, 20 median pixels)."""
-    if knot_spacing is not None:
-        return float(u.Quantity(knot_spacing, u.AA).value)
-    return max(150.0, 20.0 * float(np.median(np.diff(wave))))
-
-
-def cross_correlate_rv(
-    spectrum,
-    template,
-    rv_guess=0 * _KMS,
-    max_shift=500 * _KMS,
-    oversample=2,
-    knot_spacing=None,
-    mask_regions=None,
-):
-    """Radial velocity of a spectrum by FFT cross-correlation with a template.
-
-    Both are interpolated onto a common uniform ln λ grid (``oversample``
-    points per native star pixel) over the star's coverage, normalised by the
-    same unclipped B-spline smoother, reduced by 1, weighted by the star's
-    inverse noise, masked and apodised (5 % cosine tapers), and
-    cross-correlated with real FFTs. Lags are ordered explicitly, so a
-    redshifted star gives a positive velocity.
-
-    Parameters
-    ----------
-    spectrum : `~specutils.Spectrum`
-        Observed spectrum (Å, air; mask True = bad).
-    template : `~specutils.Spectrum`, `~kspec_fluxcal.containers.StellarTemplate` or (wavelength, flux)
-        Rest-frame template, ideally at the instrument resolution.
-    rv_guess : `~astropy.units.Quantity`
-        Centre of the search window (km/s).
-    max_shift : `~astropy.units.Quantity`
-        Half-width of the search window (km/s); peaks outside are ignored.
-    oversample : int
-        ln λ grid points per native star pixel.
-    knot_spacing : `~astropy.units.Quantity`, optional
-        Knot spacing of the normalising smoother (default max(150 Å, 20 pixels)).
-    mask_regions : `~astropy.units.Quantity`, shape (n, 2), optional
-        Observed-frame intervals (Å) left out (e.g. telluric bands).
-
-    Returns
-    -------
-    rv : `~astropy.units.Quantity`
-        Radial velocity (km/s), optical convention (see `doppler_factor`).
-    rv_error : `~astropy.units.Quantity`
-        1σ error from the CCF curvature (Zucker 2003); NaN when the peak is
-        not a maximum.
-    info : dict
-        ``peak`` (normalised CCF height, ≤ 1), ``at_edge`` (True when the
-        maximum lies on the search window's edge: widen ``max_shift``),
-        ``velocity`` (Quantity, lags in km/s) and ``ccf`` (normalised CCF).
-    """
-    wave, flux, var, good = _star_arrays(spectrum, mask_regions, "spectrum")
-    twave, tflux = _template_arrays(template)
-    lnstep = float(np.median(np.diff(np.log(wave)))) / float(oversample)
-    grid = log_uniform_grid(wave[0], wave[-1], lnstep)
-    spacing = _default_spacing(wave, knot_spacing)
-    op = smoothing_operator(grid, spacing * u.AA)
-    sflux, svar, sgood = _resample(wave, flux, var, good, grid)
-    tgood_src = np.isfinite(tflux)
-    tfl, _, tgood = _resample(twave, tflux, None, tgood_src, grid)
-    star_rows, _ = _ccf_rows(sflux[None], None if svar is None else svar[None], sgood[None], op)
-    tmpl_rows, _ = _ccf_rows(tfl[None], None, tgood[None], op)
-    guess = _velocity(rv_guess, "rv_guess").reshape(1)
-    shift = float(_velocity(max_shift, "max_shift"))
-    n_native = np.count_nonzero(good)
-    rv, err, peak, at_edge, velocity, ccf = _ccf_peaks(
-        star_rows, tmpl_rows, lnstep, guess - shift, guess + shift, n_native
-    )
-    if at_edge[0]:
-        log.warning("CCF maximum at the edge of the search window (%.1f ± %.1f km/s)", guess[0], shift)
-    info = {"peak": float(peak[0]), "at_edge": bool(at_edge[0]), "velocity": velocity * _KMS, "ccf": ccf[0]}
-    return rv[0] * _KMS, err[0] * _KMS, info
-
-
-# ----------------------------------------------------------------------------- scores
-
-
-def _chi2_matrix(ws, w, base, norm, norm2, fit_scale=True):
-    """χ² of stars (rows of ``ws = w·s``) against templates ``norm`` (K, n).
-
-    With a free amplitude per template, χ²_k = Σws² − (Σ w s N_k)² / Σ w N_k²
-    (two matrix products); without, Σ w (s − N_k)².
-    """
-    cross = ws @ norm.T
-    quad = w @ norm2.T
-    if fit_scale:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(quad > 0, base[:, None] - cross**2 / quad, np.nan)
-    return base[:, None] - 2.0 * cross + quad
-
-
-def _huber_scores(s, w, norm, delta, fit_scale=True):
-    """Huber scores Σ 2ρ(r) of one star against templates ``norm`` (K, n).
-
-    r = √w (s − a N_k); ρ(r) = r²/2 for |r| ≤ δ, δ|r| − δ²/2 beyond, so the
-    score equals χ² when no residual exceeds δ. With ``fit_scale`` the
-    amplitude a_k starts at its χ² value and takes a few iteratively
-    reweighted least-squares steps; templates are processed in blocks.
-    """
-    sw = np.sqrt(w)
-    y = s * sw
-    out = np.empty(norm.shape[0])
-    for start in range(0, norm.shape[0], _HUBER_CHUNK):
-        model = norm[start : start + _HUBER_CHUNK] * sw
-        amp = np.ones(model.shape[0])
-        if fit_scale:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                amp = (model @ y) / np.sum(model * model, axis=1)
-                for _ in range(_HUBER_ITER):
-                    absr = np.abs(y - amp[:, None] * model)
-                    hw = np.minimum(1.0, delta / np.maximum(absr, 1e-300)) * model
-                    amp = (hw @ y) / np.sum(hw * model, axis=1)
-        absr = np.abs(y - amp[:, None] * model)
-        out[start : start + _HUBER_CHUNK] = np.sum(
-            np.where(absr <= delta, absr**2, 2.0 * delta * absr - delta**2), axis=1
-        )
-    return out
-
-
-def _huber_reweight(s, w, model, delta):
-    """IRLS weights and majoriser offset of rows ``s`` (m, n) against one model per row (m, n).
-
-    With r = √w (s − a·model) at the χ² amplitude a, h = min(1, δ/|r|) and
-    Σ h r² + Σ (ρ(r) − h r²) equals the Huber score Σ ρ(r) (ρ = r² within δ,
-    2δ|r| − δ² beyond); for any other model the same weights and offset give
-    an upper bound of its Huber score that is tight near this one.
-    """
-    amp = np.sum(w * s * model, axis=-1, keepdims=True) / np.sum(w * model * model, axis=-1, keepdims=True)
-    absr = np.abs(s - amp * model) * np.sqrt(w)
-    h = np.minimum(1.0, delta / np.maximum(absr, 1e-300))
-    rho = np.where(absr <= delta, absr**2, 2.0 * delta * absr - delta**2)
-    return h, np.sum(rho - h * absr**2, axis=-1)
-
-
-def _scores(s, w, norm, metric, huber_delta, fit_scale=True):
-    """Scores (K,) of one normalised star against normalised templates."""
-    if metric == "huber":
-        return _huber_scores(s, w, norm, huber_delta, fit_scale)
-    ws = (w * s)[None]
-    return _chi2_matrix(ws, w[None], np.sum(ws * s, axis=1), norm, norm**2, fit_scale)[0]
-
-
-def _check_metric(metric, huber_delta):
-    if metric not in _METRICS:
-        raise InputDataError(f"metric must be one of {_METRICS}; got {metric!r}.")
-    if not (np.isfinite(huber_delta) and huber_delta > 0):
-        raise InputDataError(f"huber_delta must be a positive number of σ; got {huber_delta}.")
-
-
-def score_template_fit(
-    observed, model, variance, mask=None, metric="chi2", huber_delta=3.0, fit_scale=True, n_params=0
-):
-    """Goodness of fit of continuum-normalised model(s) to a continuum-normalised spectrum.
-
-    Parameters
-    ----------
-    observed : array_like or `~astropy.units.Quantity`, shape (n_pix,)
-        Normalised observed flux (dimensionless).
-    model : array_like or `~astropy.units.Quantity`, shape (n_pix,) or (n_templates, n_pix)
-        Normalised model flux(es) on the same pixels.
-    variance : array_like, shape (n_pix,)
-        Variance of ``observed``; pixels with non-finite or non-positive
-        variance get zero weight.
-    mask : array_like of bool, optional
-        True = bad pixel (zero weight).
-    metric : {'chi2', 'huber'}
-        χ² = Σ r², or the Huber score Σ 2ρ(r) (quadratic within
-        ``huber_delta``, linear beyond), with r = (observed − a·model)/σ.
-    huber_delta : float
-        Huber threshold in units of σ.
-    fit_scale : bool
-        Fit a free scalar amplitude ``a`` per model (else a = 1).
-    n_params : int
-        Further fitted parameters to subtract from the degrees of freedom.
-
-    Returns
-    -------
-    score : float or ndarray
-        One value per model (an array when ``model`` is 2-D).
-    reduced_score : float or ndarray
-        ``score / ndof``.
-    ndof : int
-        Good pixels minus the fitted parameters (at least 1).
-    """
-    _check_metric(metric, huber_delta)
-    obs = np.asarray(u.Quantity(observed, u.one).value, dtype=float)
-    mod = np.asarray(u.Quantity(model, u.one).value, dtype=float)
-    var = np.asarray(variance, dtype=float)
-    squeeze = mod.ndim == 1
-    mod = np.atleast_2d(mod)
-    if obs.ndim != 1 or var.shape != obs.shape or mod.shape[1] != obs.size or mod.ndim != 2:
-        raise InputDataError(
-            f"observed {obs.shape}, variance {var.shape} and model {mod.shape} must share the pixel "
-            "axis (model may be (n_templates, n_pix))."
-        )
-    good = np.isfinite(obs) & np.isfinite(var) & (var > 0) & np.all(np.isfinite(mod), axis=0)
-    if mask is not None:
-        good &= ~np.asarray(mask, dtype=bool)
-    w = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
-    score = _scores(np.where(good, obs, 0.0), w, np.where(good, mod, 0.0), metric, huber_delta, fit_scale)
-    ndof = max(int(np.count_nonzero(good)) - int(bool(fit_scale)) - int(n_params), 1)
-    if squeeze:
-        score = float(score[0])
-    return score, score / ndof, ndof
 
 
 # ----------------------------------------------------------------------------- grid cache
@@ -505,13 +112,9 @@ class _GridData:
             if name not in table.colnames:
                 raise InputDataError(f"grid.params lacks the column '{name}'.")
             self.par[name] = np.asarray(u.Quantity(table[name]).value, dtype=float)
-        self.spacing = _default_spacing(self.wave, knot_spacing)
+        self.spacing = default_knot_spacing(self.wave, knot_spacing)
         self.op = smoothing_operator(self.wave, self.spacing * u.AA)
-        cont = self.op(self.flux)
-        self.pix_good = np.all(np.isfinite(self.flux) & (cont > 0), axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.norm = np.where(self.pix_good, self.flux / cont, 0.0)
-        self.norm2 = self.norm**2
+        self.pix_good, self.norm, self.norm2 = _normalised_templates(grid, self.flux, self.op, self.spacing)
         self.n_coef = self.op.n_coef
         # per [alpha/M] cube: node values per axis, and a node-index cube (−1 = missing) padded by one
         self.axes, self.cube, self.position = {}, {}, np.zeros((self.n_templates, 3), dtype=int)
@@ -537,9 +140,43 @@ class _GridData:
         if missing:
             flux = np.array([np.interp(self.ccf_wave, self.wave, self.flux[k]) for k in missing])
             good = np.interp(self.ccf_wave, self.wave, self.pix_good.astype(float)) > 1.0 - 1e-9
-            rows, _ = _ccf_rows(flux, None, np.broadcast_to(good, flux.shape), self.ccf_op)
+            rows, _ = ccf_rows(flux, None, np.broadcast_to(good, flux.shape), self.ccf_op)
             self._ccf_templates.update(zip(missing, rows))
         return np.array([self._ccf_templates[k] for k in indices])
+
+
+_NORMALISED_VERSION = 1
+"""Bump when the normalisation of the templates (`_normalised_templates`) changes."""
+
+
+def _normalised_templates(grid, flux, op, spacing):
+    """(usable pixels, flux / continuum, its square) of every template, memory-mapped from the cache when there.
+
+    A grid prepared through the cache (``grid.meta['key']``) keeps its
+    normalised templates beside it, so that the first match of a process
+    reads them instead of smoothing the whole grid again.
+    """
+    key = (getattr(grid, "meta", None) or {}).get("key")
+    folder = cache_dir("normalised", str(key), fingerprint(_NORMALISED_VERSION, spacing)) if key else None
+    if folder is not None:
+        try:
+            arrays, _ = load_verified_arrays(folder)
+            if arrays["norm"].shape == flux.shape:
+                return arrays["pix_good"], arrays["norm"], arrays["norm2"]
+        except CacheError:
+            log.debug("normalised templates of %s are not cached yet", key)
+    cont = op(flux)
+    pix_good = np.all(np.isfinite(flux) & (cont > 0), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(pix_good, flux / cont, 0.0)
+    norm2 = norm**2
+    if folder is not None:
+        try:
+            save_arrays(folder, {"pix_good": pix_good, "norm": norm, "norm2": norm2}, {"grid": key})
+            stamp_verified(folder)
+        except OSError as exc:  # a read-only cache: the next process normalises again
+            log.debug("cannot cache the normalised templates of %s: %s", key, exc)
+    return pix_good, norm, norm2
 
 
 _GRID_CACHE = {}
@@ -814,7 +451,7 @@ def _prepare_stars(spectra, data, mask_regions):
     """Per-star arrays and the number of native pixels inside the grid coverage."""
     stars = []
     for i, spectrum in enumerate(spectra):
-        wave, flux, var, good = _star_arrays(spectrum, mask_regions, f"spectra[{i}]")
+        wave, flux, var, good = star_arrays(spectrum, mask_regions, f"spectra[{i}]")
         inside = good & (wave >= data.wave[0]) & (wave <= data.wave[-1])
         if np.count_nonzero(inside) < 10:
             raise InputDataError(
@@ -841,7 +478,7 @@ def _rest_frame_normalised(data, stars, rv):
     successive-pixel differences (1.4826·MAD/√2, floored at 1e-4).
     """
     rows = [
-        _resample(wave, flux, var, good, data.wave * _doppler_kms(v), cubic=True)
+        resample(wave, flux, var, good, data.wave * doppler_kms(v), cubic=True)
         for (wave, flux, var, good, _), v in zip(stars, rv)
     ]
     flux, var, good = _stack_resampled(rows)
@@ -910,16 +547,16 @@ def select_best_templates(
     list of `TemplateMatch`
         One per star, in order.
     """
-    _check_metric(metric, huber_delta)
-    if isinstance(spectra, Spectrum):
+    check_metric(metric, huber_delta)
+    if is_spectrum(spectra):
         raise InputDataError("spectra must be a list of spectra; use select_best_template for one star.")
     spectra = list(spectra)
     m = len(spectra)
     if m == 0:
         return []
     data = _grid_data(grid, knot_spacing, oversample)
-    guesses = np.zeros(m) if rv_guesses is None else np.broadcast_to(_velocity(rv_guesses, "rv_guesses"), (m,))
-    shift = float(_velocity(max_shift, "max_shift"))
+    guesses = np.zeros(m) if rv_guesses is None else np.broadcast_to(velocity_kms(rv_guesses, "rv_guesses"), (m,))
+    shift = float(velocity_kms(max_shift, "max_shift"))
     windows = [None] * m if teff_windows is None else list(teff_windows)
     if len(windows) != m:
         raise InputDataError(f"teff_windows has {len(windows)} entries for {m} spectra.")
@@ -928,16 +565,16 @@ def select_best_templates(
     n_native = np.array([st[4] for st in stars])
 
     # 1. RVs: one cross-correlation per star against a reference node
-    ln_rows = _stack_resampled([_resample(w, f, v, g, data.ccf_wave) for w, f, v, g, _ in stars])
+    ln_rows = _stack_resampled([resample(w, f, v, g, data.ccf_wave) for w, f, v, g, _ in stars])
     has_var = np.any(np.isfinite(ln_rows[1]), axis=1)
     star_rows = np.empty_like(ln_rows[0])
     for sel in (has_var, ~has_var):
         if sel.any():
-            star_rows[sel] = _ccf_rows(
+            star_rows[sel] = ccf_rows(
                 ln_rows[0][sel], ln_rows[1][sel] if sel is has_var else None, ln_rows[2][sel], data.ccf_op
             )[0]
     refs = [_reference_index(data, wd) for wd in windows]
-    rv, rv_err, peak, at_edge, _, _ = _ccf_peaks(
+    rv, rv_err, peak, at_edge, _, _ = ccf_peaks(
         star_rows, data.ccf_template_rows(refs), data.lnstep, guesses - shift, guesses + shift, n_native
     )
     for i in np.flatnonzero(at_edge):
@@ -946,13 +583,13 @@ def select_best_templates(
     # 2–4. rest frame, common pseudo-continuum, scores of all templates
     s, w = _rest_frame_normalised(data, stars, rv)
     w_score, offset = w, np.zeros(m)
-    all_scores = _chi2_matrix(w * s, w, np.sum(w * s * s, axis=1), data.norm, data.norm2)
+    all_scores = chi2_matrix(w * s, w, np.sum(w * s * s, axis=1), data.norm, data.norm2)
     if metric == "huber":
         # IRLS majoriser: weights from the current best template, all templates rescored by matrix products
-        for _ in range(_HUBER_ITER):
-            h, offset = _huber_reweight(s, w, data.norm[np.nanargmin(all_scores, axis=1)], huber_delta)
+        for _ in range(HUBER_ITER):
+            h, offset = huber_reweight(s, w, data.norm[np.nanargmin(all_scores, axis=1)], huber_delta)
             w_score = w * h
-            all_scores = _chi2_matrix(
+            all_scores = chi2_matrix(
                 w_score * s, w_score, np.sum(w_score * s * s, axis=1), data.norm, data.norm2
             ) + offset[:, None]
     ndof = np.maximum(np.count_nonzero(w > 0, axis=1) - 1 - data.n_coef, 1)
@@ -973,7 +610,7 @@ def select_best_templates(
         with np.errstate(divide="ignore", invalid="ignore"):
             norms = np.where(data.pix_good, models / data.op(models), 0.0)
         for i, norm in zip(todo, norms):
-            refined_scores[i] = float(_scores(s[i], w_score[i], norm[None], "chi2", huber_delta)[0]) + offset[i]
+            refined_scores[i] = float(template_scores(s[i], w_score[i], norm[None], "chi2", huber_delta)[0]) + offset[i]
 
     matches = []
     for i, (best, cand, final_window, widened) in enumerate(picks):

@@ -9,7 +9,6 @@ failure the input is untouched and nothing partial is left.
 
 import logging
 import os
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
-from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
-from .apply import apply_flux_calibration
+from .apply import apply_flux_calibration, fiber_blocks
 from .atmosphere import read_airmass, transfer_to_airmass
 from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
@@ -31,12 +29,10 @@ from .exceptions import (
     AlreadyCalibratedError,
     CalibrationError,
     InputDataError,
-    KspecFluxcalError,
-    RedFileError,
 )
 from .io.atomic import write_fits_atomic
 from .io.header import set_card, update_calibration_header
-from .io.units import header_unit, parse_unit, read_fits_table
+from .io.red import PLAUSIBLE_WAVELENGTHS, RedFrame, read_red_frame  # noqa: F401 (public here too)
 from .products import (
     calibration_for_frame,
     calibration_provenance,
@@ -246,19 +242,6 @@ class FluxcalConfig:
 
 
 @dataclass
-class RedFrame:
-    """A RED frame in memory (plain arrays; wavelengths in Å, air)."""
-
-    counts: np.ndarray
-    variance: np.ndarray
-    wavelength: np.ndarray
-    fibres: Table
-    header: fits.Header
-    counts_unit: u.Unit
-    unit_assumed: bool = False
-
-
-@dataclass
 class FluxcalRun:
     """What `apply_fluxcal` did: the result, where it wrote, and the figures."""
 
@@ -266,122 +249,6 @@ class FluxcalRun:
     output: Path
     figures: list = field(default_factory=list)
     frame: RedFrame = None
-
-
-PLAUSIBLE_WAVELENGTHS = (1000.0, 30000.0)
-"""Range (Å) that a RED frame's wavelengths must lie in once converted; outside it their unit is wrong."""
-
-_DAMAGED_FITS = r"(?s).*(truncated|multiple of 2880)"
-"""astropy's warnings about a truncated or damaged FITS file (it reads on regardless)."""
-
-
-def _wavelength_unit(header, values):
-    """Unit of WAVELA and where it came from: its ``BUNIT``/``CUNIT1``, else a guess from the median value."""
-    unit = header.get("BUNIT") or header.get("CUNIT1")
-    if unit:
-        try:
-            unit = parse_unit(unit, kind="wavelength", name="WAVELA unit")
-        except InputDataError as exc:
-            raise RedFileError(str(exc)) from exc
-        return unit, "its header unit"
-    finite = values[np.isfinite(values)]
-    median = np.median(finite) if finite.size else np.nan
-    if median < 10:
-        return u.micron, "guessed from the values, as WAVELA has no BUNIT"
-    if median < 2000:
-        return u.nm, "guessed from the values, as WAVELA has no BUNIT"
-    return u.AA, "the default, as WAVELA has no BUNIT"
-
-
-def read_red_frame(path):
-    """Read and validate a RED file.
-
-    Wavelengths are converted to Å: ``WAVELA``'s ``BUNIT`` (or ``CUNIT1``)
-    gives their unit (Angstrom, nm, um …); without one the unit is guessed
-    from the median value — below 10 µm, below 2000 nm, else Å. Converted
-    wavelengths must lie within `PLAUSIBLE_WAVELENGTHS` (1000–30 000 Å), so a
-    wrong header unit is caught rather than calibrated.
-
-    Units are read with `kspec_fluxcal.io.units.parse_unit`, so ``BUNIT`` may
-    be written as reductions do ('counts', 'e-/s', 'ADU', …). An uncalibrated
-    frame's ``BUNIT`` must be counts (ct, electron, adu, DN) or counts per
-    second; a missing one is taken as ct with a
-    `~kspec_fluxcal.MissingUnitWarning` (``RedFrame.unit_assumed``). A
-    calibrated frame (``FLUXCAL = T``) is read in its own flux unit.
-
-    Raises `~kspec_fluxcal.RedFileError` naming what is missing, damaged or
-    inconsistent (a truncated file, a missing extension, shapes that disagree,
-    wavelengths that are not finite, not increasing or implausible).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RedFileError(f"RED file {path} does not exist.")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", message=_DAMAGED_FITS, category=AstropyUserWarning)
-            # opened here so that the file is closed even when astropy fails halfway through fits.open
-            with open(path, "rb") as handle, fits.open(handle, memmap=False) as hdul:
-                names = [h.name for h in hdul]
-                for ext in ("VARIANCE", "WAVELA", "FIBRES"):
-                    if ext not in names:
-                        raise RedFileError(
-                            f"{path.name} has no {ext} extension; a RED file needs PRIMARY, VARIANCE, "
-                            "WAVELA and FIBRES (see the RED format page)."
-                        )
-                if not isinstance(hdul["FIBRES"], (fits.BinTableHDU, fits.TableHDU)):
-                    raise RedFileError(f"FIBRES of {path.name} is not a table; it must be a binary table of fibers.")
-                header = hdul[0].header.copy()
-                counts = _image(hdul[0], "PRIMARY", path)
-                variance = _image(hdul["VARIANCE"], "VARIANCE", path)
-                wave = np.asarray(hdul["WAVELA"].data, dtype=float)
-                wave_unit, unit_source = _wavelength_unit(hdul["WAVELA"].header, wave)
-                fibres = read_fits_table(hdul["FIBRES"])
-    except KspecFluxcalError:
-        raise
-    except AstropyUserWarning as exc:
-        raise RedFileError(
-            f"{path.name} is truncated or damaged ({' '.join(str(exc).split())}); restore it from the reduction."
-        ) from exc
-    except (OSError, TypeError, ValueError, IndexError, KeyError) as exc:
-        raise RedFileError(f"{path.name} is not a readable FITS file ({exc}).") from exc
-    if counts.ndim != 2:
-        raise RedFileError(f"PRIMARY of {path.name} must be 2-D (NFIB, NPIX); got shape {counts.shape}.")
-    if variance.shape != counts.shape:
-        raise RedFileError(f"VARIANCE shape {variance.shape} differs from PRIMARY shape {counts.shape}.")
-    if wave.shape not in (counts.shape, (counts.shape[1],)):
-        raise RedFileError(
-            f"WAVELA shape {wave.shape} fits neither (NFIB, NPIX) = {counts.shape} nor (NPIX,)."
-        )
-    if len(fibres) != counts.shape[0]:
-        raise RedFileError(f"FIBRES has {len(fibres)} rows but PRIMARY has {counts.shape[0]} fibers.")
-    if "TYPE" not in fibres.colnames:
-        raise RedFileError("FIBRES has no TYPE column; standards are the fibers with TYPE='C'.")
-    wave = (wave * wave_unit).to_value(u.AA)
-    wave2d = np.broadcast_to(wave, counts.shape) if wave.ndim == 1 else wave
-    finite = np.isfinite(wave2d)
-    if not finite.all():
-        raise RedFileError(f"WAVELA holds {np.count_nonzero(~finite)} non-finite wavelengths.")
-    if np.any(np.diff(wave2d, axis=1) <= 0):
-        raise RedFileError("WAVELA must increase along each fiber; this frame's wavelengths decrease somewhere.")
-    lo, hi = float(wave2d.min()), float(wave2d.max())
-    if lo < PLAUSIBLE_WAVELENGTHS[0] or hi > PLAUSIBLE_WAVELENGTHS[1]:
-        raise RedFileError(
-            f"WAVELA spans {lo:.6g}–{hi:.6g} Å when read in {wave_unit} ({unit_source}), outside the plausible "
-            f"{PLAUSIBLE_WAVELENGTHS[0]:.0f}–{PLAUSIBLE_WAVELENGTHS[1]:.0f} Å; set WAVELA's BUNIT to the unit of "
-            "its values (Angstrom, nm or um)."
-        )
-    try:
-        kind = None if header.get("FLUXCAL") else "counts"  # a calibrated frame is read in its flux unit
-        counts_unit, assumed = header_unit(header, "BUNIT", default="ct", kind=kind, name="PRIMARY")
-    except InputDataError as exc:
-        raise RedFileError(f"{path.name}: {exc}") from exc
-    return RedFrame(counts, variance, np.array(wave2d), fibres, header, counts_unit, unit_assumed=assumed)
-
-
-def _image(hdu, name, path):
-    if hdu.data is None:
-        raise RedFileError(f"{name} of {path.name} holds no data.")
-    return np.asarray(hdu.data, dtype=float)
 
 
 def instrument_fwhm(config, header):
@@ -448,7 +315,7 @@ def _standards(frame, catalog, config):
             rejected.append({**ident, "reject_reason": reason})
             continue
         spec = make_spectrum(frame.wavelength[f], np.where(bad, 1.0, counts), np.where(bad, 1.0, var),
-                             mask=bad, flux_unit=frame.counts_unit)
+                             mask=bad, flux_unit=frame.counts_unit, light=True)
         phot = photometry_from_catalog_row(catalog[int(m["CATALOG_ROW"])])
         stars.append(StandardStar(spec, phot, name=name, fiber_id=int(f),
                                   meta={"catalog_sep_arcsec": float(m["SEPARATION"])}))
@@ -531,8 +398,8 @@ def _output_hdulist(frame, flux, flux_var, result, config, origin):
         _budget_cards(header, result.summary)
     for line in _history(result) if not origin.get("source") else origin.get("history", []):
         header.add_history(_ascii(line))
-    primary = fits.PrimaryHDU(flux.astype(np.float32), header=header)
-    variance = fits.ImageHDU(flux_var.astype(np.float32), name="VARIANCE")
+    primary = fits.PrimaryHDU(np.asarray(flux, dtype=np.float32), header=header)
+    variance = fits.ImageHDU(np.asarray(flux_var, dtype=np.float32), name="VARIANCE")
     variance.header["BUNIT"] = "erg2 / (Angstrom2 s2 cm4)"
     products = result.to_hdulist()
     return primary, variance, products
@@ -700,14 +567,8 @@ def apply_fluxcal(red_filename, config=None, grid=None):
     else:
         result, origin = _derive(red_filename, frame, config, grid)
     result = calibration_for_frame(result, frame.counts_unit, header_exptime(frame.header))
-    flux, flux_var = apply_flux_calibration(
-        frame.counts * frame.counts_unit, frame.variance * frame.counts_unit**2, result,
-        wavelength=frame.wavelength,
-    )
-    flux, flux_var = flux.value, flux_var.value
     telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
-    if telluric is not None:
-        flux, flux_var = apply_telluric_correction(flux, flux_var, frame.wavelength, telluric)
+    flux, flux_var = _calibrated_arrays(frame, result, telluric)
     primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
     if telluric is not None:
         telluric_header(primary.header, telluric, origin.get("source"))
@@ -732,6 +593,26 @@ def apply_fluxcal(red_filename, config=None, grid=None):
 
             figures += save_telluric_figures(telluric, config.plots, prefix=target.stem)
     return FluxcalRun(result=result, output=target, figures=figures, frame=frame)
+
+
+def _calibrated_arrays(frame, result, telluric):
+    """The frame's calibrated flux and variance (FLAM, float32 as written), computed in blocks of fibers.
+
+    Each block is calibrated (and telluric-corrected) in float64 and stored
+    in float32, the type the calibrated file holds, so that no step holds a
+    (fibers × pixels) float64 temporary of the whole frame.
+    """
+    flux = np.empty(frame.counts.shape, dtype=np.float32)
+    flux_var = np.empty(frame.counts.shape, dtype=np.float32)
+    for rows in fiber_blocks(frame.counts.shape):
+        f, fv = apply_flux_calibration(frame.counts[rows] * frame.counts_unit,
+                                       frame.variance[rows] * frame.counts_unit**2, result,
+                                       wavelength=frame.wavelength[rows])
+        f, fv = f.value, fv.value
+        if telluric is not None:
+            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric)
+        flux[rows], flux_var[rows] = f, fv
+    return flux, flux_var
 
 
 def correct_red_file(red_filename, transmission, output=None):

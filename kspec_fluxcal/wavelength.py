@@ -14,6 +14,7 @@ __all__ = [
     "as_wavelength",
     "vacuum_to_air",
     "air_to_vacuum",
+    "refraction_index",
     "log_uniform_grid",
     "common_log_grid",
     "interpolate_masked",
@@ -65,14 +66,18 @@ AIR_VACUUM_LIMIT = 2000.0
 """Below this wavelength (Å) air and vacuum wavelengths are the same (IAU convention)."""
 
 
-def _refraction_index(vac_aa):
-    from specutils.utils.wcs_utils import refraction_index
+def refraction_index(vac_aa):
+    """Refractive index of standard dry air at vacuum wavelengths ``vac_aa`` (Å; Morton 2000, ApJS 130, 403, eq. 8).
 
-    return refraction_index(vac_aa * u.AA, method="Morton2000")
+    The formula of ``specutils.utils.wcs_utils.refraction_index(method='Morton2000')``, written out so that
+    converting wavelengths does not import specutils.
+    """
+    sigma2 = (1e4 / np.asarray(vac_aa, dtype=float)) ** 2  # (1/µm)²
+    return 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - sigma2) + 1.5998e-4 / (38.9 - sigma2)
 
 
 def vacuum_to_air(wavelength):
-    """Vacuum → air wavelengths (Morton 2000, ApJS 130, 403, eq. 8, via specutils).
+    """Vacuum → air wavelengths (Morton 2000, ApJS 130, 403, eq. 8, as in specutils).
 
     Wavelengths below 2000 Å are returned unchanged (IAU convention). A grid
     crossing 2000 Å therefore steps back by ≈0.65 Å there and may stop
@@ -98,7 +103,7 @@ def vacuum_to_air(wavelength):
     air = vac.copy()
     sel = np.isfinite(vac) & (vac >= AIR_VACUUM_LIMIT)
     if np.any(sel):
-        air[sel] = vac[sel] / _refraction_index(vac[sel])
+        air[sel] = vac[sel] / refraction_index(vac[sel])
     air = air.reshape(np.shape(wave.value))
     return (air * u.AA).to(wave.unit)
 
@@ -129,9 +134,9 @@ def air_to_vacuum(wavelength):
     vac = air.copy()
     sel = np.isfinite(air) & (air >= AIR_VACUUM_LIMIT / 1.001)
     if np.any(sel):
-        guess = air[sel] * _refraction_index(air[sel])
+        guess = air[sel] * refraction_index(air[sel])
         for _ in range(4):
-            guess = air[sel] * _refraction_index(guess)
+            guess = air[sel] * refraction_index(guess)
         vac[sel] = np.where(guess >= AIR_VACUUM_LIMIT, guess, air[sel])
     vac = vac.reshape(np.shape(wave.value))
     return (vac * u.AA).to(wave.unit)

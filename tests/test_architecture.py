@@ -1,6 +1,15 @@
-"""The package's module graph: no import cycles, no private names reached across modules."""
+"""What the import-linter contracts (pyproject.toml, run by ``lint-imports``) cannot say about the module graph.
+
+The contracts check the layers (no module imports from a layer above its
+own). Left here: no import cycle inside a layer or a subpackage, no private
+name reached across modules, and every module importable first, on its own,
+in a fresh interpreter.
+"""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +101,11 @@ def test_no_private_name_is_imported_from_another_module():
 
 @pytest.mark.parametrize("module", sorted(_imports()))
 def test_every_module_imports_on_its_own(module):
-    import importlib
-
-    importlib.import_module(module)
+    """Each module imports first in a fresh interpreter (no order it relies on) and defines its ``__all__``."""
+    code = (f"import importlib\nmodule = importlib.import_module({module!r})\n"
+            "missing = [n for n in getattr(module, '__all__', []) if not hasattr(module, n)]\n"
+            "assert not missing, f'__all__ names that do not exist: {missing}'")
+    path = os.pathsep.join(filter(None, [str(PACKAGE.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "MPLBACKEND": "agg"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr

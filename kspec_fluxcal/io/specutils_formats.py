@@ -41,6 +41,8 @@ from specutils.io.registers import custom_writer, data_loader
 from ..containers import spectrum_variance
 from ..exceptions import InputDataError, OutputWriteError, RedFileError
 from .atomic import write_fits_atomic
+from .products import load_calibration
+from .red import read_red_frame
 from .units import fits_unit_string
 
 __all__ = [
@@ -104,9 +106,7 @@ def _path(file_obj):
 
 
 def _frame_arrays(path):
-    """(frame, mask) of a RED file: its `~kspec_fluxcal.pipeline.RedFrame` and the bad-pixel mask."""
-    from ..pipeline import read_red_frame
-
+    """(frame, mask) of a RED file: its `~kspec_fluxcal.io.red.RedFrame` and the bad-pixel mask."""
     frame = read_red_frame(path)
     with np.errstate(invalid="ignore"):
         mask = ~np.isfinite(frame.counts) | ~np.isfinite(frame.variance) | (frame.variance < 0)
@@ -236,7 +236,6 @@ def read_fluxcal_spectrum(file_obj, **kwargs):
         `~kspec_fluxcal.covariance.CalibrationCovariance` when there is one.
     """
     from ..covariance import META_KEY
-    from ..products import load_calibration
 
     result = load_calibration(_path(file_obj))
     spectrum = result.combined_vector.to_spectrum()
