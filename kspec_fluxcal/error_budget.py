@@ -188,17 +188,22 @@ def _zero_point_log_variance(result, wave, extinction, r_v, sigma):
 
     k = extinction_per_ebv(wave, extinction, r_v)
     terms = []
+    for *_, sens in _photometric_fits(result):
+        cov = sigma**2 * sens @ sens.T
+        terms.append((0.4 * np.log(10)) ** 2 * (cov[0, 0] + 2 * k * cov[0, 1] + k**2 * cov[1, 1]))
+    return np.median(terms, axis=0) if terms else np.zeros_like(wave)
+
+
+def _photometric_fits(result):
+    """``(vector, (JᵀWJ)⁻¹, (JᵀWJ)⁻¹JᵀW)`` of every used star whose vector carries its photometric design."""
     for vec in result.per_star_vectors:
         design = vec.meta.get("phot_design") or {}
         if not vec.meta.get("used") or not design.get("jacobian"):
             continue
         jac = np.asarray(design["jacobian"], dtype=float)
         w = np.asarray(design["weights"], dtype=float)
-        fisher = jac.T @ (w[:, None] * jac)
-        sens = np.linalg.pinv(fisher) @ (jac.T * w)
-        cov = sigma**2 * sens @ sens.T
-        terms.append((0.4 * np.log(10)) ** 2 * (cov[0, 0] + 2 * k * cov[0, 1] + k**2 * cov[1, 1]))
-    return np.median(terms, axis=0) if terms else np.zeros_like(wave)
+        fit = np.linalg.pinv(jac.T @ (w[:, None] * jac))
+        yield vec, fit, fit @ (jac.T * w)
 
 
 def photometric_profiles(result, wave, extinction, r_v, sigma):
@@ -233,14 +238,7 @@ def photometric_profiles(result, wave, extinction, r_v, sigma):
     k = extinction_per_ebv(wave, extinction, r_v)
     basis = np.column_stack([np.ones_like(k), k]) * (0.4 * np.log(10))
     zero_points, tilts = [], []
-    for vec in result.per_star_vectors:
-        design = vec.meta.get("phot_design") or {}
-        if not vec.meta.get("used") or not design.get("jacobian"):
-            continue
-        jac = np.asarray(design["jacobian"], dtype=float)
-        w = np.asarray(design["weights"], dtype=float)
-        fit = np.linalg.pinv(jac.T @ (w[:, None] * jac))
-        sens = fit @ (jac.T * w)
+    for vec, fit, sens in _photometric_fits(result):
         zero_points.append(sigma**2 * sens @ sens.T)
         if fit[1, 1] > 0:
             pinned = fit[0, 0] - fit[0, 1] ** 2 / fit[1, 1]

@@ -1,14 +1,7 @@
 """Radial velocities and template matching against a prepared template grid.
 
-Doppler convention
-------------------
-The whole package uses the *optical* (classical) convention
-
-    λ_obs = λ_rest · (1 + v/c),
-
-which is how the IAU defines a spectroscopic radial velocity (``cz``) and
-what astropy calls ``doppler_optical``. `doppler_factor` returns this factor;
-every shift in the package goes through it (`kspec_fluxcal.radial_velocity`).
+Radial velocities follow the optical convention λ_obs = λ_rest · (1 + v/c)
+of `kspec_fluxcal.radial_velocity`, through which every shift goes.
 
 Matching in brief
 -----------------
