@@ -809,11 +809,17 @@ def _plot_telluric(report, series, path):
 # --------------------------------------------------------------------------- the page
 
 
-def _environment():
+def _environment(night_dir):
+    """The page's Jinja environment; paths inside ``night_dir`` print relative to it, so the page can be moved."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    prefix = f"{night_dir}{os.sep}"
+
+    def relative(value):
+        return value.replace(prefix, "") if isinstance(value, str) else value
+
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "data" / "report"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, finalize=relative)
     env.filters["num"] = _format_number
     env.filters["pct"] = lambda v: _format_number(None if v is None else 100 * _float(v), ".2f")
     return env
@@ -962,8 +968,8 @@ def _write_files(report, analysis, night_dir, report_dir):
         run_log = [{"time": str(r["time"]), "run": str(r["run"]), "file": Path(str(r["file"])).name,
                     "state": str(r["state"]), "reason": str(r["reason"] or ""), "n_standards": int(r["n_standards"]),
                     "rms": r["rms"]} for r in report.run_log[list(cols)]]
-    page = _environment().get_template("index.html.j2").render(
-        night_dir=str(night_dir), rows=rows, counts=counts, figures=figures, problems=report.problems,
+    page = _environment(night_dir).get_template("index.html.j2").render(
+        night_dir=night_dir.name, rows=rows, counts=counts, figures=figures, problems=report.problems,
         notes=[n for n in (analysis["note"],) if n], night=night_info, run_log=run_log,
         n_flagged=sum(e.flagged for e in report.exposures),
         thresholds={"n_sigma": N_SIGMA, "floor": 100 * TRANSPARENCY_FLOOR, "shape_sigma": SHAPE_SIGMA,

@@ -181,6 +181,7 @@ def test_missing_and_unreadable_products_are_named_not_fatal(night, tmp_path):
     assert "n1_0003_red.fits" in text
     html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert "Missing or unreadable" in html and "n1_0003_red.fits" in html
+    assert str(folder) not in html  # paths inside the night print relative to it: the page can be published
     table = Table.read(tmp_path / "report" / "night_summary.ecsv")
     assert len(table) == 6
     assert 0.65 <= table["transparency"][CLOUDY] <= 0.75  # the others still measure the cloud
