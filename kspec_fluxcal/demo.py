@@ -39,7 +39,8 @@ class DemoReport:
             f"  standards used   : {a['n_stars_used']} of {a['n_standards']}",
             f"  calibration vs injected truth, 3700-9500 A: median |error| {100 * a['median_abs_error']:.2f}%, "
             f"95th percentile {100 * a['p95_abs_error']:.2f}%, level {100 * a['level_error']:+.2f}%",
-            f"  error honesty: rms of (cal - truth)/sigma = {a['pull_rms']:.2f}",
+            f"  error honesty: rms of (cal - truth)/sigma = {a['pull_rms']:.2f} ",
+            "    (one frame: its errors are correlated over hundreds of A, so this scatters about 1 frame to frame)",
         ])
 
 

@@ -642,7 +642,7 @@ def select_best_templates(
             )
         )
         if widened:
-            log.info("spectra[%d]: Teff window widened from %s to %s K", i, windows[i], final_window)
+            log.info("spectra[%d]: Teff window widened from %.0f–%.0f to %.0f–%.0f K", i, *windows[i], *final_window)
     return matches
 
 
