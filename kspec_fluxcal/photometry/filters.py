@@ -208,6 +208,14 @@ def _speclite_arrays(name):
     return wave, trans
 
 
+@functools.cache
+def _speclite_version():
+    try:
+        return metadata.version("speclite")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 @functools.lru_cache(maxsize=64)
 def _builtin_arrays(name):
     """`_speclite_arrays` of a built-in band, kept in the package cache so that speclite is read once.
@@ -216,10 +224,7 @@ def _builtin_arrays(name):
     definition; a missing, stale or damaged entry is rebuilt from speclite.
     """
     spec = _BUILTIN[name]
-    try:
-        version = metadata.version("speclite")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    version = _speclite_version()
     folder = cache_dir("filters", fingerprint(_CURVE_CACHE_VERSION, version, spec["speclite"], spec["medium"]))
     try:
         arrays, _ = load_arrays(folder, mmap=False)
