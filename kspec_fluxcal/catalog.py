@@ -16,7 +16,7 @@ from astropy.table import MaskedColumn, Table
 
 from .containers import Photometry
 from .exceptions import CatalogError
-from .photometry import load_filter_curve
+from .photometry import band_vega_to_ab
 from .quantities import value_in
 
 __all__ = ["load_standard_star_catalog", "photometry_from_catalog_row", "match_catalog_to_fibers", "query_photometry"]
@@ -240,7 +240,7 @@ def photometry_from_catalog_row(row, bands=None):
             mags.append(np.nan)
             errs.append(np.nan)
             continue
-        mags.append(mag + load_filter_curve(band).vega_to_ab)
+        mags.append(mag + band_vega_to_ab(band))
         errs.append(err)
     objid = None
     try:

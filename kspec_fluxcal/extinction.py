@@ -3,16 +3,26 @@
 `dust_extinction` is the astropy-affiliated standard for extinction curves;
 the package uses Fitzpatrick (1999) with R_V = 3.1 by default, the law behind
 the Schlafly & Finkbeiner (2011) recalibration of SFD reddening.
+
+Each law is tabulated once and the table kept in the package cache
+(`kspec_fluxcal.cache`, keyed by the `dust_extinction` version), so a later
+process reads 20 000 numbers instead of importing `dust_extinction` and
+astropy's modeling.
 """
 
 import functools
+import logging
+from importlib import metadata
 
 import numpy as np
 from astropy import units as u
 
-from .exceptions import InputDataError
+from .cache import cache_dir, fingerprint, load_arrays, save_arrays
+from .exceptions import CacheError, InputDataError
 
 __all__ = ["EXTINCTION_LAWS", "extinction_per_ebv", "reddening_factor"]
+
+log = logging.getLogger(__name__)
 
 EXTINCTION_LAWS = ("F99", "G23", "CCM89", "O94", "F19")
 """Names of the `dust_extinction.parameter_averages` laws accepted here."""
@@ -57,18 +67,45 @@ def extinction_per_ebv(wavelength, law="F99", r_v=3.1):
     return np.interp(np.log(wave), ln_wave, curve)
 
 
-@functools.lru_cache(maxsize=16)
-def _tabulated(law, r_v):
-    """The law on 20 000 points uniform in ln λ over 500 Å–50 µm (interpolation error < 1e-6).
+_TABLE_VERSION = 1
+"""Bump when the tabulation of `_law_table` changes."""
 
-    Evaluating the astropy model costs milliseconds per call; the calibration
-    of every star needs it on its own pixels, so it is tabulated once.
-    """
+
+def _law_table(law, r_v):
+    """The law on 20 000 points uniform in ln λ over 500 Å–50 µm (interpolation error < 1e-6)."""
     model = _law(law, r_v)
     x_lo, x_hi = model.x_range
     ln_wave = np.linspace(np.log(500.0), np.log(5e5), 20000)
     x = np.clip(1e4 / np.exp(ln_wave), x_lo, x_hi)
     return ln_wave, np.asarray(model(x / u.micron), dtype=float) * r_v
+
+
+@functools.lru_cache(maxsize=16)
+def _tabulated(law, r_v):
+    """`_law_table`, read from the package cache when an earlier process tabulated it.
+
+    Evaluating the astropy model costs milliseconds per call; the calibration
+    of every star needs it on its own pixels, so it is tabulated once, and
+    the table is kept on disk so that a new process imports no model.
+    """
+    if law not in EXTINCTION_LAWS:
+        _law(law, r_v)  # raises the package's error for an unknown law
+    try:
+        version = metadata.version("dust_extinction")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    folder = cache_dir("extinction", fingerprint(_TABLE_VERSION, version, law, r_v))
+    try:
+        arrays, _ = load_arrays(folder, mmap=False)
+        return arrays["ln_wave"], arrays["curve"]
+    except (CacheError, KeyError):
+        pass
+    ln_wave, curve = _law_table(law, r_v)
+    try:
+        save_arrays(folder, {"ln_wave": ln_wave, "curve": curve}, meta={"law": law, "r_v": r_v})
+    except OSError as exc:  # a read-only cache: the next process tabulates again
+        log.debug("cannot cache the %s extinction table: %s", law, exc)
+    return ln_wave, curve
 
 
 def reddening_factor(wavelength, ebv, law="F99", r_v=3.1):

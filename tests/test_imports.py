@@ -109,3 +109,30 @@ def test_a_frame_calibrates_without_specutils(tmp_path, synthetic_grid_dir, writ
             "assert run.result.summary['n_stars_used'] >= 2, run.result.summary['n_stars_used']")
     assert loaded_after(code) == []
     assert (tmp_path / "out.fits").is_file()
+
+
+def test_a_later_process_reads_the_filter_curves_and_the_reddening_law_from_the_cache():
+    """The first process reads speclite and dust_extinction; a later one reads the same numbers from the cache."""
+    import numpy as np
+
+    from kspec_fluxcal.photometry.filters import REGISTERED_BANDS, _element_arrays, load_filter_curve
+
+    code = ("import json\nfrom kspec_fluxcal.photometry.filters import REGISTERED_BANDS, band_arrays\n"
+            "from kspec_fluxcal.extinction import extinction_per_ebv\n"
+            "print(json.dumps([[a.tolist() for a in band_arrays(n)[:2]] for n in REGISTERED_BANDS]"
+            " + [extinction_per_ebv([4000.0, 6000.0, 9000.0]).tolist()]))")
+    first = run_fresh(code)
+    later_packages = loaded_after(code, ["synphot", "speclite", "dust_extinction", "astropy.modeling"])
+    assert later_packages == []
+    assert loaded_after("from kspec_fluxcal.photometry import load_filter_curve\nload_filter_curve('ps1_g')",
+                        ["synphot"]) == ["synphot"]  # the check sees the import where a curve is made
+    values = json.loads(first.strip().splitlines()[-1])
+    for name, (wave, trans) in zip(REGISTERED_BANDS, values):
+        curve_wave, curve_trans, _ = _element_arrays(load_filter_curve(name).bandpass)
+        np.testing.assert_array_equal(wave, curve_wave)
+        np.testing.assert_array_equal(trans, curve_trans)
+    from astropy import units as u
+    from dust_extinction.parameter_averages import F99
+
+    direct = F99(Rv=3.1)(1.0 / (np.array([4000.0, 6000.0, 9000.0]) * u.AA)) * 3.1  # the law itself
+    np.testing.assert_allclose(values[-1], direct, rtol=1e-5)

@@ -257,3 +257,29 @@ def test_list_of_unequal_fibers_and_exposure_time_conversion(tmp_path):
         keep = ~one.mask
         np.testing.assert_allclose(one.flux.value[keep], f[keep], rtol=1e-12)
         np.testing.assert_allclose(one.uncertainty.array[keep], v[keep], rtol=1e-12)
+
+
+def test_stacked_list_gives_each_fiber_its_own_spectrum(shared_red):
+    """The stacked path: axes in Å kept, other units converted, one header per fiber, the covariance in meta."""
+    fibers = SpectrumList.read(shared_red)
+    fibers[0].meta["header"]["OBSERVER"] = "someone"  # one fiber's header differs from the others'
+    in_nm = Spectrum(spectral_axis=fibers[2].spectral_axis.to(u.nm), flux=fibers[2].flux,
+                     uncertainty=StdDevUncertainty(np.sqrt(fibers[2].uncertainty.array), unit=fibers[2].flux.unit),
+                     mask=fibers[2].mask, meta=dict(fibers[2].meta))
+    spectra = SpectrumList([fibers[0], fibers[1], in_nm])
+    result = FluxCalibrationResult(_vector(), summary={"n_stars_used": 3, "rms_scatter": 0.01})
+    result.covariance = "a covariance"  # any object: it is handed on, not used
+    out = apply_flux_calibration(spectra, result)
+    reference = apply_flux_calibration(Spectrum.read(shared_red), result)
+    headers = [one.meta["header"] for one in out]
+    assert len({id(h) for h in headers}) == 3 and all(h["FLUXCAL"] and h["FCALNSTR"] == 3 for h in headers)
+    assert headers[0]["OBSERVER"] == "someone" and "OBSERVER" not in headers[1]
+    assert all(s.meta["header"].get("FLUXCAL") is None for s in spectra)  # the input is untouched
+    for i, one in enumerate(out):
+        assert isinstance(one, Spectrum) and one.spectral_axis.unit == u.AA and one.flux.unit == FLAM
+        assert isinstance(one.uncertainty, VarianceUncertainty) and one.uncertainty.unit == FLAM**2
+        np.testing.assert_allclose(one.spectral_axis.value, reference.spectral_axis.value, rtol=1e-12)
+        np.testing.assert_allclose(one.flux.value, reference.flux.value[i], rtol=1e-12)
+        np.testing.assert_allclose(one.uncertainty.array, reference.uncertainty.array[i], rtol=1e-12)
+        np.testing.assert_array_equal(one.mask, reference.mask[i])
+        assert one.meta["fluxcal_covariance"] == "a covariance" and one.meta["fiber"] == i

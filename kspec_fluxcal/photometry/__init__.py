@@ -26,6 +26,7 @@ from .ab import ab_mag_to_flam, ab_mag_to_fnu, fnu_to_ab_mag
 from .filters import (
     REGISTERED_BANDS,
     band_support,
+    band_vega_to_ab,
     load_filter_curve,
     load_filter_curves,
     register_filter,
@@ -48,6 +49,7 @@ __all__ = [
     "register_filter",
     "unregister_filter",
     "band_support",
+    "band_vega_to_ab",
     "band_flux_weights",
     "band_flux_matrix",
     "synthetic_photometry",

@@ -5,17 +5,24 @@ Gaia DR2/DR3, 2MASS, SDSS); each family's Vega → AB offsets are published
 constants cited beside the numbers. Curves tabulated in vacuum are converted
 to air with `~kspec_fluxcal.wavelength.vacuum_to_air` when they are
 registered.
+
+A built-in curve is read from speclite once: its air-wavelength arrays are
+kept in the package cache (`kspec_fluxcal.cache`, keyed by the speclite
+version), so the calibration of a later process needs neither speclite nor
+synphot (`band_arrays`, `band_vega_to_ab`).
 """
 
 import functools
 import logging
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from astropy import units as u
 
+from ..cache import cache_dir, fingerprint, load_arrays, save_arrays
 from ..containers import FilterCurve
-from ..exceptions import InputDataError, UnknownBandError
+from ..exceptions import CacheError, InputDataError, UnknownBandError
 from ..io.text import read_columns
 from ..wavelength import as_wavelength_quantity, vacuum_to_air
 from .ab import C_AA_PER_S
@@ -28,6 +35,7 @@ __all__ = [
     "register_filter",
     "unregister_filter",
     "band_support",
+    "band_vega_to_ab",
 ]
 
 log = logging.getLogger(__name__)
@@ -183,15 +191,76 @@ def _make_curve(name, wave_aa, trans, medium, system, vega_to_ab, source):
     return FilterCurve(name=name, bandpass=bandpass, system=system, vega_to_ab=vega_to_ab, source=source)
 
 
-def _load_builtin(name):
+_CURVE_CACHE_VERSION = 1
+"""Bump when what `_builtin_arrays` keeps of a speclite curve changes."""
+
+
+def _speclite_arrays(name):
+    """(wavelength Å air, transmission) of a built-in band read from speclite, tapered and converted to air."""
     import speclite.filters
 
     spec = _BUILTIN[name]
     response = speclite.filters.load_filter(spec["speclite"])
     wave = np.asarray(u.Quantity(response.wavelength, u.AA).to_value(u.AA), dtype=float)
-    return _make_curve(
-        name, wave, response.response, spec["medium"], spec["system"], spec["vega_to_ab"], spec["source"]
-    )
+    wave, trans = _taper_band_edges(wave, response.response, name)
+    if spec["medium"] == "vacuum":
+        wave = vacuum_to_air(wave * u.AA).to_value(u.AA)
+    return wave, trans
+
+
+@functools.cache
+def _speclite_version():
+    try:
+        return metadata.version("speclite")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=64)
+def _builtin_arrays(name):
+    """`_speclite_arrays` of a built-in band, kept in the package cache so that speclite is read once.
+
+    The cache entry is keyed by the speclite version and the band's
+    definition; a missing, stale or damaged entry is rebuilt from speclite.
+    """
+    spec = _BUILTIN[name]
+    version = _speclite_version()
+    folder = cache_dir("filters", fingerprint(_CURVE_CACHE_VERSION, version, spec["speclite"], spec["medium"]))
+    try:
+        arrays, _ = load_arrays(folder, mmap=False)
+        return arrays["wave"], arrays["trans"]
+    except (CacheError, KeyError):
+        pass
+    wave, trans = _speclite_arrays(name)
+    try:
+        save_arrays(folder, {"wave": wave, "trans": trans}, meta={"band": name, "speclite": version})
+    except OSError as exc:  # a read-only cache: the next process reads speclite again
+        log.debug("cannot cache the curve of %s: %s", name, exc)
+    return wave, trans
+
+
+def _load_builtin(name):
+    spec = _BUILTIN[name]
+    wave, trans = _builtin_arrays(name)
+    return _make_curve(name, wave, trans, "air", spec["system"], spec["vega_to_ab"], spec["source"])
+
+
+def band_vega_to_ab(name):
+    """m_AB − m_Vega (mag) of a registered band, without loading its curve when it is built in.
+
+    Raises
+    ------
+    UnknownBandError
+        The name is not registered.
+
+    Examples
+    --------
+    >>> round(band_vega_to_ab("2mass_j"), 2)
+    0.91
+    """
+    if name in _CUSTOM or name not in _BUILTIN:
+        return load_filter_curve(name).vega_to_ab
+    return float(_BUILTIN[name]["vega_to_ab"])
 
 
 def registered_bands():
@@ -360,17 +429,20 @@ def _element_arrays(bandpass):
 
 @functools.lru_cache(maxsize=256)
 def _band_arrays_by_name(name):
-    return _element_arrays(load_filter_curve(name).bandpass)
+    if name in _CUSTOM or name not in _BUILTIN:
+        return _element_arrays(load_filter_curve(name).bandpass)
+    wave, trans = _builtin_arrays(name)  # the curve's own arrays, without making its synphot bandpass
+    return wave, trans, C_AA_PER_S * np.trapezoid(trans / wave, wave)
 
 
 def band_arrays(band):
     """(wavelength Å air, transmission, c ∫T/λ dλ) of a band name, FilterCurve or SpectralElement."""
-    from synphot import SpectralElement
-
     if isinstance(band, str):
         return _band_arrays_by_name(band)
     if isinstance(band, FilterCurve):
         return _element_arrays(band.bandpass)
+    from synphot import SpectralElement
+
     if isinstance(band, SpectralElement):
         return _element_arrays(band)
     raise InputDataError(

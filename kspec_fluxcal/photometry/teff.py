@@ -11,7 +11,7 @@ from astropy import units as u
 
 from ..containers import Photometry
 from ..exceptions import InputDataError
-from .filters import load_filter_curve
+from .filters import band_vega_to_ab, load_filter_curve
 from .synthetic import band_flux_matrix
 
 __all__ = ["estimate_teff_from_color", "color_teff_table"]
@@ -43,7 +43,7 @@ def _vega_mag(photometry, name):
     mag, err = photometry[name]
     if not (np.isfinite(mag) and np.isfinite(err)):
         return None
-    return mag - load_filter_curve(name).vega_to_ab, err
+    return mag - band_vega_to_ab(name), err
 
 
 def _theta_mbm21(color, feh):
