@@ -120,7 +120,7 @@ def _row(run, acc):
             "sigmas": {t: (budget.get(t) or {}).get("median_fraction") or 0.0 for t in TERMS}}
 
 
-BINS = (3800.0, 4000.0, 4300.0, 5000.0, 6000.0, 7000.0, 8000.0, 9200.0)
+BINS = (3800.0, 4000.0, 4300.0, 5000.0, 5300.0, 5600.0, 6000.0, 7000.0, 8000.0, 8600.0, 9200.0)
 """Edges (Å) of the wavelength bins of ``--bins``."""
 
 
@@ -164,6 +164,8 @@ def report(name, rows, bins=False, tilt=False):
     if bins:
         for lo, hi in zip(BINS[:-1], BINS[1:]):
             inside = [(r["wavelength"] >= lo) & (r["wavelength"] < hi) for r in rows]
+            if not all(m.any() for m in inside):
+                continue
             means = ", ".join(f"{100 * np.mean(r['errors'][m]):+.2f}" for r, m in zip(rows, inside))
             sig = np.median(np.concatenate([r["sigma_fraction"][m] for r, m in zip(rows, inside)]))
             pull = np.sqrt(np.mean(np.concatenate([r["pulls"][m] for r, m in zip(rows, inside)]) ** 2))

@@ -35,6 +35,7 @@ __all__ = [
     "LINE_DEPTH",
     "LINE_DEPTHS",
     "STRICT_LINE_MASK_SPACING",
+    "line_mask_to_the_ends",
 ]
 
 log = logging.getLogger(__name__)
@@ -534,6 +535,57 @@ def _touching(out, wave, flags):
     return np.interp(out, wave, flags.astype(float)) > 0
 
 
+def line_mask_to_the_ends(bad, masks):
+    """Pixels kept out of each star's smooth fit: its line mask, relaxed where it would shorten the coverage.
+
+    A smooth form is defined only between the first and last pixel it uses.
+    Where a star's lines are dense and deep — a G dwarf's blue at FWHM ≲ 10 Å —
+    a line mask can leave nothing from its first good pixel up to some
+    wavelength (5350 Å for the eight CALSPEC G dwarfs with BOSZ at FWHM 10 Å
+    and the 5 % mask, 4500 Å with the 10 % one), and every fiber's
+    calibration would be undefined there. Before a star's first pixel kept
+    by a mask and after its last, the next looser mask applies, and past the
+    loosest, every good pixel: the ends are then fitted through the lines (a
+    larger template misfit, which the error budget's misfit term carries)
+    rather than left uncalibrated. Inside, masked stretches are bridged by the
+    spline as before, and a mask that reaches the ends is not changed.
+
+    Parameters
+    ----------
+    bad : ndarray of bool, shape (n_star, n_pix)
+        Unusable pixels (True = bad).
+    masks : list of ndarray of bool, shape (n_star, n_pix)
+        Line masks, strictest first.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_star, n_pix)
+        ``bad`` or the line mask that applies at each pixel.
+
+    Examples
+    --------
+    >>> bad = np.zeros((1, 8), bool)
+    >>> lines = np.array([[True, True, True, False, True, False, False, True]])
+    >>> line_mask_to_the_ends(bad, [lines]).astype(int).tolist()
+    [[0, 0, 0, 0, 1, 0, 0, 0]]
+    """
+    bad = np.asarray(bad, dtype=bool)
+    out = bad | masks[0]
+    index = np.arange(bad.shape[1])
+    for looser in [*masks[1:], np.zeros_like(bad)]:
+        good, kept = ~bad, ~out
+        first_good = np.where(good.any(axis=1), good.argmax(axis=1), 0)
+        last_good = np.where(good.any(axis=1), bad.shape[1] - 1 - good[:, ::-1].argmax(axis=1), -1)
+        first_kept = np.where(kept.any(axis=1), kept.argmax(axis=1), bad.shape[1])
+        last_kept = np.where(kept.any(axis=1), bad.shape[1] - 1 - kept[:, ::-1].argmax(axis=1), -1)
+        short = (first_kept > first_good) | (last_kept < last_good)
+        if not short.any():
+            break
+        ends = short[:, None] & ((index < first_kept[:, None]) | (index > last_kept[:, None]))
+        out = np.where(ends, bad | looser, out)
+    return out
+
+
 def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     """`CalibrationVector` objects from per-pixel vectors on one grid, smooth forms fitted together.
 
@@ -560,11 +612,12 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     wave = pixel_vectors[0].wave
     cal = np.array([p.cal for p in pixel_vectors])
     stat_var = np.array([p.stat_var for p in pixel_vectors])
-    exclude = np.array([p.bad | p.exclude for p in pixel_vectors])
-    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude, misfit=misfit)
+    bad = np.array([p.bad for p in pixel_vectors])
+    loose = np.array([p.exclude for p in pixel_vectors])
+    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, bad | loose, misfit=misfit)
     strict = all(p.exclude_strict is not None for p in pixel_vectors) and choice.spacing >= STRICT_LINE_MASK_SPACING
-    if strict:
-        exclude = np.array([p.bad | p.exclude_strict for p in pixel_vectors])
+    masks = [np.array([p.exclude_strict for p in pixel_vectors]), loose] if strict else [loose]
+    exclude = line_mask_to_the_ends(bad, masks)
     smooth, smooth_var, covered = fit_smooth_vectors(wave, cal, stat_var, exclude, knot_spacing=choice.spacing)
     smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
     vectors = []
