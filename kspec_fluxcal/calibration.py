@@ -535,7 +535,7 @@ def _touching(out, wave, flags):
     return np.interp(out, wave, flags.astype(float)) > 0
 
 
-def line_mask_to_the_ends(bad, masks):
+def line_mask_to_the_ends(wave, bad, masks, tolerance):
     """Pixels kept out of each star's smooth fit: its line mask, relaxed where it would shorten the coverage.
 
     A smooth form is defined only between the first and last pixel it uses.
@@ -545,17 +545,24 @@ def line_mask_to_the_ends(bad, masks):
     and the 5 % mask, 4500 Å with the 10 % one), and every fiber's
     calibration would be undefined there. Before a star's first pixel kept
     by a mask and after its last, the next looser mask applies, and past the
-    loosest, every good pixel: the ends are then fitted through the lines (a
+    loosest, every good pixel, when the mask would shorten the coverage by
+    more than ``tolerance``: the ends are then fitted through the lines (a
     larger template misfit, which the error budget's misfit term carries)
     rather than left uncalibrated. Inside, masked stretches are bridged by the
-    spline as before, and a mask that reaches the ends is not changed.
+    spline as before. A shortening of less than a knot interval is kept (ck04
+    at FWHM 30 Å: 60–140 Å at 3600 Å, the Balmer series): fitting it through
+    its lines moved 3800–4300 Å by up to +0.5 % on the G-dwarf frames.
 
     Parameters
     ----------
+    wave : ndarray, shape (n_pix,)
+        Å, increasing.
     bad : ndarray of bool, shape (n_star, n_pix)
         Unusable pixels (True = bad).
     masks : list of ndarray of bool, shape (n_star, n_pix)
         Line masks, strictest first.
+    tolerance : float
+        Largest shortening (Å) of a star's coverage kept at either end.
 
     Returns
     -------
@@ -564,10 +571,10 @@ def line_mask_to_the_ends(bad, masks):
 
     Examples
     --------
-    >>> bad = np.zeros((1, 8), bool)
+    >>> wave, bad = np.arange(8.0), np.zeros((1, 8), bool)
     >>> lines = np.array([[True, True, True, False, True, False, False, True]])
-    >>> line_mask_to_the_ends(bad, [lines]).astype(int).tolist()
-    [[0, 0, 0, 0, 1, 0, 0, 0]]
+    >>> line_mask_to_the_ends(wave, bad, [lines], 1.5).astype(int).tolist()
+    [[0, 0, 0, 0, 1, 0, 0, 1]]
     """
     bad = np.asarray(bad, dtype=bool)
     out = bad | masks[0]
@@ -578,10 +585,12 @@ def line_mask_to_the_ends(bad, masks):
         last_good = np.where(good.any(axis=1), bad.shape[1] - 1 - good[:, ::-1].argmax(axis=1), -1)
         first_kept = np.where(kept.any(axis=1), kept.argmax(axis=1), bad.shape[1])
         last_kept = np.where(kept.any(axis=1), bad.shape[1] - 1 - kept[:, ::-1].argmax(axis=1), -1)
-        short = (first_kept > first_good) | (last_kept < last_good)
-        if not short.any():
+        first_kept, last_kept = np.minimum(first_kept, wave.size - 1), np.maximum(last_kept, 0)
+        blue = good.any(axis=1) & (wave[first_kept] - wave[first_good] > tolerance)
+        red = good.any(axis=1) & (wave[last_good] - wave[last_kept] > tolerance)
+        if not (blue.any() or red.any()):
             break
-        ends = short[:, None] & ((index < first_kept[:, None]) | (index > last_kept[:, None]))
+        ends = (blue[:, None] & (index < first_kept[:, None])) | (red[:, None] & (index > last_kept[:, None]))
         out = np.where(ends, bad | looser, out)
     return out
 
@@ -617,7 +626,7 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, bad | loose, misfit=misfit)
     strict = all(p.exclude_strict is not None for p in pixel_vectors) and choice.spacing >= STRICT_LINE_MASK_SPACING
     masks = [np.array([p.exclude_strict for p in pixel_vectors]), loose] if strict else [loose]
-    exclude = line_mask_to_the_ends(bad, masks)
+    exclude = line_mask_to_the_ends(wave, bad, masks, choice.spacing)
     smooth, smooth_var, covered = fit_smooth_vectors(wave, cal, stat_var, exclude, knot_spacing=choice.spacing)
     smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
     vectors = []
