@@ -536,22 +536,25 @@ def _touching(out, wave, flags):
 
 
 def line_mask_to_the_ends(wave, bad, masks, tolerance):
-    """Pixels kept out of each star's smooth fit: its line mask, relaxed where it would shorten the coverage.
+    """Pixels kept out of the stars' smooth fits: their line masks, relaxed where they would shorten the coverage.
 
-    A smooth form is defined only between the first and last pixel it uses.
-    Where a star's lines are dense and deep — a G dwarf's blue at FWHM ≲ 10 Å —
-    a line mask can leave nothing from its first good pixel up to some
-    wavelength (5350 Å for the eight CALSPEC G dwarfs with BOSZ at FWHM 10 Å
-    and the 5 % mask, 4500 Å with the 10 % one), and every fiber's
-    calibration would be undefined there. Before a star's first pixel kept
-    by a mask and after its last, the next looser mask applies, and past the
-    loosest, every good pixel, when the mask would shorten the coverage by
-    more than ``tolerance``: the ends are then fitted through the lines (a
-    larger template misfit, which the error budget's misfit term carries)
-    rather than left uncalibrated. Inside, masked stretches are bridged by the
-    spline as before. A shortening of less than a knot interval is kept (ck04
-    at FWHM 30 Å: 60–140 Å at 3600 Å, the Balmer series): fitting it through
-    its lines moved 3800–4300 Å by up to +0.5 % on the G-dwarf frames.
+    A star's smooth form is defined only between the first and last pixel it
+    uses, and the combined vector where some star's is. Where the stars'
+    lines are dense and deep — G dwarfs' blue at FWHM ≲ 10 Å — a line mask
+    can leave nothing in any star from the frame's first good pixel up to
+    some wavelength (5350 Å for the eight CALSPEC G dwarfs with BOSZ at FWHM
+    10 Å and the 5 % mask, 4500 Å with the 10 % one), and every fiber's
+    calibration would be undefined there. When a mask shortens the frame's
+    coverage (the union over its stars) by more than ``tolerance`` at an end,
+    the next looser mask applies there, before the first pixel any star
+    keeps (or after the last), and past the loosest every good pixel: that
+    end is then fitted through the lines (a larger template misfit, which
+    the error budget's misfit term carries) rather than left uncalibrated.
+    Inside, masked stretches are bridged by the spline as before, and a star
+    whose own coverage is short while another's reaches the end is left as
+    it is: relaxing each star on its own moved 3800–4300 Å of the G-dwarf
+    frames (ck04, FWHM 30 Å) by up to +0.5 % and their 95th percentile from
+    2.29 to 2.89 % in one realisation.
 
     Parameters
     ----------
@@ -562,7 +565,7 @@ def line_mask_to_the_ends(wave, bad, masks, tolerance):
     masks : list of ndarray of bool, shape (n_star, n_pix)
         Line masks, strictest first.
     tolerance : float
-        Largest shortening (Å) of a star's coverage kept at either end.
+        Largest shortening (Å) of the frame's coverage kept at either end.
 
     Returns
     -------
@@ -571,27 +574,28 @@ def line_mask_to_the_ends(wave, bad, masks, tolerance):
 
     Examples
     --------
-    >>> wave, bad = np.arange(8.0), np.zeros((1, 8), bool)
-    >>> lines = np.array([[True, True, True, False, True, False, False, True]])
+    >>> wave, bad = np.arange(8.0), np.zeros((2, 8), bool)
+    >>> lines = np.array([[True, True, True, False, True, False, False, True],
+    ...                   [True, True, True, True, False, False, True, True]])
     >>> line_mask_to_the_ends(wave, bad, [lines], 1.5).astype(int).tolist()
-    [[0, 0, 0, 0, 1, 0, 0, 1]]
+    [[0, 0, 0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0, 1, 1]]
     """
     bad = np.asarray(bad, dtype=bool)
     out = bad | masks[0]
     index = np.arange(bad.shape[1])
+    good = ~bad
+    if not good.any():
+        return out
+    first_good, last_good = np.flatnonzero(good.any(axis=0))[[0, -1]]
     for looser in [*masks[1:], np.zeros_like(bad)]:
-        good, kept = ~bad, ~out
-        first_good = np.where(good.any(axis=1), good.argmax(axis=1), 0)
-        last_good = np.where(good.any(axis=1), bad.shape[1] - 1 - good[:, ::-1].argmax(axis=1), -1)
-        first_kept = np.where(kept.any(axis=1), kept.argmax(axis=1), bad.shape[1])
-        last_kept = np.where(kept.any(axis=1), bad.shape[1] - 1 - kept[:, ::-1].argmax(axis=1), -1)
-        first_kept, last_kept = np.minimum(first_kept, wave.size - 1), np.maximum(last_kept, 0)
-        blue = good.any(axis=1) & (wave[first_kept] - wave[first_good] > tolerance)
-        red = good.any(axis=1) & (wave[last_good] - wave[last_kept] > tolerance)
-        if not (blue.any() or red.any()):
+        kept = np.flatnonzero((~out).any(axis=0))
+        first_kept, last_kept = (kept[0], kept[-1]) if kept.size else (bad.shape[1] - 1, 0)
+        blue = wave[first_kept] - wave[first_good] > tolerance
+        red = wave[last_good] - wave[last_kept] > tolerance
+        if not (blue or red):
             break
-        ends = (blue[:, None] & (index < first_kept[:, None])) | (red[:, None] & (index > last_kept[:, None]))
-        out = np.where(ends, bad | looser, out)
+        ends = (blue & (index < first_kept)) | (red & (index > last_kept))
+        out = np.where(ends[None, :], bad | looser, out)
     return out
 
 
