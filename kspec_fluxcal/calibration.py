@@ -35,6 +35,7 @@ __all__ = [
     "LINE_DEPTH",
     "LINE_DEPTHS",
     "STRICT_LINE_MASK_SPACING",
+    "line_mask_to_the_ends",
 ]
 
 log = logging.getLogger(__name__)
@@ -534,6 +535,70 @@ def _touching(out, wave, flags):
     return np.interp(out, wave, flags.astype(float)) > 0
 
 
+def line_mask_to_the_ends(wave, bad, masks, tolerance):
+    """Pixels kept out of the stars' smooth fits: their line masks, relaxed where they would shorten the coverage.
+
+    A star's smooth form is defined only between the first and last pixel it
+    uses, and the combined vector where some star's is. Where the stars'
+    lines are dense and deep — G dwarfs' blue at FWHM ≲ 10 Å — a line mask
+    can leave nothing in any star from the frame's first good pixel up to
+    some wavelength (5350 Å for the eight CALSPEC G dwarfs with BOSZ at FWHM
+    10 Å and the 5 % mask, 4500 Å with the 10 % one), and every fiber's
+    calibration would be undefined there. When a mask shortens the frame's
+    coverage (the union over its stars) by more than ``tolerance`` at an end,
+    the next looser mask applies there, before the first pixel any star
+    keeps (or after the last), and past the loosest every good pixel: that
+    end is then fitted through the lines (a larger template misfit, which
+    the error budget's misfit term carries) rather than left uncalibrated.
+    Inside, masked stretches are bridged by the spline as before, and a star
+    whose own coverage is short while another's reaches the end is left as
+    it is: relaxing each star on its own moved 3800–4300 Å of the G-dwarf
+    frames (ck04, FWHM 30 Å) by up to +0.5 % and their 95th percentile from
+    2.29 to 2.89 % in one realisation.
+
+    Parameters
+    ----------
+    wave : ndarray, shape (n_pix,)
+        Å, increasing.
+    bad : ndarray of bool, shape (n_star, n_pix)
+        Unusable pixels (True = bad).
+    masks : list of ndarray of bool, shape (n_star, n_pix)
+        Line masks, strictest first.
+    tolerance : float
+        Largest shortening (Å) of the frame's coverage kept at either end.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_star, n_pix)
+        ``bad`` or the line mask that applies at each pixel.
+
+    Examples
+    --------
+    >>> wave, bad = np.arange(8.0), np.zeros((2, 8), bool)
+    >>> lines = np.array([[True, True, True, False, True, False, False, True],
+    ...                   [True, True, True, True, False, False, True, True]])
+    >>> line_mask_to_the_ends(wave, bad, [lines], 1.5).astype(int).tolist()
+    [[0, 0, 0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0, 1, 1]]
+    """
+    bad = np.asarray(bad, dtype=bool)
+    out = bad | masks[0]
+    index = np.arange(bad.shape[1])
+    good = ~bad
+    if not good.any():
+        return out
+    first_good, last_good = np.flatnonzero(good.any(axis=0))[[0, -1]]
+    for looser in [*masks[1:], np.zeros_like(bad)]:
+        kept = np.flatnonzero((~out).any(axis=0))
+        first_kept, last_kept = (kept[0], kept[-1]) if kept.size else (bad.shape[1] - 1, 0)
+        blue = wave[first_kept] - wave[first_good] > tolerance
+        red = wave[last_good] - wave[last_kept] > tolerance
+        if not (blue or red):
+            break
+        ends = (blue & (index < first_kept)) | (red & (index > last_kept))
+        out = np.where(ends[None, :], bad | looser, out)
+    return out
+
+
 def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     """`CalibrationVector` objects from per-pixel vectors on one grid, smooth forms fitted together.
 
@@ -560,11 +625,12 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     wave = pixel_vectors[0].wave
     cal = np.array([p.cal for p in pixel_vectors])
     stat_var = np.array([p.stat_var for p in pixel_vectors])
-    exclude = np.array([p.bad | p.exclude for p in pixel_vectors])
-    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, exclude, misfit=misfit)
+    bad = np.array([p.bad for p in pixel_vectors])
+    loose = np.array([p.exclude for p in pixel_vectors])
+    choice = resolve_knot_spacing(knot_spacing, wave, cal, stat_var, bad | loose, misfit=misfit)
     strict = all(p.exclude_strict is not None for p in pixel_vectors) and choice.spacing >= STRICT_LINE_MASK_SPACING
-    if strict:
-        exclude = np.array([p.bad | p.exclude_strict for p in pixel_vectors])
+    masks = [np.array([p.exclude_strict for p in pixel_vectors]), loose] if strict else [loose]
+    exclude = line_mask_to_the_ends(wave, bad, masks, choice.spacing)
     smooth, smooth_var, covered = fit_smooth_vectors(wave, cal, stat_var, exclude, knot_spacing=choice.spacing)
     smooth_var = smooth_var + smooth**2 * np.array([p.phot_var for p in pixel_vectors])
     vectors = []

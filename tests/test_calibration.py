@@ -11,6 +11,7 @@ from kspec_fluxcal.calibration import (
     STRICT_LINE_MASK_SPACING,
     PixelVector,
     fit_smooth_vector,
+    line_mask_to_the_ends,
     scale_template_to_photometry,
     smooth_calibration_vectors,
 )
@@ -295,3 +296,26 @@ def test_level_of_two_far_apart_groups_of_gray_factors():
     assert [metrics[i]["sets_level"] for i in range(4)] == [False, True, True, False]
     level = np.median(result.combined_vector.cal_factor.value / shape)
     assert level == pytest.approx(np.sqrt(0.55 * 1.9), rel=2e-3)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_line_mask_never_shortens_the_coverage(strict):
+    """Lines masked from the blue end up to 5000 Å: the ends are fitted through them, not left undefined."""
+    rng = np.random.default_rng(5)
+    wave = np.linspace(3700, 9500, 1200)
+    truth = 1 + 0.2 * np.sin(wave / 1100.0)
+    var = (0.01 * truth) ** 2
+    cal = truth * (1 + rng.normal(0, 0.01, wave.size))
+    bad = np.zeros(wave.size, bool)
+    bad[:10] = True  # the first good pixel is the 11th
+    dense = (wave < 5000.0) | ((np.arange(wave.size) % 4) == 0)  # every blue pixel in a line, a quarter elsewhere
+    loose = dense & (wave < 4400.0) if strict else dense
+    pixels = PixelVector(wave, cal, var, var, np.zeros(wave.size), bad, loose, CAL_UNIT, {"star_name": "s"},
+                         exclude_strict=dense if strict else None)
+    vec = smooth_calibration_vectors([pixels], knot_spacing=300.0)[0]
+    defined = np.isfinite(vec.smooth_factor.value)
+    assert defined[10:].all() and not defined[:10].any()
+    assert np.nanmax(np.abs(vec.smooth_factor.value / truth - 1)) < 0.01
+    # a mask that shortens the coverage by less than the tolerance is left as it is
+    kept = line_mask_to_the_ends(wave, bad[None], [dense[None] & (wave > 3800)], 300.0)[0]
+    np.testing.assert_array_equal(kept, bad | (dense & (wave > 3800)))
