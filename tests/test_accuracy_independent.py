@@ -116,8 +116,9 @@ def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
     assert 0.8 <= pooled <= 1.6
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: real stars through the independent instrument (ripples, G23, "
-                   "catalogue zero points) with the training floor give a pooled pull rms of 1.35")
+@pytest.mark.xfail(strict=True, reason="known defect: the error model has no term for throughput structure the "
+                   "spline bridges across masked gaps (telluric windows, strong lines) or leaves between 85-120 A "
+                   "knots: pooled pull 1.33, 1.5-2.3 within 80 A of a telluric window; 0.87 with a smooth throughput")
 def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspec_frames):
     pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
     assert 0.8 <= pooled <= 1.25
