@@ -40,12 +40,13 @@ from astropy import units as u
 from common import DEFAULT_GRID, synthetic_subgrid
 
 from kspec_fluxcal.accuracy import true_level
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from independent_sim import accuracy, make_frame  # noqa: E402
+from independent_sim import FAMILY_GATES, accuracy, make_frame  # noqa: E402
 
 TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
 
@@ -108,7 +109,8 @@ def main():
         for seed in range(args.first_seed, args.first_seed + args.frames):
             frame = make_frame(n_standards=8, n_pix=12400, seed=seed)
             red, cat = frame.write(tmp, stem=f"ind{seed}")
-            run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid, output=tmp / f"ind{seed}_cal.fits"))
+            run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid, gates=QualityGates(**FAMILY_GATES),
+                                                   output=tmp / f"ind{seed}_cal.fits"))
             rows.append(_row(run, accuracy(run.result, frame)))
         _report("independent synthetic frames (structured throughput, 8 standards, 520 templates)", rows)
     if args.skip_calspec:

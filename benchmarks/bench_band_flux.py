@@ -46,13 +46,14 @@ from astropy import units as u
 from astropy.io import fits
 
 from kspec_fluxcal.calspec_correction import _star_name, derive_template_correction
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.covariance import CalibrationCovariance
 from kspec_fluxcal.error_budget import BUDGET_TERMS, photometric_profiles
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from band_pulls import BOX_BANDS, FILTERS, band_label, target_pulls  # noqa: E402
-from independent_sim import make_frame  # noqa: E402
+from independent_sim import FAMILY_GATES, make_frame  # noqa: E402
 
 KINDS = ("calspec-floor", "calspec-heldout", "independent", "single")
 
@@ -119,7 +120,7 @@ def run_independent(seeds, grid, tmp):
     pooled, t0 = {}, time.perf_counter()
     for seed in seeds:
         frame = make_frame(n_standards=8, n_pix=4000, seed=seed)
-        run = _calibrate(frame, grid, tmp, f"ind{seed}")
+        run = _calibrate(frame, grid, tmp, f"ind{seed}", gates=QualityGates(**FAMILY_GATES))
         _pool(pooled, target_pulls(run.result, frame.truth["wavelength"], _truth(run, frame),
                                    np.random.default_rng(seed), atmosphere=frame.truth["atmosphere"]))
     _report("independent", pooled, len(seeds), time.perf_counter() - t0)
@@ -129,7 +130,7 @@ def overhead(grid, tmp):
     """Size of FCALCOV and the time to build and write it, against the calibration of a 12 400-pixel frame."""
     frame = make_frame(n_standards=8, n_pix=12400, seed=1)
     t0 = time.perf_counter()
-    run = _calibrate(frame, grid, tmp, "big")
+    run = _calibrate(frame, grid, tmp, "big", gates=QualityGates(**FAMILY_GATES))
     total = time.perf_counter() - t0
     cov = run.result.covariance
     vec = run.result.combined_vector

@@ -75,13 +75,14 @@ from common import DEFAULT_GRID, synthetic_subgrid
 from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.apply import calibration_on_grid
 from kspec_fluxcal.calspec_correction import derive_template_correction
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.masks import load_mask_array, load_mask_regions
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_calspec_exposure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import independent_sim  # noqa: E402
-from independent_sim import Throughput, accuracy, make_frame  # noqa: E402
+from independent_sim import FAMILY_GATES, Throughput, accuracy, make_frame  # noqa: E402
 
 G_DWARFS = ("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "p330e", "p177d")
 """The eight solar-type G dwarfs of the similar-standards frames."""
@@ -246,13 +247,14 @@ def main():
                     red, cat = frame.write(tmp, stem=f"{which}{seed}")
                     run = _run(red, FluxcalConfig(catalog=cat, templates=synthetic_subgrid(args.grid),
                                                   knot_spacing=knot, zero_point_sigma=0.0, output=tmp / "out.fits",
-                                                  force=True))
+                                                  gates=QualityGates(**FAMILY_GATES), force=True))
                     rows.append(_row(run, accuracy(run.result, frame)))
                 elif which == "independent":
                     frame = make_frame(n_standards=8, n_pix=12400, seed=seed, mag_error=args.mag_error)
                     red, cat = frame.write(tmp, stem=f"ind{seed}")
                     run = _run(red, FluxcalConfig(catalog=cat, templates=synthetic_subgrid(args.grid),
-                                                  knot_spacing=knot, output=tmp / "out.fits", force=True))
+                                                  knot_spacing=knot, output=tmp / "out.fits",
+                                                  gates=QualityGates(**FAMILY_GATES), force=True))
                     rows.append(_row(run, accuracy(run.result, frame)))
                 elif which == "calspec-independent":
                     frame = make_frame(calspec_files=_files(args.shared, G_DWARFS), n_pix=621, fwhm=30.0,

@@ -85,9 +85,10 @@ def build_parser():
     derive.add_argument("--min-standards", type=int, default=1, metavar="N",
                         help="fewest usable standards for a frame's own calibration (default 1)")
     derive.add_argument("--force", action="store_true", help="recalibrate a calibrated file")
-    derive.add_argument("--template-correction", default="auto", metavar="FILE|auto|none",
-                        help="correction applied to every template (default auto: the shipped CALSPEC-derived "
-                             "one for ck04models, none for BOSZ)")
+    derive.add_argument("--template-correction", default="auto", type=_correction_choice, metavar="FILE|auto|none",
+                        help="correction applied to every template: exactly 'auto' (default: the shipped "
+                             "CALSPEC-derived one for ck04models, none for BOSZ), 'none', or a correction file; "
+                             "anything else is read as a file name")
     derive.add_argument("--telluric", action=argparse.BooleanOptionalAction, default=None,
                         help="correct the telluric windows with the transmission measured on the standards "
                              "(default: yes unless the frame has TELCOR = T); --no-telluric leaves them bridged")
@@ -181,6 +182,11 @@ def build_parser():
 
     sub.add_parser("info", parents=[common], help="version, filters, template libraries, cache")
     return parser
+
+
+def _correction_choice(value):
+    """``--template-correction``: exactly 'auto' or 'none', anything else a file path (read, and checked, later)."""
+    return value if value in ("auto", "none") else Path(value)
 
 
 def _configure_logging(args):

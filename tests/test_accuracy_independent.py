@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
 from .calspec_split import HELD_OUT, calspec_files, learned
-from .independent_sim import accuracy, extra_line_misfit, make_frame
+from .independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame
 
 
 def _calibrate(frame, grid_dir, tmp_path, stem, **options):
+    if "calspec" not in stem:
+        options.setdefault("gates", QualityGates(**FAMILY_GATES))
     red, cat = frame.write(tmp_path, stem=stem)
     out = tmp_path / f"{stem}_{options.get('knot_spacing', 'auto')}.fits"
     run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=grid_dir, output=out, **options))
@@ -31,7 +34,7 @@ def _calibrate(frame, grid_dir, tmp_path, stem, **options):
 def structured(synthetic_grid_dir, tmp_path_factory):
     frame = make_frame(n_standards=8, n_pix=8000, seed=1)
     tmp = tmp_path_factory.mktemp("independent")
-    return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1", template_misfit=extra_line_misfit), tmp
+    return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1"), tmp
 
 
 def test_structured_throughput_is_followed(structured):
@@ -39,8 +42,8 @@ def test_structured_throughput_is_followed(structured):
     choice = run.result.summary["knot_selection"]
     assert choice["method"] == "loso" and choice["spacing"] <= 170.0
     assert acc["n_stars_used"] >= 6
-    assert acc["median_abs_error"] < 0.0045  # achieved 0.29 %
-    assert acc["p95_abs_error"] < 0.019  # achieved 1.29 %
+    assert acc["median_abs_error"] < 0.027  # achieved 1.76 % (the star family's misfit, see the pooled test)
+    assert acc["p95_abs_error"] < 0.05  # achieved 3.37 %
     with fits.open(run.output) as hdul:
         assert hdul[0].header["FCALKNOT"] == choice["spacing"]
         assert hdul[0].header["FCALKSEL"] == "loso"
@@ -49,37 +52,40 @@ def test_structured_throughput_is_followed(structured):
 
 def test_fixed_coarse_knots_smooth_the_structure_away(structured, synthetic_grid_dir):
     frame, (_, auto), tmp = structured
-    _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0,
-                           template_misfit=extra_line_misfit)
-    assert coarse["p95_abs_error"] > 1.5 * auto["p95_abs_error"]  # achieved 2.76 % against 1.29 %
-    assert coarse["pull_rms"] > auto["pull_rms"]
+    _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0)
+    assert coarse["p95_abs_error"] > 1.2 * auto["p95_abs_error"]  # achieved 4.31 % against 3.37 %
+    assert coarse["pull_rms"] > auto["pull_rms"]  # achieved 4.58 against 3.99 (no misfit term here)
 
 
 @pytest.mark.slow
 def test_pooled_pulls_on_independent_frames(synthetic_grid_dir, tmp_path):
     """Eight frames with different throughputs, stars and catalogue zero points: honest σ when pooled.
 
-    The stars carry lines the templates lack (`tests.independent_sim.extra_lines`),
-    a misfit they share; the calibration is told its size (``template_misfit``).
-    Without that term the same errors give a pull rms far above 1.
+    The stars are of a family the grid does not describe
+    (`tests.independent_sim.independent_star_model`); the misfit it leaves is
+    learned from four training frames of other seeds
+    (`tests.independent_sim.learned_family_floor`) and given to the
+    calibration (``template_misfit``), as the real-star floor is learned from
+    training stars. Without that term the same errors give a pull rms far above 1.
     """
+    floor = learned_family_floor(lambda frame, stem: _calibrate(frame, synthetic_grid_dir, tmp_path, stem)[1])
     pulls, medians, p95, without = [], [], [], []
     for seed in range(1, 9):
         _, acc = _calibrate(make_frame(n_standards=8, n_pix=8000, seed=seed), synthetic_grid_dir, tmp_path,
-                            f"pool{seed}", template_misfit=extra_line_misfit)
+                            f"pool{seed}", template_misfit=floor)
         pulls.append(acc["pulls"])
         medians.append(acc["median_abs_error"])
         p95.append(acc["p95_abs_error"])
-        rest = acc["sigma_fraction"] ** 2 - extra_line_misfit(acc["wavelength"]) ** 2
+        rest = acc["sigma_fraction"] ** 2 - floor(acc["wavelength"]) ** 2
         without.append(acc["errors"] / np.sqrt(rest))
     pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
     pooled_without = np.sqrt(np.mean(np.concatenate(without) ** 2))
-    # achieved: pooled pull 1.18 (1.31 without the misfit term); median over frames of the median error 0.39 %,
-    # of the p95 1.08 %
+    # achieved: pooled pull 1.00 (3.2 without the floor, three frames); median over frames of the median error
+    # 1.64 %, of the p95 3.29 % — the family's misfit, shared by the stars, dominates
     assert 0.8 <= pooled <= 1.25
-    assert pooled_without > 1.2
-    assert np.median(medians) < 0.006
-    assert np.median(p95) < 0.016
+    assert pooled_without > 1.5
+    assert np.median(medians) < 0.025
+    assert np.median(p95) < 0.05
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,7 @@ def calspec_frames(calspec_dir, ck04_dir, tmp_path_factory):
     out = []
     for seed in range(1, 7):
         frame = make_frame(calspec_files=files, n_pix=621, fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
-        run, acc = _calibrate(frame, ck04_dir, tmp, f"cs{seed}", fwhm=30.0, template_correction=None,
+        run, acc = _calibrate(frame, ck04_dir, tmp, f"calspec{seed}", fwhm=30.0, template_correction=None,
                               template_misfit=floor)
         out.append((run, acc, accuracy(run.result, frame, wave_range=(3800.0, 9200.0))))
     return out
@@ -110,8 +116,9 @@ def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
     assert 0.8 <= pooled <= 1.6
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: real stars through the independent instrument (ripples, G23, "
-                   "catalogue zero points) with the training floor give a pooled pull rms of 1.35")
+@pytest.mark.xfail(strict=True, reason="known defect: the error model has no term for throughput structure the "
+                   "spline bridges across masked gaps (telluric windows, strong lines) or leaves between 85-120 A "
+                   "knots: pooled pull 1.33, 1.5-2.3 within 80 A of a telluric window; 0.87 with a smooth throughput")
 def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspec_frames):
     pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
     assert 0.8 <= pooled <= 1.25

@@ -148,3 +148,27 @@ def test_a_damaged_calspec_file_is_an_input_error(tmp_path):
     for path in (table, garbage):
         with pytest.raises(InputDataError, match=f"{path.name} is not a readable CALSPEC spectrum"):
             read_calspec(path)
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), ("none", "none"), ("corr.ecsv", "corr.ecsv")])
+def test_template_correction_choice_is_exactly_auto_none_or_a_file(value, parsed):
+    args = cli.build_parser().parse_args(["calibrate", "x.fits", "--catalog", "c.csv",
+                                          "--template-correction", value])
+    assert str(args.template_correction) == parsed
+    assert isinstance(args.template_correction, str) == (value in ("auto", "none"))
+
+
+@pytest.mark.parametrize("value", ["None", "NONE", "Auto", ""])
+def test_a_template_correction_that_is_neither_a_choice_nor_a_file_exits_2(value, write_small_frames,
+                                                                           synthetic_grid_dir, tmp_path, capsys):
+    """'None' is not read as 'none' silently: it names a file that is not there, so the run stops and says so."""
+    folder = write_small_frames(tmp_path, ["f"], seed=3)
+    red, cat = folder / "f_red.fits", folder / "f_refcat.csv"
+    before = red.read_bytes()
+    status = main(["calibrate", str(red), "--catalog", str(cat), "--templates", str(synthetic_grid_dir),
+                   "--template-correction", value, "--output", str(tmp_path / "out.fits")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "template correction file" in err and "does not exist" in err and "'auto' or 'none'" in err
+    assert not (tmp_path / "out.fits").exists()
+    assert red.read_bytes() == before
