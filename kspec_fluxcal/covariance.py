@@ -348,6 +348,26 @@ class CalibrationCovariance:
                              "of spacing FCOVLn over [FCOVLO, FCOVHI] (or the constant 1 for FCOVLn = -1).")
         return hdu
 
+    def to_columns(self):
+        """The ``FCALCOV`` table as columns ``FCALCOV_<COLUMN>`` and its header cards as a dict (for ECSV)."""
+        hdu = self.to_hdu()
+        columns = {f"{EXTNAME}_{name}": np.asarray(hdu.data[name]) for name in hdu.columns.names}
+        cards = {key: hdu.header[key] for key in hdu.header if key.startswith("FCOV")}
+        return columns, cards
+
+    @classmethod
+    def from_columns(cls, table, cards):
+        """Inverse of `to_columns`: ``table`` holds the ``FCALCOV_<COLUMN>`` columns, ``cards`` the header."""
+        prefix = f"{EXTNAME}_"
+        names = [c for c in table.colnames if c.startswith(prefix)]
+        formats = {"WAVELENGTH": "D", "MASK": "L"}
+        hdu = fits.BinTableHDU.from_columns(
+            [fits.Column(c[len(prefix):], formats.get(c[len(prefix):], "E"), array=np.asarray(table[c]))
+             for c in names], name=EXTNAME)
+        for key, value in dict(cards).items():
+            hdu.header[key] = value
+        return cls.from_hdu(hdu)
+
     @classmethod
     def from_hdu(cls, hdu):
         """Inverse of `to_hdu`."""
