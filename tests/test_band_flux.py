@@ -295,3 +295,44 @@ def test_band_pulls_on_independent_synthetic_frames(synthetic_grid_dir, tmp_path
                                                output=tmp_path / f"ind{seed}_out.fits"))
         runs.append((frame, run))
     _check(_pooled_frame_pulls(runs))
+
+
+@pytest.mark.slow
+def test_band_pulls_with_the_nightly_fallback(calspec_dir, ck04_dir, tmp_path):
+    """One CALSPEC standard per frame, calibrated with a night of three exposures of other CALSPEC stars (same
+    instrument, catalogue and atmosphere) rescaled to it: the fallback's covariance gives honest band errors."""
+    from kspec_fluxcal.night import combine_night
+    from kspec_fluxcal.products import save_calibration as save
+
+    files = sorted(calspec_dir.glob("*.fits*"))
+    pooled = {}
+    options = dict(templates=ck04_dir, fwhm=30.0, template_correction="none")
+    for seed in range(1, 5):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(files))
+        single, others = files[order[0]], [files[i] for i in order[1:]]
+        exposures = []
+        for k in range(3):
+            chosen = sorted(rng.choice(len(others), 4, replace=False))
+            frame = make_frame(calspec_files=[others[i] for i in chosen], n_pix=621 + 2 * k, fwhm=30.0,
+                               snr_range=(50.0, 150.0), seed=seed)
+            red, cat = frame.write(tmp_path, stem=f"n{seed}_{k}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exposures.append(apply_fluxcal(red, FluxcalConfig(catalog=cat, output=tmp_path / f"n{seed}_{k}o.fits",
+                                                                  **options)).result)
+        night = save(combine_night(exposures), tmp_path / f"night{seed}.fits")
+        frame = make_frame(calspec_files=[single], n_pix=640, fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
+        red, cat = frame.write(tmp_path, stem=f"f{seed}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = apply_fluxcal(red, FluxcalConfig(catalog=cat, output=tmp_path / f"f{seed}o.fits", fallback=night,
+                                                   min_standards=2, **options))
+        assert run.result.summary["gray_rescale"]["n_standards"] == 1
+        pulls = target_pulls(run.result, frame.truth["wavelength"], frame.reference_calibration([0]),
+                             np.random.default_rng(seed), n_targets=2, atmosphere=frame.truth["atmosphere"])
+        for label, d in pulls.items():
+            pooled.setdefault(label, {"new": [], "old": []})
+            for kind in ("new", "old"):
+                pooled[label][kind] += d[kind]
+    _check(pooled)
