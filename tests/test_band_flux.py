@@ -23,7 +23,7 @@ from kspec_fluxcal import (
 from kspec_fluxcal.containers import FLAM, CalibrationVector, spectrum_variance
 from kspec_fluxcal.covariance import META_KEY, CalibrationCovariance
 from kspec_fluxcal.error_budget import BUDGET_TERMS
-from kspec_fluxcal.exceptions import InputDataError
+from kspec_fluxcal.exceptions import CalibrationError, InputDataError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_exposure
 
@@ -307,23 +307,30 @@ def test_band_pulls_with_the_nightly_fallback(calspec_dir, ck04_dir, tmp_path):
     files = sorted(calspec_dir.glob("*.fits*"))
     pooled = {}
     options = dict(templates=ck04_dir, fwhm=30.0, template_correction="none")
-    for seed in range(1, 5):
+    n_frames = 0
+    for seed in range(1, 9):
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(files))
         single, others = files[order[0]], [files[i] for i in order[1:]]
+        frame = make_frame(calspec_files=[single], n_pix=640, fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
+        red, cat = frame.write(tmp_path, stem=f"f{seed}")
+        try:  # a star the quality gates reject (e.g. on the grid's metallicity edge) cannot set the level
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                apply_fluxcal(red, FluxcalConfig(catalog=cat, output=tmp_path / f"f{seed}own.fits", **options))
+        except CalibrationError:
+            continue
         exposures = []
         for k in range(3):
             chosen = sorted(rng.choice(len(others), 4, replace=False))
-            frame = make_frame(calspec_files=[others[i] for i in chosen], n_pix=621 + 2 * k, fwhm=30.0,
-                               snr_range=(50.0, 150.0), seed=seed)
-            red, cat = frame.write(tmp_path, stem=f"n{seed}_{k}")
+            exposure = make_frame(calspec_files=[others[i] for i in chosen], n_pix=621 + 2 * k, fwhm=30.0,
+                                  snr_range=(50.0, 150.0), seed=seed)
+            red_k, cat_k = exposure.write(tmp_path, stem=f"n{seed}_{k}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                exposures.append(apply_fluxcal(red, FluxcalConfig(catalog=cat, output=tmp_path / f"n{seed}_{k}o.fits",
-                                                                  **options)).result)
+                config = FluxcalConfig(catalog=cat_k, output=tmp_path / f"n{seed}_{k}o.fits", **options)
+                exposures.append(apply_fluxcal(red_k, config).result)
         night = save(combine_night(exposures), tmp_path / f"night{seed}.fits")
-        frame = make_frame(calspec_files=[single], n_pix=640, fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
-        red, cat = frame.write(tmp_path, stem=f"f{seed}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = apply_fluxcal(red, FluxcalConfig(catalog=cat, output=tmp_path / f"f{seed}o.fits", fallback=night,
@@ -335,4 +342,8 @@ def test_band_pulls_with_the_nightly_fallback(calspec_dir, ck04_dir, tmp_path):
             pooled.setdefault(label, {"new": [], "old": []})
             for kind in ("new", "old"):
                 pooled[label][kind] += d[kind]
+        n_frames += 1
+        if n_frames == 4:
+            break
+    assert n_frames == 4
     _check(pooled)
