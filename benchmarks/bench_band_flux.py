@@ -15,6 +15,12 @@ the package did not make):
     grid, structured throughputs.
 ``single``
     One CALSPEC standard per frame, with the correction learned without it.
+``fallback``
+    One CALSPEC standard per frame calibrated with the nightly fallback: a
+    night of three exposures of other CALSPEC stars (the same instrument,
+    catalogue and atmosphere: one seed, different pixel grids) is combined
+    (`kspec_fluxcal.night.combine_night`) and rescaled to the frame's own
+    standard (``min_standards=2``); the truth's level is that standard's.
 
 On each calibrated frame, SYNTHETIC targets of known flux are observed
 through the true calibration and calibrated (``tests/band_pulls.py``); the
@@ -55,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from band_pulls import BOX_BANDS, FILTERS, band_label, target_pulls  # noqa: E402
 from independent_sim import FAMILY_GATES, make_frame  # noqa: E402
 
-KINDS = ("calspec-floor", "calspec-heldout", "independent", "single")
+KINDS = ("calspec-floor", "calspec-heldout", "independent", "single", "fallback")
 
 
 def _truth(run, frame):
@@ -114,6 +120,36 @@ def run_calspec(kind, files, ck04, seeds, tmp):
         _pool(pooled, pulls)
         n += 1
     _report(kind, pooled, n, time.perf_counter() - t0)
+
+
+def run_fallback(files, ck04, seeds, tmp):
+    from kspec_fluxcal.night import combine_night
+    from kspec_fluxcal.products import save_calibration
+
+    pooled, t0 = {}, time.perf_counter()
+    names = [_star_name(f) for f in files]
+    for seed in seeds:
+        rng = random.Random(seed)
+        single = rng.choice(names)
+        others = [n for n in names if n != single]
+        correction = derive_template_correction(files, ck04, fwhm=30.0, exclude=[single])
+        exposures = []
+        for k in range(3):
+            on_frame = sorted(rng.sample(others, 4))
+            frame = make_frame(calspec_files=[f for f, n in zip(files, names) if n in on_frame], n_pix=621 + 2 * k,
+                               fwhm=30.0, snr_range=(50.0, 150.0), seed=seed)
+            exposures.append(_calibrate(frame, ck04, tmp, f"night{seed}_{k}", fwhm=30.0,
+                                        template_correction=correction).result)
+        night_path = Path(tmp) / f"night{seed}.fits"
+        save_calibration(combine_night(exposures), night_path, overwrite=True)
+        frame = make_frame(calspec_files=[f for f, n in zip(files, names) if n == single], n_pix=640, fwhm=30.0,
+                           snr_range=(50.0, 150.0), seed=seed)
+        run = _calibrate(frame, ck04, tmp, f"fallback{seed}", fwhm=30.0, template_correction=correction,
+                         fallback=night_path, min_standards=2)
+        assert run.result.summary.get("gray_rescale"), "the nightly fallback was not applied"
+        _pool(pooled, target_pulls(run.result, frame.truth["wavelength"], frame.reference_calibration([0]),
+                                   np.random.default_rng(seed), atmosphere=frame.truth["atmosphere"]))
+    _report("fallback", pooled, len(seeds), time.perf_counter() - t0)
 
 
 def run_independent(seeds, grid, tmp):
@@ -175,6 +211,8 @@ def main():
         for kind in args.kinds:
             if kind == "independent":
                 run_independent(seeds, grid, tmp)
+            elif kind == "fallback":
+                run_fallback(files, ck04, seeds, tmp)
             else:
                 run_calspec(kind, files, ck04, seeds, tmp)
         if not args.no_overhead:

@@ -456,5 +456,9 @@ def transfer_to_airmass(result, airmass):
     summary["airmass_transfer"] = {"from": curve.reference_airmass, "to": float(airmass), "source": curve.source}
     log.info("nightly calibration moved from airmass %.3f to %.3f (%s extinction curve)", curve.reference_airmass,
              airmass, curve.source)
+    covariance = result.covariance
+    if covariance is not None:  # k(λ)'s error moves the whole curve: one signed level profile
+        k_cov = curve.at(covariance.wavelength * u.AA)[1]
+        covariance = covariance.with_term("extinction", BETA * dx * np.sqrt(np.nan_to_num(k_cov)), None)
     return FluxCalibrationResult(vector, list(result.per_star_vectors), list(result.per_star_residuals), summary,
-                                 result.telluric)
+                                 result.telluric, covariance)

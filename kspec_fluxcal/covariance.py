@@ -209,6 +209,33 @@ class CalibrationCovariance:
         return cls(wave, independent, correlated, ~defined, (lo, hi),
                    {"representation": representation, "knot_spacing": spacing})
 
+    def term_sigma(self, name, wavelength):
+        """Fractional σ of the term ``name`` on ``wavelength`` (Å; 0 where the term is absent, NaN outside)."""
+        ok = ~self.mask
+        x = np.asarray(wavelength, dtype=float)
+        inside = (x >= self.domain[0] - 1e-6) & (x <= self.domain[1] + 1e-6)
+        sigma = np.zeros(x.size)
+        for term in self.terms:
+            if term.name == name:
+                sigma = np.interp(x, self.wavelength[ok], term.sigma[ok])
+        return np.where(inside, sigma, np.nan)
+
+    def with_term(self, name, sigma, length=None):
+        """A copy with the term ``name`` replaced by (or, if absent, extended with) ``sigma`` on this grid.
+
+        Parameters
+        ----------
+        name : str
+            The term.
+        sigma : ndarray or float
+            Its fractional σ at each sample of `wavelength` (signed for a level term's profile).
+        length : float, optional
+            Its correlation length (Å); None for a level term.
+        """
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=float), self.wavelength.shape).copy()
+        terms = [t for t in self.terms if t.name != name] + [CovarianceTerm(name, sigma, length)]
+        return CalibrationCovariance(self.wavelength, self.independent, terms, self.mask, self.domain, dict(self.meta))
+
     def factors(self, wavelength):
         """The pixel-independent variance and the low-rank factor of the covariance on ``wavelength``.
 
@@ -320,6 +347,26 @@ class CalibrationCovariance:
                              "sigma_i sigma_j b(i).b(j)/(|b(i)||b(j)|), b = cubic B-splines on uniform knots "
                              "of spacing FCOVLn over [FCOVLO, FCOVHI] (or the constant 1 for FCOVLn = -1).")
         return hdu
+
+    def to_columns(self):
+        """The ``FCALCOV`` table as columns ``FCALCOV_<COLUMN>`` and its header cards as a dict (for ECSV)."""
+        hdu = self.to_hdu()
+        columns = {f"{EXTNAME}_{name}": np.asarray(hdu.data[name]) for name in hdu.columns.names}
+        cards = {key: hdu.header[key] for key in hdu.header if key.startswith("FCOV")}
+        return columns, cards
+
+    @classmethod
+    def from_columns(cls, table, cards):
+        """Inverse of `to_columns`: ``table`` holds the ``FCALCOV_<COLUMN>`` columns, ``cards`` the header."""
+        prefix = f"{EXTNAME}_"
+        names = [c for c in table.colnames if c.startswith(prefix)]
+        formats = {"WAVELENGTH": "D", "MASK": "L"}
+        hdu = fits.BinTableHDU.from_columns(
+            [fits.Column(c[len(prefix):], formats.get(c[len(prefix):], "E"), array=np.asarray(table[c]))
+             for c in names], name=EXTNAME)
+        for key, value in dict(cards).items():
+            hdu.header[key] = value
+        return cls.from_hdu(hdu)
 
     @classmethod
     def from_hdu(cls, hdu):

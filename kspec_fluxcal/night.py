@@ -41,6 +41,7 @@ from .apply import calibration_on_grid
 from .atmosphere import night_extinction
 from .combine import separate_gray_terms
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, jsonable
+from .covariance import CalibrationCovariance, CovarianceTerm
 from .error_budget import level_log_variance
 from .exceptions import CalibrationError, InputDataError
 from .io.units import counting_unit
@@ -48,7 +49,20 @@ from .products import calibration_provenance, load_calibration
 from .stats import MAD_TO_SIGMA, MEDIAN_VARIANCE_FACTOR, combine_shapes
 from .wavelength import log_uniform_grid
 
-__all__ = ["combine_night", "rescale_nightly"]
+__all__ = ["combine_night", "rescale_nightly", "NIGHT_LEVEL", "COMMON_TERMS"]
+
+NIGHT_LEVEL = "night_level"
+"""The nightly covariance's level term: the night's transparency spread and the error of its median level (or,
+after `rescale_nightly`, the error of the frame's own gray factor)."""
+
+COMMON_TERMS = ("template_misfit", "zero_point_1", "zero_point_2")
+"""Terms of the exposures' covariances common to every exposure of a night (one template library, one
+catalogue): averaging the exposures does not reduce them. The others (the counts' noise, the stars' tilts,
+the smooth form's flexibility) are independent from exposure to exposure and average down; each exposure's
+level (``scale``) is removed with its gray term."""
+
+DEFAULT_SHAPE_LENGTH = 250.0
+"""Correlation length (Å) of the rest of the nightly shape's variance (the default knot spacing)."""
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +293,57 @@ def _assemble(results, names, vectors, grid, unit, per_rate, logc, lvar, gray, s
     }
     combined = CalibrationVector(grid * u.AA, factor * unit, variance * unit**2, mask,
                                  meta={"representation": "night", "n_exposures_used": n_used})
+    covariance = _night_covariance([r for r, a in zip(results, active) if a], grid, np.where(mask, 0.0, var_shape),
+                                   level_variance, ~mask)
     log.info("nightly calibration from %d of %d exposures; shape rms %.2f%%, gray scatter %.2f%%",
              n_used, len(results), 100 * rms if rms == rms else 0.0, 100 * gray_scatter)
-    return FluxCalibrationResult(combined, per_vectors, residuals, summary)
+    return FluxCalibrationResult(combined, per_vectors, residuals, summary, covariance=covariance)
+
+
+def _night_covariance(used, grid, shape_variance, level_variance, defined):
+    """The covariance of ln(nightly calibration): its level, the exposures' correlated terms averaged, the rest.
+
+    ``NIGHT_LEVEL`` (a level term) carries ``level_variance``. Each term of
+    the used exposures' covariances is averaged over them: a `COMMON_TERMS`
+    term keeps its mean σ, any other its rms σ divided by √n, each at its own
+    correlation length; ``scale`` is left out (the gray terms remove each
+    exposure's level). Where they add up to more than the shape's variance
+    they are scaled down to it; what is left of the shape's variance (all of
+    it when no exposure has a covariance) is the ``shape`` term at the
+    exposures' knot spacing. The diagonal is exactly ``shape_variance +
+    level_variance``.
+    """
+    if not defined.any():
+        return None
+    covariances = [r.covariance for r in used if r.covariance is not None]
+    names, lengths = [], {}
+    for cov in covariances:
+        for term in cov.terms:
+            if term.name != "scale" and term.name not in lengths:
+                names.append(term.name)
+                lengths[term.name] = term.length
+    n = max(len(covariances), 1)
+    sigmas = {}
+    for name in names:
+        per = np.array([np.abs(cov.term_sigma(name, grid)) for cov in covariances])
+        finite = np.isfinite(per)
+        count = np.maximum(finite.sum(axis=0), 1)
+        per = np.where(finite, per, 0.0)
+        sigma = per.sum(axis=0) / count if name in COMMON_TERMS else np.sqrt((per**2).sum(axis=0) / count / n)
+        sigmas[name] = np.where(defined & finite.any(axis=0), sigma, 0.0)
+    total = sum((s**2 for s in sigmas.values()), np.zeros(grid.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shrink = np.where(total > shape_variance, np.sqrt(shape_variance / total), 1.0)
+    terms = [CovarianceTerm(name, sigma * shrink, lengths[name]) for name, sigma in sigmas.items()
+             if np.any(sigma > 0)]
+    rest = np.maximum(shape_variance - total * shrink**2, 0.0)
+    spacings = [float(cov.meta["knot_spacing"]) for cov in covariances if cov.meta.get("knot_spacing")]
+    terms.append(CovarianceTerm("shape", np.sqrt(rest), float(np.median(spacings)) if spacings
+                                else DEFAULT_SHAPE_LENGTH))
+    terms.append(CovarianceTerm(NIGHT_LEVEL, np.where(defined, np.sqrt(level_variance), 0.0), None))
+    wave_ok = grid[defined]
+    return CalibrationCovariance(grid, np.zeros(grid.size), terms, ~defined, (float(wave_ok[0]), float(wave_ok[-1])),
+                                 {"representation": "night", "knot_spacing": terms[-2].length})
 
 
 def rescale_nightly(nightly, frame_result):
@@ -345,9 +407,13 @@ def rescale_nightly(nightly, frame_result):
     new_factor = night.cal_factor * scale
     new_var = np.where(night.mask, np.nan, new_log_var * new_factor.value**2) * night.unit**2
     vector = CalibrationVector(night.wavelength, new_factor, new_var, night.mask, meta=dict(night.meta))
+    covariance = None  # the night's level term (its variance is level_var) becomes the gray factor's
+    if nightly.covariance is not None:
+        covariance = nightly.covariance.with_term(NIGHT_LEVEL, np.sqrt(gray_var), None)
     summary = dict(nightly.summary)
     summary["level_variance"] = gray_var
     summary["gray_rescale"] = {"factor": float(scale), "log_variance": gray_var,
                                "n_standards": int(frame_result.summary.get("n_stars_used", 0))}
     log.info("nightly calibration rescaled by %.4f to the frame's own standards", scale)
-    return FluxCalibrationResult(vector, list(nightly.per_star_vectors), list(nightly.per_star_residuals), summary)
+    return FluxCalibrationResult(vector, list(nightly.per_star_vectors), list(nightly.per_star_residuals), summary,
+                                 covariance=covariance)

@@ -13,8 +13,10 @@ Two formats:
   summary as JSON, provenance included) — as written by
   `~kspec_fluxcal.containers.FluxCalibrationResult.to_hdulist`, plus
   provenance keywords in the primary header (`PROVENANCE_KEYWORDS`).
-* **ECSV** (``.ecsv``): the combined vector only, as an astropy Table with
-  units; the summary and the provenance are in its meta.
+* **ECSV** (``.ecsv``): the combined vector, as an astropy Table with
+  units, and the calibration's covariance (``FCALCOV_*`` columns, its header
+  cards in the meta's ``FCALCOV``); the summary and the provenance are in its
+  meta. No per-star vectors.
 
 A calibrated RED file holds the same ``FLUXCAL``/``FCALVEC``/``FCALSUM``
 extensions, so `load_calibration` reads a calibrated frame as a product too.
@@ -172,6 +174,11 @@ def save_calibration(result, path, provenance=None, overwrite=False):
         if ecsv:
             table = result.combined_vector.to_table()
             table.meta["SUMMARY"] = json.dumps(jsonable(result.summary))
+            if result.covariance is not None and result.covariance.wavelength.size == len(table):
+                columns, cards = result.covariance.to_columns()
+                for name, column in columns.items():
+                    table[name] = column
+                table.meta["FCALCOV"] = cards
             table.meta["comments"] = ["kspec_fluxcal calibration product (combined vector); "
                                       "SUMMARY holds the summary and provenance (JSON)"]
             table.write(tmp, format="ascii.ecsv", overwrite=True)

@@ -166,7 +166,11 @@ def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.
     window : tuple of float
         (start, end) of the window, Å; samples within 3 σ of it are fitted.
     sigma : float
-        Width of the narrowest feature (Å, 1σ; `lsf_sigma`): the knot spacing.
+        Width of the narrowest feature (Å, 1σ; `lsf_sigma`): the knot spacing,
+        or the spacing of the distinct sample positions when that is wider
+        (stars on one pixel grid sample T no finer than a pixel: knots between
+        the samples would be held only by the prior, and the variance there
+        would be the prior's, not the data's).
     out : ndarray
         Wavelengths (Å) to evaluate the fit at.
     clip_sigma : float
@@ -208,7 +212,7 @@ def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.
     if x.size < 8 or not np.any((out >= x[0]) & (out <= x[-1])) or x[-1] - x[0] < sigma:
         return t_out, var_out, n_out  # too few samples, or none spans a point of ``out`` (e.g. all in the margin)
     lo, hi = x[0], x[-1]
-    n_int = max(int(np.ceil((hi - lo) / sigma)), 1)
+    n_int = max(int(np.ceil((hi - lo) / max(sigma, _distinct_spacing(x, sigma)))), 1)
     knots = np.r_[[lo] * 3, np.linspace(lo, hi, n_int + 1), [hi] * 3]
     design = BSpline.design_matrix(x, knots, 3)
     n_coef = design.shape[1]
@@ -245,6 +249,14 @@ def fit_transmission(waves, values, variances, window, sigma, out, clip_sigma=4.
         mine = x[keep & (star == k)]
         n_out[inside] += (out[inside] >= mine[0]) & (out[inside] <= mine[-1])
     return t_out, var_out, n_out
+
+
+def _distinct_spacing(x, sigma):
+    """Median spacing (Å) of the distinct sample positions ``x`` (sorted); positions closer than 1 % of ``sigma``
+    are one."""
+    step = np.diff(x)
+    step = step[step > 0.01 * sigma]
+    return float(np.median(step)) if step.size else 0.0
 
 
 def _detected(t, var, min_depth, detect_sigma, min_samples=3):

@@ -165,6 +165,40 @@ def test_too_few_standards_rescale_the_nightly_function(night_setup, synthetic_g
     assert not (tmp_path / "none.fits").exists()
 
 
+def test_a_fallback_calibration_carries_its_covariance(night_setup, synthetic_grid_dir, tmp_path):
+    """The nightly function, rescaled to a frame's own standards, has a covariance whose diagonal is its variance,
+    with the gray factor's variance as its level term; band fluxes of the calibrated file need no more."""
+    from specutils import SpectrumList
+
+    from kspec_fluxcal import band_flux
+    from kspec_fluxcal.night import NIGHT_LEVEL
+
+    s = night_setup
+    night = load_calibration(s["night"])
+    own = apply_fluxcal(s["red"], FluxcalConfig(catalog=s["cat"], templates=synthetic_grid_dir,
+                                                output=tmp_path / "own.fits"))
+    out = tmp_path / "fallback.fits"
+    run = apply_fluxcal(s["red"], FluxcalConfig(catalog=s["cat"], templates=synthetic_grid_dir, output=out,
+                                                fallback=s["night"],
+                                                min_standards=own.result.summary["n_stars_used"] + 1))
+    for result in (night, run.result):
+        vec, cov = result.combined_vector, result.covariance
+        ok = ~vec.mask
+        wave = vec.wavelength.to_value(u.AA)[ok]
+        expected = (vec.cal_variance / vec.cal_factor**2).value[ok]
+        # the product stores variances and σ in float32: the night's large level term rounds at 1e-7 of itself
+        np.testing.assert_allclose(cov.variance(wave), expected, rtol=1e-5,
+                                   atol=1e-6 * night.summary["level_variance"])
+    gray_var = run.result.summary["gray_rescale"]["log_variance"]
+    level = run.result.covariance.term_sigma(NIGHT_LEVEL, wave)
+    np.testing.assert_allclose(level**2, gray_var, rtol=1e-6)
+    assert night.summary["level_variance"] != pytest.approx(gray_var)
+    science = [f for f in SpectrumList.read(out, format="KSPEC-RED") if f.meta["fibre"]["TYPE"] == "P"]
+    flux, sigma = band_flux(science[0], "ps1_r")
+    # the level alone is the floor of any band's relative error
+    assert np.isfinite(flux.value) and sigma.value / abs(flux.value) >= np.sqrt(gray_var)
+
+
 def test_the_rescaled_level_variance_is_that_of_the_fitted_gray_factor():
     """Frames whose level errs by their stated scale and zero-point σ, plus wavelength-dependent noise.
 

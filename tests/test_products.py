@@ -82,6 +82,20 @@ def test_ecsv_product_round_trips(derived, tmp_path):
     assert stored.summary["per_star_metrics"] == original.summary["per_star_metrics"]
     assert stored.per_star_vectors == []
     assert "# %ECSV" in path.read_text().splitlines()[0]
+    # the covariance rides along: the same terms, and the same band error as the FITS product gives
+    cov, again = original.covariance, stored.covariance
+    assert [t.name for t in again.terms] == [t.name for t in cov.terms]
+    assert [t.length for t in again.terms] == [t.length for t in cov.terms]
+    wave = np.linspace(*cov.domain, 300)[1:-1]
+    np.testing.assert_allclose(again.to_dense(wave), cov.to_dense(wave), rtol=1e-5, atol=1e-12)
+
+
+def test_an_ecsv_product_without_covariance_says_so(derived, tmp_path, caplog):
+    original = derived["run"].result
+    bare = FluxCalibrationResult(original.combined_vector, summary=dict(original.summary))
+    stored = load_calibration(save_calibration(bare, tmp_path / "bare.ecsv"))
+    assert stored.covariance is None
+    assert "no calibration covariance" in caplog.text and "MissingCovarianceError" in caplog.text
 
 
 def test_a_calibrated_frame_reads_as_a_product(derived):

@@ -111,6 +111,30 @@ def test_the_stars_together_sample_lines_narrower_than_two_pixels():
     assert np.sqrt(np.mean(missed**2)) > 0.03
 
 
+def test_stars_on_one_pixel_grid_give_the_variance_of_their_mean():
+    """Eight stars sampled at the same pixels (knots one LSF σ apart would fall between them): T, stored finely
+    and interpolated to the pixels as `transmission_on_grid` does, has the variance of the stars' mean there, as
+    its scatter about the truth shows — not the prior's between the samples."""
+    rng = np.random.default_rng(5)
+    step, window, noise = 1.55, (7594.0, 7690.0), 0.01
+    base = np.arange(7560.0, 7730.0, step)
+    truth = observed_transmission(base, FWHM, seed=4)
+    sigma = lsf_sigma({"lsf": {"fwhm": FWHM}}, 7640.0, step)
+    assert sigma < step  # the knots the LSF alone would ask for are closer than the samples
+    errors, variances = [], []
+    for _ in range(6):
+        values = [truth + noise * rng.standard_normal(base.size) for _ in range(8)]
+        fine = np.arange(base[0], base[-1], sigma / 4)
+        t, var, _ = fit_transmission([base] * 8, values, [np.full(base.size, noise**2)] * 8, window, sigma, fine)
+        t, var = np.interp(base, fine, t), np.interp(base, fine, var)
+        inside = (base > window[0]) & (base < window[1])
+        errors.append((t - truth)[inside])
+        variances.append(var[inside])
+    errors, variances = np.concatenate(errors), np.concatenate(variances)
+    assert 0.7 < np.sqrt(np.mean(errors**2 / variances)) < 1.35
+    assert np.sqrt(np.median(variances)) < 2 * noise / np.sqrt(8)
+
+
 def test_correction_divides_and_propagates_both_variances():
     wave = np.linspace(7500.0, 7800.0, 301)
     t = np.where((wave > 7600) & (wave < 7700), 0.5 + 0.004 * np.abs(wave - 7650), 1.0)

@@ -6,6 +6,7 @@ calibration stored in a calibrated RED file), so that the readers of the
 """
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from astropy.table import Table
 
 from ..containers import CalibrationVector, FluxCalibrationResult
 from ..exceptions import InputDataError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PROVENANCE_KEYWORDS", "EXPTIME_KEYWORDS", "header_exptime", "load_calibration"]
 
@@ -74,7 +77,7 @@ def load_calibration(path):
     `~kspec_fluxcal.containers.FluxCalibrationResult`
         Its ``summary['provenance']`` is always filled (from the header of a
         calibrated RED file written before products existed). An ECSV product
-        gives the combined vector only (no per-star vectors).
+        gives the combined vector and its covariance (no per-star vectors).
 
     Raises
     ------
@@ -91,10 +94,18 @@ def load_calibration(path):
                 table = Table.read(path, format="ascii.ecsv")
             vector = CalibrationVector.from_table(table)
             summary = json.loads(table.meta.get("SUMMARY", "{}"))
+            covariance = None
+            if "FCALCOV" in table.meta:
+                from ..covariance import CalibrationCovariance
+
+                covariance = CalibrationCovariance.from_columns(table, table.meta["FCALCOV"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputDataError(f"{path.name} is not a readable kspec_fluxcal ECSV calibration ({exc}).") from exc
         summary.setdefault("provenance", {"kind": "exposure", "red_file": None})
-        return FluxCalibrationResult(vector, summary=summary)
+        if covariance is None:
+            log.warning("%s holds no calibration covariance (written by an older version): band fluxes of spectra "
+                        "calibrated with it raise MissingCovarianceError; recalibrate to write one.", path.name)
+        return FluxCalibrationResult(vector, summary=summary, covariance=covariance)
     try:
         with fits.open(path, memmap=False) as hdul:
             hdus = fits.HDUList([h.copy() for h in hdul])
