@@ -292,7 +292,7 @@ class TemplateCorrection:
         kernel-weighted scatter of the training curves about their kernel
         mean at ``feh`` (unbiased for the weights: divided by 1 − Σŵ², at
         least ½), at most `sigma_for`; the shared part is the rest of
-        `sigma_for`, so that own² + shared² = `sigma_for`².
+        `sigma_for`, so that own² + shared² is the square of `sigma_for`.
 
         Returns
         -------
@@ -323,7 +323,7 @@ class TemplateCorrection:
         With them each misfit is split (`sigma_parts`): the standards' own
         parts average down, σ²_own = Σ own²/N²; their shared parts are
         correlated as the kernel means they come from, ρ_jk = ŵ_j·ŵ_k /
-        (|ŵ_j| |ŵ_k|) with ŵ the training stars' kernel weights at each
+        (‖ŵ_j‖ ‖ŵ_k‖) with ŵ the training stars' kernel weights at each
         standard's [M/H] (1 for stars of one [M/H], 0 for stars the kernel
         sees through disjoint training stars), σ²_shared = Σ ρ_jk s_j s_k / N².
         Standards outside the domain carry the library ``floor``, which they
