@@ -24,8 +24,10 @@ ln(Cal), each a function of wavelength:
     kind share it, so star-to-star scatter cannot reveal it and it does not
     average down). It is the caller's ``template_misfit(λ)`` when given; for
     a template correction, its uncertainty for a new star where the standard
-    lies inside the correction's domain and the library floor where it does
-    not (rms over the used standards); else the per-library floor of
+    lies inside the correction's domain — each standard's own part averaged
+    down over the standards, the part shared by standards of similar [M/H]
+    not (`~kspec_fluxcal.templates.TemplateCorrection.misfit_for_standards`)
+    — and the library floor where it does not; else the per-library floor of
     `library_misfit_floor`.
 
 `apply_error_budget` adds the last two to the combined vector and records

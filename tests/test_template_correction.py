@@ -147,6 +147,63 @@ def test_misfit_term_uses_the_floor_for_standards_outside_the_domain():
 
 
 
+def _four_star_toy():
+    """Two metal-poor and two solar training stars, with leave-one-out residuals (so σ depends on [M/H])."""
+    wave = np.array([4000.0, 5000.0, 6000.0, 7000.0])
+    curves = {"p1": np.array([1.04, 1.0, 0.99, 1.0]), "p2": np.array([1.02, 1.01, 0.99, 1.0]),
+              "s1": np.array([0.96, 1.0, 1.01, 1.0]), "s2": np.array([0.99, 0.995, 1.01, 1.0])}
+    residuals = {"p1": np.array([0.02, -0.01, 0.0, 0.002]), "p2": np.array([-0.025, 0.012, 0.001, -0.002]),
+                 "s1": np.array([-0.03, 0.004, 0.0, 0.003]), "s2": np.array([0.028, -0.006, 0.001, -0.002])}
+    model = {"kind": "feh-kernel", "bandwidth_dex": 0.3, "training": list(curves), "feh": [-1.0, -1.0, 0.0, 0.0],
+             "teff": [6000.0, 6100.0, 6200.0, 5900.0], "domain": {"teff": [5650.0, 6450.0], "feh": [-1.25, 0.25]},
+             "sigma_floor": 0.002}
+    return TemplateCorrection(wave, [1.0] * 4, [0.02, 0.01, 0.005, 0.003],
+                              meta={"name": "four", "library_kind": "ck04models", "model": model}, curves=curves,
+                              residuals=residuals)
+
+
+def _parts_here(corr, feh):
+    """(shared², own²) of a standard at ``feh``, from the file's numbers: own² the kernel-weighted scatter of the
+    curves about their weighted mean (÷ (1 − Σŵ²), at least ½), at most the leave-one-out mean square."""
+    model = corr.meta["model"]
+    w = np.array([np.exp(-0.5 * ((feh - f) / model["bandwidth_dex"]) ** 2) for f in model["feh"]])
+    w = w / w.sum()
+    curves = [corr.curves[n] for n in model["training"]]
+    mean = sum(wi * c for wi, c in zip(w, curves))
+    scatter = sum(wi * (c / mean - 1.0) ** 2 for wi, c in zip(w, curves)) / max(1.0 - np.sum(w**2), 0.5)
+    loo2 = np.maximum(sum(wi * corr.residuals[n] ** 2 for wi, n in zip(w, model["training"])),
+                      model["sigma_floor"] ** 2)
+    own2 = np.minimum(scatter, loo2)
+    return loo2 - own2, own2, w
+
+
+def test_misfit_term_averages_the_standards_own_parts_and_keeps_the_shared_ones():
+    """One standard: its σ; N alike: shared² + own²/N; two unlike (disjoint kernels): each part over N²."""
+    corr = _four_star_toy()
+    wave = corr.wavelength.value
+    shared2, own2, _ = _parts_here(corr, 0.0)
+    assert np.all(own2[:3] > 0) and np.any(shared2 > 0)
+    np.testing.assert_allclose(sum(p**2 for p in corr.sigma_parts(wave, 6000.0, 0.0)), shared2 + own2, rtol=1e-9)
+    one, _ = corr.misfit_for_standards([(6000.0, 0.0)])
+    np.testing.assert_allclose(one(wave), corr.sigma_for(wave, 6000.0, 0.0), rtol=1e-9)
+    np.testing.assert_allclose(one(wave), np.sqrt(shared2 + own2), rtol=1e-9)
+    alike, _ = corr.misfit_for_standards([(6000.0, 0.0)] * 4)
+    np.testing.assert_allclose(alike(wave), np.sqrt(shared2 + own2 / 4), rtol=1e-9)
+    assert np.all(alike(wave)[:3] < one(wave)[:3])
+    # stars of -1 and 0 dex see the training stars through nearly disjoint kernels (ρ = e^-5.6 here)
+    shared_p, own_p, w_p = _parts_here(corr, -1.0)
+    _, _, w_s = _parts_here(corr, 0.0)
+    rho = w_p @ w_s / np.sqrt((w_p @ w_p) * (w_s @ w_s))
+    unlike, _ = corr.misfit_for_standards([(6000.0, -1.0), (6000.0, 0.0)])
+    expected = (shared_p + shared2 + 2 * rho * np.sqrt(shared_p * shared2) + own_p + own2) / 4
+    np.testing.assert_allclose(unlike(wave), np.sqrt(expected), rtol=1e-9)
+    # a standard outside the domain brings the library floor, shared by all such standards
+    mixed, n_in = corr.misfit_for_standards([(6000.0, 0.0), (5200.0, 0.0), (5100.0, 0.0)],
+                                            lambda w: np.full(np.shape(w), 0.015))
+    assert n_in == 1
+    np.testing.assert_allclose(mixed(wave), np.sqrt((shared2 + own2) / 9 + (2 / 3) ** 2 * 0.015**2), rtol=1e-9)
+
+
 def test_correction_interpolates_and_holds_its_ends():
     corr = _toy()
     np.testing.assert_allclose(corr.factor_at([3000.0, 4500.0, 6500.0, 9000.0]), [1.05, 1.025, 0.99, 1.0])

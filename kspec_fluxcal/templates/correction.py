@@ -260,6 +260,16 @@ class TemplateCorrection:
         """
         return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, self._sigma)
 
+    def _kernel_weights(self, feh):
+        """The training stars' normalised [M/H]-kernel weights at ``feh`` (dex)."""
+        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / float(self.model["bandwidth_dex"])) ** 2)
+        return weights / np.sum(weights)
+
+    def _loo_variance(self, feh):
+        """The kernel-weighted mean square of the leave-one-out residuals at ``feh``, on the table grid, floored."""
+        variance = self._kernel_weights(feh) @ self._residuals**2
+        return np.maximum(variance, float(self.model.get("sigma_floor", 0.0)) ** 2)
+
     def sigma_for(self, wavelength, teff, feh):
         """Fractional 1σ misfit of a star of ``teff`` (K) and ``feh`` (dex) after correction, at ``wavelength`` (Å).
 
@@ -270,18 +280,54 @@ class TemplateCorrection:
         """
         if self._residuals is None or self.model is None:
             return self.fractional_sigma(wavelength)
-        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / float(self.model["bandwidth_dex"])) ** 2)
-        sigma = np.sqrt(weights @ self._residuals**2 / np.sum(weights))
-        sigma = np.maximum(sigma, float(self.model.get("sigma_floor", 0.0)))
-        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, sigma)
+        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, np.sqrt(self._loo_variance(feh)))
+
+    def sigma_parts(self, wavelength, teff, feh):
+        """The shared and the star's own parts of `sigma_for`, at ``wavelength`` (Å).
+
+        A new star's misfit after correction is partly the error of the
+        kernel mean at its [M/H] — which every star of similar [M/H] shares —
+        and partly the star's own departure from the mean of stars like it,
+        which is independent from star to star. The own part is the
+        kernel-weighted scatter of the training curves about their kernel
+        mean at ``feh`` (unbiased for the weights: divided by 1 − Σŵ², at
+        least ½), at most `sigma_for`; the shared part is the rest of
+        `sigma_for`, so that own² + shared² is the square of `sigma_for`.
+
+        Returns
+        -------
+        shared, own : ndarray
+            Fractional 1σ at ``wavelength``.
+        """
+        wave = np.asarray(wavelength, dtype=np.float64)
+        if self._residuals is None or self.model is None:
+            return self.fractional_sigma(wave), np.zeros(wave.shape)
+        shared2, own2 = self._variance_parts(feh)
+        return (np.interp(wave, self._wave, np.sqrt(shared2)), np.interp(wave, self._wave, np.sqrt(own2)))
+
+    def _variance_parts(self, feh):
+        weights = self._kernel_weights(feh)
+        mean = weights @ self._stack
+        scatter = weights @ (self._stack / mean - 1.0) ** 2 / max(1.0 - float(np.sum(weights**2)), 0.5)
+        total = self._loo_variance(feh)
+        own2 = np.minimum(scatter, total)
+        return total - own2, own2
 
     def misfit_for_standards(self, standards, floor=None):
         """The template-misfit term of a frame whose used standards have the fitted ``standards`` parameters.
 
-        Each standard inside the domain contributes `sigma_for` at its own
-        fitted Teff and [M/H], each outside it the library ``floor`` (none
-        when None); the frame's term is the rms over the standards (their
-        misfits are shared, not averaged down).
+        The combined vector is the mean of the standards' vectors, so its
+        misfit is the mean of theirs. Without leave-one-out residuals each
+        standard inside the domain contributes `sigma_for` at its own fitted
+        Teff and [M/H] and the term is their rms (shared, not averaged down).
+        With them each misfit is split (`sigma_parts`): the standards' own
+        parts average down, σ²_own = Σ own²/N²; their shared parts are
+        correlated as the kernel means they come from, ρ_jk = ŵ_j·ŵ_k /
+        (‖ŵ_j‖ ‖ŵ_k‖) with ŵ the training stars' kernel weights at each
+        standard's [M/H] (1 for stars of one [M/H], 0 for stars the kernel
+        sees through disjoint training stars), σ²_shared = Σ ρ_jk s_j s_k / N².
+        Standards outside the domain carry the library ``floor``, which they
+        all share (none when None): it adds (n_out/N)² floor².
 
         Parameters
         ----------
@@ -300,6 +346,33 @@ class TemplateCorrection:
         standards = [(float(t), float(f)) for t, f in standards]
         inside = [self.covers(t, f) for t, f in standards]
         n_in = int(sum(inside))
+        if self._residuals is None or self.model is None:
+            return self._rms_misfit(standards, inside, floor), n_in
+        n_all = len(standards)
+        fehs = [f for (_, f), covered in zip(standards, inside) if covered]
+        variance = np.zeros(self._wave.size)
+        if fehs:
+            parts = [self._variance_parts(f) for f in fehs]
+            shared = np.sqrt(np.array([p[0] for p in parts]))
+            weights = np.array([self._kernel_weights(f) for f in fehs])
+            gram = weights @ weights.T
+            norm = np.sqrt(np.diag(gram))
+            rho = gram / np.outer(norm, norm)
+            variance = (np.einsum("jk,jl,kl->l", rho, shared, shared) + sum(p[1] for p in parts)) / n_all**2
+
+        def misfit(wavelength):
+            wave = np.asarray(wavelength, dtype=np.float64)
+            if not inside:
+                return self.fractional_sigma(wave)
+            out = np.interp(wave, self._wave, variance)
+            if floor is not None and n_in < n_all:
+                out = out + ((n_all - n_in) / n_all) ** 2 * np.asarray(floor(wave), dtype=np.float64) ** 2
+            return np.sqrt(out)
+
+        return misfit, n_in
+
+    def _rms_misfit(self, standards, inside, floor):
+        n_in = int(sum(inside))
 
         def misfit(wavelength):
             wave = np.asarray(wavelength, dtype=np.float64)
@@ -313,7 +386,7 @@ class TemplateCorrection:
                 out += (len(inside) - n_in) * np.asarray(floor(wave), dtype=np.float64) ** 2
             return np.sqrt(out / len(inside))
 
-        return misfit, n_in
+        return misfit
 
     def apply(self, wavelength, flux):
         """``flux × factor(wavelength)`` (any array or Quantity whose last axis matches ``wavelength``)."""
