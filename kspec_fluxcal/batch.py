@@ -331,9 +331,10 @@ def dask_client(workers=2, scheduler=None, connect_timeout=CONNECT_TIMEOUT):
     # is applied in the new process; "pre-spawn-environ" is set before the process starts, `env` after.
     pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
-        # the scheduler's HTTP server always starts; on a free port (":0"), not the default 8787, which a second
+        # the scheduler's HTTP server always starts; on a free local port, not the default 8787, which a second
         # cluster would find taken (and warn); no dashboard on it
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0",
                                scheduler_kwargs={"dashboard": False}, env=dict(WORKER_ENV))
     with cluster, Client(cluster) as client:
         yield client

@@ -78,7 +78,8 @@ class Cluster:
     def start_scheduler(self, **env):
         sched_file = self.root / f"scheduler-{len(self.procs)}.json"
         self.scheduler = self._spawn(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                                      "--no-dashboard", "--scheduler-file", str(sched_file)],
+                                      "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                                      str(sched_file)],
                                      f"scheduler-{len(self.procs)}.log", **env)
         self.address = _wait_for(lambda: sched_file.is_file() and json.loads(sched_file.read_text() or "{}").get(
             "address"), "the scheduler file")

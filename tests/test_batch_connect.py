@@ -76,3 +76,17 @@ def test_an_address_that_is_not_dask_is_an_input_error(monkeypatch, tmp_path):
     with pytest.raises(InputDataError, match="cannot reach a Dask scheduler at tcp://web:80 within 5 s"):
         batch.calibrate_batch([tmp_path / "a_red.fits"], None, FluxcalConfig(calibration=tmp_path / "n.fits"),
                               scheduler="tcp://web:80", run_log=False)
+
+
+def test_a_local_cluster_leaves_the_default_dashboard_port_alone():
+    """Two suites (or two nights) on one machine: a held port 8787 neither warns nor moves the package's cluster."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            held.bind(("127.0.0.1", 8787))
+            held.listen()
+        except OSError:  # another process holds it already: the situation this test is about
+            pass
+        with batch.dask_client(workers=1) as client:  # "Port 8787 is already in use" would be an error here
+            server = client.cluster.scheduler.http_server
+    assert server.address == "127.0.0.1" and server.port != 8787

@@ -34,7 +34,7 @@ def frames(tmp_path_factory, write_small_frames):
 @pytest.fixture
 def inproc_scheduler():
     """Address of an in-process cluster: one worker thread in this process, so patches reach the tasks."""
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
                                   scheduler_kwargs={"dashboard": False}) as cluster:
         yield cluster.scheduler_address
 
