@@ -6,9 +6,9 @@ counts, ``BUNIT = 'Counts'``, ``WAVELA`` in ``'Angstroms'``) is read with
 `kspec_fluxcal.apply_flux_calibration` with arrays, a 2-D ``Spectrum`` and a
 ``SpectrumList``, and written with the ``KSPEC-RED`` writer. Best of
 ``--repeat`` runs. The floor of the ``SpectrumList`` case is printed too:
-making its NFIB calibrated ``Spectrum`` objects alone (the same
-constructor call the package makes, each reusing its fiber's spectral axis
-and WCS), with nothing calibrated.
+making its NFIB calibrated ``Spectrum`` objects alone (the call the
+package makes, `kspec_fluxcal.io.fiber_spectra.fiber_spectra`, on the first
+fiber's spectral axis and WCS), with nothing calibrated.
 
 Usage::
 
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import VarianceUncertainty
 from astropy.table import Table
 from specutils import Spectrum, SpectrumList
 
 import kspec_fluxcal
 from kspec_fluxcal.containers import FLAM, CalibrationVector
+from kspec_fluxcal.io.fiber_spectra import fiber_spectra
 
 
 def _frame(path, n_fib, n_pix):
@@ -68,9 +68,13 @@ def main():
         calibrated = kspec_fluxcal.apply_flux_calibration(frame, vector)
         listed = kspec_fluxcal.apply_flux_calibration(fibers, vector)
 
+        flux = u.Quantity(np.stack([s.flux.value for s in listed]), listed[0].flux.unit)
+        variance = np.stack([s.uncertainty.array for s in listed])
+        mask = np.stack([s.mask for s in listed])
+        metas = [s.meta for s in listed]
+
         def make_spectra():
-            return [Spectrum(flux=s.flux, uncertainty=VarianceUncertainty(s.uncertainty.array), mask=s.mask,
-                             meta=s.meta, spectral_axis=s.spectral_axis, wcs=s.wcs) for s in listed]
+            return fiber_spectra(listed[0].spectral_axis, flux, variance, mask, metas, wcs=listed[0].wcs)
 
         cases = {
             "SpectrumList.read": lambda: SpectrumList.read(path),
