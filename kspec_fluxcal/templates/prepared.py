@@ -19,6 +19,7 @@ from ..containers import FLAM, StellarTemplate, as_wavelength
 from ..exceptions import CacheError, InputDataError
 from ..extinction import extinction_per_ebv
 from ..photometry import REGISTERED_BANDS, band_flux_weights
+from ..photometry.filters import band_arrays
 from .library import TemplateLibrary
 from .lsf import lsf_operator
 
@@ -38,15 +39,41 @@ DEFAULT_EBV_GRID = np.linspace(0.0, 0.5, 41)
 """Default E(B−V) grid (mag) of `PreparedGrid.build`."""
 
 
+_LAYOUT_MEMO = collections.OrderedDict()
+"""`_band_layout` results of this process, by a fingerprint of the grid and the bands' curves."""
+
+_LAYOUT_MEMO_SIZE = 4
+
+
 def _band_layout(wave, band_names):
-    """Sub-bin aggregator of the bands on the native grid.
+    """Sub-bin aggregator of the bands on the native grid (memoised per process).
 
     Returns (S, lam, covered, key): S is a CSR matrix (n_bands·NSUB, n_wave)
     whose row (b, j) holds the `band_flux_weights` of band b restricted to its
     j-th sub-bin (contiguous runs of equal numbers of pixels); ``lam`` (n_bands,
     NSUB) the weight-averaged wavelength of each sub-bin; ``covered`` which
-    bands the grid covers; ``key`` a fingerprint of S.
+    bands the grid covers; ``key`` a fingerprint of S. Every calibration of a
+    process asks for the same layout (to key its prepared grid): it is kept
+    under a fingerprint of ``wave`` and of the bands' transmission curves as
+    `~kspec_fluxcal.photometry.band_arrays` gives them now (a band registered
+    again with another curve gets a new layout), and handed out read-only.
     """
+    curves = [array for name in band_names for array in band_arrays(name)[:2]]
+    memo_key = fingerprint(list(map(str, band_names)), wave, *curves)
+    if memo_key in _LAYOUT_MEMO:
+        _LAYOUT_MEMO.move_to_end(memo_key)
+        return _LAYOUT_MEMO[memo_key]
+    layout = _compute_band_layout(wave, band_names)
+    for array in (layout[0].data, layout[0].indices, layout[0].indptr, layout[1], layout[2]):
+        array.flags.writeable = False
+    _LAYOUT_MEMO[memo_key] = layout
+    while len(_LAYOUT_MEMO) > _LAYOUT_MEMO_SIZE:
+        _LAYOUT_MEMO.popitem(last=False)
+    return layout
+
+
+def _compute_band_layout(wave, band_names):
+    """`_band_layout`, computed."""
     nb = len(band_names)
     lam = np.zeros((nb, _BAND_SUBBINS))
     covered = np.zeros(nb, dtype=bool)

@@ -1,0 +1,48 @@
+"""`PreparedGrid.build`'s band layout is computed once per process and per set of band curves."""
+
+import numpy as np
+import pytest
+from astropy import units as u
+
+from kspec_fluxcal.photometry import register_filter, unregister_filter
+from kspec_fluxcal.templates import prepared
+
+
+@pytest.fixture
+def fresh_memo(monkeypatch):
+    monkeypatch.setattr(prepared, "_LAYOUT_MEMO", prepared.collections.OrderedDict())
+
+
+def _box(lo, hi):
+    wave = np.linspace(lo - 200.0, hi + 200.0, 400)
+    return wave * u.AA, np.where((wave > lo) & (wave < hi), 1.0, 0.0)
+
+
+def test_the_layout_is_computed_once_and_read_only(fresh_memo, monkeypatch):
+    wave = np.linspace(3000.0, 11000.0, 8001)
+    calls = []
+    compute = prepared._compute_band_layout
+    monkeypatch.setattr(prepared, "_compute_band_layout", lambda *a: calls.append(a) or compute(*a))
+    first = prepared._band_layout(wave, ("ps1_g", "ps1_r"))
+    again = prepared._band_layout(wave.copy(), ("ps1_g", "ps1_r"))  # equal grid, another array
+    assert again is first and len(calls) == 1
+    fresh = compute(wave, ("ps1_g", "ps1_r"))
+    assert fresh[3] == first[3]
+    np.testing.assert_array_equal(fresh[0].toarray(), first[0].toarray())
+    with pytest.raises(ValueError):
+        first[1][0, 0] = 1.0
+    other = prepared._band_layout(wave, ("ps1_g", "ps1_i"))  # other bands, other layout
+    assert len(calls) == 2 and other[3] != first[3]
+
+
+def test_a_band_registered_again_with_another_curve_gets_a_new_layout(fresh_memo):
+    wave = np.linspace(3000.0, 11000.0, 8001)
+    register_filter("memo_box", _box(5000.0, 6000.0), wavelength_unit="Angstrom")
+    try:
+        before = prepared._band_layout(wave, ("memo_box",))
+        register_filter("memo_box", _box(5000.0, 6500.0), wavelength_unit="Angstrom", overwrite=True)
+        after = prepared._band_layout(wave, ("memo_box",))
+    finally:
+        unregister_filter("memo_box")
+    assert after[3] != before[3]
+    assert after[1][0].max() > before[1][0].max()  # the wider band's sub-bins reach further red
