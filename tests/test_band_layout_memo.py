@@ -33,6 +33,31 @@ def test_the_layout_is_computed_once_and_read_only(fresh_memo, monkeypatch):
         first[1][0, 0] = 1.0
     other = prepared._band_layout(wave, ("ps1_g", "ps1_i"))  # other bands, other layout
     assert len(calls) == 2 and other[3] != first[3]
+    # a new process (no memo) reads the layout from the package cache instead of computing it
+    monkeypatch.setattr(prepared, "_LAYOUT_MEMO", prepared.collections.OrderedDict())
+    read = prepared._band_layout(wave, ("ps1_g", "ps1_r"))
+    assert len(calls) == 2 and read is not first and read[3] == first[3]
+    np.testing.assert_array_equal(read[0].toarray(), first[0].toarray())
+    np.testing.assert_array_equal(read[1], first[1])
+    np.testing.assert_array_equal(read[2], first[2])
+    assert read[0].has_sorted_indices and read[0].has_canonical_format
+    # without the cache it is computed
+    monkeypatch.setattr(prepared, "_LAYOUT_MEMO", prepared.collections.OrderedDict())
+    prepared._band_layout(wave, ("ps1_g", "ps1_r"), cache=False)
+    assert len(calls) == 3
+
+
+def test_a_damaged_cached_layout_is_computed_again(fresh_memo, monkeypatch, caplog):
+    wave = np.linspace(3000.0, 11000.0, 8001)
+    first = prepared._band_layout(wave, ("ps1_z",))
+    folder = next(p for p in prepared.cache_dir("band-layouts").iterdir() if p.is_dir()
+                  and (p / "lam.npy").exists() and np.load(p / "lam.npy").shape == (1, prepared._BAND_SUBBINS)
+                  and np.array_equal(np.load(p / "lam.npy"), first[1]))
+    (folder / "lam.npy").write_bytes(b"damaged")
+    monkeypatch.setattr(prepared, "_LAYOUT_MEMO", prepared.collections.OrderedDict())
+    again = prepared._band_layout(wave, ("ps1_z",))
+    assert "computing the band layout again" in caplog.text
+    np.testing.assert_array_equal(again[1], first[1])
 
 
 def test_a_band_registered_again_with_another_curve_gets_a_new_layout(fresh_memo):

@@ -45,31 +45,60 @@ _LAYOUT_MEMO = collections.OrderedDict()
 _LAYOUT_MEMO_SIZE = 4
 
 
-def _band_layout(wave, band_names):
-    """Sub-bin aggregator of the bands on the native grid (memoised per process).
+def _band_layout(wave, band_names, cache=True):
+    """Sub-bin aggregator of the bands on the native grid (memoised per process, cached on disk).
 
     Returns (S, lam, covered, key): S is a CSR matrix (n_bands·NSUB, n_wave)
     whose row (b, j) holds the `band_flux_weights` of band b restricted to its
     j-th sub-bin (contiguous runs of equal numbers of pixels); ``lam`` (n_bands,
     NSUB) the weight-averaged wavelength of each sub-bin; ``covered`` which
-    bands the grid covers; ``key`` a fingerprint of S. Every calibration of a
-    process asks for the same layout (to key its prepared grid): it is kept
-    under a fingerprint of ``wave`` and of the bands' transmission curves as
+    bands the grid covers; ``key`` a fingerprint of S. Every calibration asks
+    for the same layout (to key its prepared grid): it is kept under a
+    fingerprint of ``wave`` and of the bands' transmission curves as
     `~kspec_fluxcal.photometry.band_arrays` gives them now (a band registered
-    again with another curve gets a new layout), and handed out read-only.
+    again with another curve gets a new layout), in this process (handed out
+    read-only) and, with ``cache``, in the package cache, so that a new
+    process reads it instead of computing it.
     """
     curves = [array for name in band_names for array in band_arrays(name)[:2]]
-    memo_key = fingerprint(list(map(str, band_names)), wave, *curves)
+    memo_key = fingerprint("band-layout", _BAND_SUBBINS, list(map(str, band_names)), wave, *curves)
     if memo_key in _LAYOUT_MEMO:
         _LAYOUT_MEMO.move_to_end(memo_key)
         return _LAYOUT_MEMO[memo_key]
-    layout = _compute_band_layout(wave, band_names)
+    layout = _load_band_layout(memo_key, wave.size, len(band_names)) if cache else None
+    if layout is None:
+        layout = _compute_band_layout(wave, band_names)
+        if cache:
+            agg, lam, covered, key = layout
+            try:
+                save_arrays(cache_dir("band-layouts", memo_key),
+                            {"data": agg.data, "indices": agg.indices, "indptr": agg.indptr, "lam": lam,
+                             "covered": covered}, meta={"key": key})
+            except OSError as exc:  # a read-only cache: the next process computes it again
+                log.debug("cannot cache the band layout: %s", exc)
     for array in (layout[0].data, layout[0].indices, layout[0].indptr, layout[1], layout[2]):
         array.flags.writeable = False
     _LAYOUT_MEMO[memo_key] = layout
     while len(_LAYOUT_MEMO) > _LAYOUT_MEMO_SIZE:
         _LAYOUT_MEMO.popitem(last=False)
     return layout
+
+
+def _load_band_layout(memo_key, n_wave, n_bands):
+    """The cached `_band_layout` under ``memo_key``, or None (absent or damaged: computed again)."""
+    folder = cache_dir("band-layouts", memo_key)
+    if not (folder / "index.json").exists():
+        return None
+    try:
+        arrays, meta = load_arrays(folder, mmap=False)
+        agg = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                shape=(n_bands * _BAND_SUBBINS, n_wave))
+        if arrays["lam"].shape != (n_bands, _BAND_SUBBINS) or arrays["covered"].shape != (n_bands,):
+            raise CacheError(f"band layout {folder} does not match")
+    except (CacheError, KeyError, ValueError) as exc:
+        log.warning("computing the band layout again: %s", exc)
+        return None
+    return agg, arrays["lam"], arrays["covered"], meta["key"]
 
 
 def _compute_band_layout(wave, band_names):
@@ -385,7 +414,7 @@ class PreparedGrid:
         bands = tuple(bands)
         ebv = _check_ebv_grid(ebv_grid)
         native = lib.wavelength.value
-        layout = _band_layout(native, bands)
+        layout = _band_layout(native, bands, cache)
         lsf = {
             "fwhm": None if fwhm is None else float(u.Quantity(fwhm, u.AA).to_value(u.AA)),
             "fwhm_poly_coeffs": None if fwhm_poly_coeffs is None else [float(c) for c in np.ravel(fwhm_poly_coeffs)],
