@@ -19,7 +19,7 @@ Three figures, each from fresh Python processes (best of ``--repeat``):
 
 Usage::
 
-    python benchmarks/bench_startup.py [--grid DIR] [--repeat N] [--blas-threads N]
+    python benchmarks/bench_startup.py [--grid DIR] [--repeat N] [--blas-threads N] [--no-bytecode]
 
 ``--grid`` defaults to ``$TMPDIR/kspec_bench_bosz_r10000`` (written when
 missing, about 30 s, 450 MB). The command is run as the console script
@@ -99,7 +99,15 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="BLAS/OpenMP threads of the calibrating processes (default: the environment's)")
+    parser.add_argument("--no-bytecode", action="store_true",
+                        help="compile the package in every process (no bytecode cache)")
     args = parser.parse_args()
+    if not args.no_bytecode:  # this process (whose first calibration writes the bytecode) and its children
+        prefix = str(Path(tempfile.gettempdir()) / "kspec_bench_pycache")
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = prefix
+        sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
+        subprocess.run([sys.executable, "-c", HELP, "--help"], check=True, capture_output=True)
     child_env = dict(os.environ)
     if args.blas_threads:
         child_env.update(dict.fromkeys(BLAS_THREADS, str(args.blas_threads)))
@@ -107,7 +115,7 @@ def main():
 
     bare = _wall([sys.executable, "-c", BARE], args.repeat)
     helps = _wall([sys.executable, "-c", HELP, "--help"], args.repeat)
-    print(f"start-up, best of {args.repeat} fresh processes")
+    print(f"start-up, best of {args.repeat} fresh processes (package byte-compiled: {not args.no_bytecode})")
     print(f"  python -c '{BARE}' : {bare:6.2f} s")
     print(f"  kspec-fluxcal --help                                 : {helps:6.2f} s = {helps / bare:.2f} x the bare "
           "start (target <= 2)")
