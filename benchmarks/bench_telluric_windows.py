@@ -26,12 +26,13 @@ from astropy import units as u
 
 from kspec_fluxcal.bandflux import band_weights
 from kspec_fluxcal.calspec_correction import _star_name, derive_template_correction
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.telluric import transmission_on_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_band_flux import _calibrate, _truth  # noqa: E402
-from independent_sim import make_frame  # noqa: E402
+from independent_sim import FAMILY_GATES, make_frame  # noqa: E402
 
 BANDS = ((6860, 6960), (7000, 7550), (7150, 7340), (7590, 7700), (8100, 8360), (8920, 9200), "ps1_i", "ps1_z",
          (5500, 6800), (8400, 8900))
@@ -40,7 +41,7 @@ BANDS = ((6860, 6960), (7000, 7550), (7150, 7340), (7590, 7700), (8100, 8360), (
 def _frame(kind, seed, files, ck04, grid, tmp):
     if kind == "independent":
         frame = make_frame(n_standards=8, n_pix=4000, seed=seed)
-        return frame, _calibrate(frame, grid, tmp, f"ind{seed}")
+        return frame, _calibrate(frame, grid, tmp, f"ind{seed}", gates=QualityGates(**FAMILY_GATES))
     names = [_star_name(f) for f in files]
     on = sorted(random.Random(seed).sample(names, len(names) // 2))
     correction = derive_template_correction(files, ck04, fwhm=30.0, exclude=on)
