@@ -50,7 +50,7 @@ from .splines import bspline_basis
 __all__ = ["MISFIT_BROAD_LENGTH", "MISFIT_BROAD_SHARE", "MISFIT_CORRELATION_LENGTH", "META_KEY", "CovarianceTerm",
            "CalibrationCovariance", "read_covariance"]
 
-MISFIT_CORRELATION_LENGTH = 250.0
+MISFIT_CORRELATION_LENGTH = 200.0
 """Correlation length (Å) of the short part of the template-misfit term (or the knot spacing when longer).
 
 The misfit of F/G models against real stars is correlated on two scales. Fitted to the
@@ -59,12 +59,13 @@ correction (``benchmarks/fit_misfit_correlation.py``: one-length and two-length 
 this module's own bases, least squares over lags 0–2000 Å), a single length leaves the
 long tail (ρ ≈ 0.45 at 500 Å, 0.2 at 1000 Å; 400 Å matches only the half-correlation lag,
 420 Å); two lengths fit it to 0.02 in Σ(Δρ)²: `MISFIT_BROAD_SHARE` of the variance over
-`MISFIT_BROAD_LENGTH`, the rest over 200–250 Å (the Balmer-line wings, the G band and
-metal-line blends)."""
+`MISFIT_BROAD_LENGTH`, the rest over 200 Å (bootstrap over the stars 150–200 Å: the
+Balmer-line wings, the G band and metal-line blends)."""
 
 MISFIT_BROAD_LENGTH = 1500.0
 """Correlation length (Å) of the broad part of the template-misfit term (the misfit of the
-SED's slope: the Balmer jump against the red continuum), ``template_misfit_broad``."""
+SED's slope: the Balmer jump against the red continuum), ``template_misfit_broad`` (fitted:
+1500 Å, bootstrap 1500–2000 Å)."""
 
 MISFIT_BROAD_SHARE = 0.6
 """Share of the template-misfit variance correlated over `MISFIT_BROAD_LENGTH` (fitted: 0.6,
