@@ -26,21 +26,23 @@ from astropy import units as u
 
 from kspec_fluxcal.bandflux import band_weights
 from kspec_fluxcal.calspec_correction import _star_name, derive_template_correction
+from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.telluric import transmission_on_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_band_flux import _calibrate, _truth  # noqa: E402
-from independent_sim import make_frame  # noqa: E402
+from bench_band_flux import _calibrate, _truth, family_floor  # noqa: E402
+from independent_sim import FAMILY_GATES, make_frame  # noqa: E402
 
 BANDS = ((6860, 6960), (7000, 7550), (7150, 7340), (7590, 7700), (8100, 8360), (8920, 9200), "ps1_i", "ps1_z",
          (5500, 6800), (8400, 8900))
 
 
-def _frame(kind, seed, files, ck04, grid, tmp):
+def _frame(kind, seed, files, ck04, grid, tmp, floor=None):
     if kind == "independent":
         frame = make_frame(n_standards=8, n_pix=4000, seed=seed)
-        return frame, _calibrate(frame, grid, tmp, f"ind{seed}")
+        return frame, _calibrate(frame, grid, tmp, f"ind{seed}", gates=QualityGates(**FAMILY_GATES),
+                                 template_misfit=floor)
     names = [_star_name(f) for f in files]
     on = sorted(random.Random(seed).sample(names, len(names) // 2))
     correction = derive_template_correction(files, ck04, fwhm=30.0, exclude=on)
@@ -60,15 +62,16 @@ def main():
     rows = {b: [] for b in BANDS}
     inside, outside = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        grid = None
+        grid = floor = None
         if args.kind == "independent":
             from kspec_fluxcal.simulate import write_bosz_grid
 
             grid = Path(tmp) / "grid"
             write_bosz_grid(grid, teffs=range(5000, 8001, 250), loggs=(4.0, 4.5), fehs=(-1.0, -0.5, 0.0, 0.5),
                             resolution=10000, wave_range=(3000.0, 26000.0), layout="mast")
+            floor = family_floor(grid, tmp)
         for seed in range(1, args.seeds + 1):
-            frame, run = _frame(args.kind, seed, files, args.shared / "ck04models", grid, tmp)
+            frame, run = _frame(args.kind, seed, files, args.shared / "ck04models", grid, tmp, floor)
             res, wave = run.result, frame.truth["wavelength"]
             vec = res.combined_vector
             grid_wave = vec.wavelength.to_value(u.AA)

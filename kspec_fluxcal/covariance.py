@@ -34,7 +34,8 @@ pixel-independent for the per-pixel form and following the knots of the
 smooth form; ``smoothing`` (structure the knots miss) is correlated over half
 a knot interval; ``template_misfit`` over `MISFIT_CORRELATION_LENGTH` or the
 knot spacing when that is longer (the smooth form cannot hold finer
-structure).
+structure), except the share `MISFIT_BROAD_SHARE` of its variance, correlated
+over `MISFIT_BROAD_LENGTH` (``template_misfit_broad``).
 """
 
 from dataclasses import dataclass, field
@@ -46,14 +47,29 @@ from astropy.io import fits
 from .exceptions import InputDataError
 from .splines import bspline_basis
 
-__all__ = ["MISFIT_CORRELATION_LENGTH", "META_KEY", "CovarianceTerm", "CalibrationCovariance", "read_covariance"]
+__all__ = ["MISFIT_BROAD_LENGTH", "MISFIT_BROAD_SHARE", "MISFIT_CORRELATION_LENGTH", "META_KEY", "CovarianceTerm",
+           "CalibrationCovariance", "read_covariance"]
 
-MISFIT_CORRELATION_LENGTH = 400.0
-"""Correlation length (Å) of the template-misfit term: the misfit of F/G models against real
-stars (`kspec_fluxcal.error_budget.library_misfit_floor`) lives in broad features (the Balmer
-jump and Balmer-line wings, the G band and metal-line blends, the near-IR slope) several
-hundred Å wide; knots this far apart carry it (``benchmarks/bench_band_flux.py`` checks the
-band-flux pulls it gives on real CALSPEC stars)."""
+MISFIT_CORRELATION_LENGTH = 200.0
+"""Correlation length (Å) of the short part of the template-misfit term (or the knot spacing when longer).
+
+The misfit of F/G models against real stars is correlated on two scales. Fitted to the
+correlogram of the 17 CALSPEC F/G stars' leave-one-star-out residuals against the ck04
+correction (``benchmarks/fit_misfit_correlation.py``: one-length and two-length models of
+this module's own bases, least squares over lags 0–2000 Å), a single length leaves the
+long tail (ρ ≈ 0.45 at 500 Å, 0.2 at 1000 Å; 400 Å matches only the half-correlation lag,
+420 Å); two lengths fit it to 0.02 in Σ(Δρ)²: `MISFIT_BROAD_SHARE` of the variance over
+`MISFIT_BROAD_LENGTH`, the rest over 200 Å (bootstrap over the stars 150–200 Å: the
+Balmer-line wings, the G band and metal-line blends)."""
+
+MISFIT_BROAD_LENGTH = 1500.0
+"""Correlation length (Å) of the broad part of the template-misfit term (the misfit of the
+SED's slope: the Balmer jump against the red continuum), ``template_misfit_broad`` (fitted:
+1500 Å, bootstrap 1500–2000 Å)."""
+
+MISFIT_BROAD_SHARE = 0.6
+"""Share of the template-misfit variance correlated over `MISFIT_BROAD_LENGTH` (fitted: 0.6,
+bootstrap over the stars 0.5–0.7; see `MISFIT_CORRELATION_LENGTH`)."""
 
 DEGREE = 3
 """Degree of the B-spline bases of the correlated terms."""
@@ -166,7 +182,8 @@ class CalibrationCovariance:
         knot_spacing : float, optional
             Knot spacing (Å) of the smooth form (default 250 Å).
         misfit_length : float, optional
-            Correlation length (Å) of the template-misfit term (default `MISFIT_CORRELATION_LENGTH`).
+            Correlation length (Å) of the short part of the template-misfit term (default
+            `MISFIT_CORRELATION_LENGTH`).
         profiles : dict of str to ndarray, optional
             Signed profiles (n, r) of a term's low-rank structure over the
             whole vector (e.g. the span of 1 and k(λ) of a photometric fit's
@@ -201,6 +218,12 @@ class CalibrationCovariance:
                                                  exact=name != "noise")
                 correlated += level
             length = lengths.get(name, spacing)
+            if name == "template_misfit" and length > 0.0:
+                broad = MISFIT_BROAD_SHARE * variance
+                variance = variance - broad
+                if np.any(broad > _NEGLIGIBLE * np.max(terms[name], initial=0.0)):
+                    correlated.append(CovarianceTerm("template_misfit_broad", np.sqrt(broad),
+                                                     max(MISFIT_BROAD_LENGTH, length)))
             if length == 0.0:
                 independent += variance
             elif np.any(variance > _NEGLIGIBLE * np.max(terms[name], initial=0.0)):

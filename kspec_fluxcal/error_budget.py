@@ -247,7 +247,8 @@ def photometric_profiles(result, wave, extinction, r_v, sigma):
             stated = vec.meta.get("phot_log_variance")
             if stated is not None and np.isfinite(stated) and pinned > 0:  # the fit's own scaling of its errors
                 fit = fit * float(stated) / ((0.4 * np.log(10)) ** 2 * pinned)
-            direction = np.array([-fit[0, 1] / fit[1, 1], 1.0]) * np.sqrt(fit[1, 1])
+            # δμ = (V_μE / V_EE) δE + a part independent of δE: the tilt is 0.921 √V_EE (k(λ) − k*), k* = −V_μE/V_EE
+            direction = np.array([fit[0, 1] / fit[1, 1], 1.0]) * np.sqrt(fit[1, 1])
             tilts.append(np.outer(direction, direction))
     out = {}
     if zero_points:

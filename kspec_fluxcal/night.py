@@ -55,7 +55,7 @@ NIGHT_LEVEL = "night_level"
 """The nightly covariance's level term: the night's transparency spread and the error of its median level (or,
 after `rescale_nightly`, the error of the frame's own gray factor)."""
 
-COMMON_TERMS = ("template_misfit", "zero_point_1", "zero_point_2")
+COMMON_TERMS = ("template_misfit", "template_misfit_broad", "zero_point_1", "zero_point_2")
 """Terms of the exposures' covariances common to every exposure of a night (one template library, one
 catalogue): averaging the exposures does not reduce them. The others (the counts' noise, the stars' tilts,
 the smooth form's flexibility) are independent from exposure to exposure and average down; each exposure's

@@ -54,7 +54,25 @@ def test_diagonal_is_the_per_pixel_budget(smooth_cov):
     np.testing.assert_allclose(pixel.variance(WAVE), total, rtol=1e-10)
     np.testing.assert_allclose(pixel.independent, terms["noise"])  # the per-pixel form's noise is independent
     assert smooth_cov.independent.max() == 0.0
-    assert {t.name for t in smooth_cov.terms} == set(BUDGET_TERMS)
+    assert {t.name for t in smooth_cov.terms} == set(BUDGET_TERMS) | {"template_misfit_broad"}
+
+
+def test_misfit_has_a_short_and_a_broad_part(smooth_cov):
+    """The template misfit's variance splits into MISFIT_BROAD_SHARE over MISFIT_BROAD_LENGTH and the rest over
+    the knot scale: two pixels 1000 Å apart share the broad part only (a single 400 Å length shared none)."""
+    from kspec_fluxcal.covariance import MISFIT_BROAD_LENGTH, MISFIT_BROAD_SHARE
+
+    misfit = _terms(None)["template_misfit"]
+    names = {t.name: t for t in smooth_cov.terms}
+    np.testing.assert_allclose(names["template_misfit_broad"].sigma ** 2, MISFIT_BROAD_SHARE * misfit, rtol=1e-12)
+    np.testing.assert_allclose(names["template_misfit"].sigma ** 2, (1 - MISFIT_BROAD_SHARE) * misfit, rtol=1e-12)
+    assert names["template_misfit_broad"].length == MISFIT_BROAD_LENGTH
+    only = CalibrationCovariance(WAVE, np.zeros(WAVE.size), [names["template_misfit"], names["template_misfit_broad"]],
+                                 np.zeros(WAVE.size, bool), smooth_cov.domain)
+    grid = np.array([5000.0, 6000.0])
+    dense = only.to_dense(grid)
+    rho = dense[0, 1] / np.sqrt(dense[0, 0] * dense[1, 1])
+    assert 0.25 < rho < MISFIT_BROAD_SHARE  # the broad part's correlation at 1000 Å, nothing of the short part
 
 
 def test_correlations_follow_each_term(smooth_cov):
@@ -67,7 +85,10 @@ def test_correlations_follow_each_term(smooth_cov):
     assert corr[i, near] > 0.8  # one knot interval shares everything but the finest term
     level = sum(np.interp(grid[i], WAVE, t.sigma) * np.interp(grid[far], WAVE, t.sigma)
                 for t in smooth_cov.terms if t.length is None)
-    np.testing.assert_allclose(dense[i, far], level, rtol=1e-10)  # far apart: only the level terms remain
+    broad = [t for t in smooth_cov.terms if t.name == "template_misfit_broad"]
+    level += CalibrationCovariance(WAVE, np.zeros(WAVE.size), broad, smooth_cov.mask,
+                                   smooth_cov.domain).to_dense(grid[[i, far]])[0, 1]
+    np.testing.assert_allclose(dense[i, far], level, rtol=1e-10)  # far apart: the level terms and the broad misfit
     assert np.all(np.linalg.eigvalsh(dense) > -1e-12 * np.max(dense))
 
 

@@ -111,3 +111,27 @@ def test_caller_misfit_is_validated():
             misfit_function(bad, {})
     with pytest.raises(InputDataError, match="one finite fraction"):
         apply_error_budget(_result(), template_misfit=lambda w: np.ones(3))
+
+
+def test_reddening_tilt_turns_about_the_pivot():
+    """Each star's fit error less its gray part is 0.921² V_EE (k(λ) − k*)², k* = −V_μE/V_EE: zero at the pivot.
+
+    k(λ) comes from dust_extinction, the fit's covariance from numpy on the design; the old profile turned about
+    −k* (a sign error): it never crossed zero and stated a tilt as large at 8500 Å as the noise allowed."""
+    from dust_extinction.parameter_averages import F99
+
+    from kspec_fluxcal.error_budget import photometric_profiles
+
+    design = {"jacobian": [[1.0, 3.5], [1.0, 2.6], [1.0, 1.9], [1.0, 1.5]], "weights": [1e4] * 4}
+    n_used = 4
+    result = _result(design=design, n_used=n_used)
+    jac, w = np.array(design["jacobian"]), np.array(design["weights"])
+    cov = np.linalg.inv(jac.T @ (w[:, None] * jac))
+    pinned = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
+    cov *= 1e-6 / ((0.4 * np.log(10)) ** 2 * pinned)  # the star's stated gray variance (phot_log_variance)
+    k = 3.1 * F99(Rv=3.1)(WAVE * u.AA)
+    expected = (0.4 * np.log(10)) ** 2 * cov[1, 1] * (k + cov[0, 1] / cov[1, 1]) ** 2 / n_used
+    tilt = photometric_profiles(result, WAVE, "F99", 3.1, 0.005)["noise"]
+    np.testing.assert_allclose(np.sum(tilt**2, axis=1), expected, rtol=1e-6, atol=1e-12)
+    pivot = np.argmin(np.abs(k + cov[0, 1] / cov[1, 1]))
+    assert np.sum(tilt[pivot] ** 2) < 0.01 * np.max(expected)
