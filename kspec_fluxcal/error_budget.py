@@ -444,11 +444,15 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
         if residual is not None and meta.get("used", True) and vec.wavelength.shape == wave.shape:
             residuals.append(residual)
         vectors.append(with_meta(vec, meta))
-    bridging = unfollowed_structure(wave, residuals, choice.spacing) if choice is not None and residuals else None
+
     result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
     standards = [(float(v.meta["teff"]), float(v.meta["feh"])) for v in vectors
                  if v.meta.get("used", True) and v.meta.get("teff") is not None and v.meta.get("feh") is not None]
     function, label = misfit_function(template_misfit, grid_meta, standards)
+    bridging = None
+    if choice is not None and residuals:
+        shared = None if function is None else np.asarray(function(wave), dtype=float)
+        bridging = unfollowed_structure(wave, residuals, choice.spacing, misfit=shared)
     return apply_error_budget(result, choice, function, label, zero_point_sigma=zero_point_sigma,
                               extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1),
                               bridging=bridging)

@@ -18,7 +18,7 @@ from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
 from .calspec_split import HELD_OUT, calspec_files, learned
-from .independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame
+from .independent_sim import FAMILY_GATES, TELLURIC_BANDS, accuracy, learned_family_floor, make_frame
 
 
 def _calibrate(frame, grid_dir, tmp_path, stem, **options):
@@ -105,20 +105,31 @@ def calspec_frames(calspec_dir, ck04_dir, tmp_path_factory):
 
 
 def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
-    """Accurate, and σ within 1.6× of honest (achieved: pooled pull 1.35, see the expected failure below)."""
+    """Accurate, with the misfit floor and the bridging term in the budget."""
     for run, acc, _ in calspec_frames:
         assert acc["n_stars_used"] >= len(HELD_OUT) - 2
-        assert run.result.summary["error_budget"]["terms"]["template_misfit"]["median_fraction"] > 0
+        terms = run.result.summary["error_budget"]["terms"]
+        assert terms["template_misfit"]["median_fraction"] > 0
+        assert terms["bridging"]["median_fraction"] > 0
     # achieved: median over frames of the median error 0.52 %, worst p95 over 3800–9200 Å 3.4 %
     assert np.median([acc["median_abs_error"] for _, acc, _ in calspec_frames]) < 0.008
     assert max(wide["p95_abs_error"] for _, _, wide in calspec_frames) < 0.05
-    pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
-    assert 0.8 <= pooled <= 1.6
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the error model has no term for throughput structure the "
-                   "spline bridges across masked gaps (telluric windows, strong lines) or leaves between 85-120 A "
-                   "knots: pooled pull 1.33, 1.5-2.3 within 80 A of a telluric window; 0.87 with a smooth throughput")
 def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspec_frames):
+    """Honest σ pooled over six frames, also beside the masked telluric windows.
+
+    The instrument's ripples (150–600 Å) and step are partly left between the
+    85–120 Å knots and bridged across the masked telluric windows; the budget's
+    ``bridging`` term (`kspec_fluxcal.bridging`) states that structure. Achieved:
+    pooled pull 1.05 (1.33 without the term; 0.87 with a smooth throughput);
+    on the pixels within 60 Å of a telluric band's edge 1.18 (2.02 without).
+    """
     pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
     assert 0.8 <= pooled <= 1.25
+    near = []
+    for _, acc, _ in calspec_frames:
+        x = acc["wavelength"]
+        distance = np.min([np.minimum(np.abs(x - a), np.abs(x - b)) for a, b, _ in TELLURIC_BANDS], axis=0)
+        near.append(acc["pulls"][distance < 60.0])
+    assert 0.8 <= np.sqrt(np.mean(np.concatenate(near) ** 2)) <= 1.4
