@@ -18,7 +18,14 @@ from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
 from .calspec_split import HELD_OUT, calspec_files, learned
-from .independent_sim import FAMILY_GATES, TELLURIC_BANDS, accuracy, learned_family_floor, make_frame
+from .independent_sim import (
+    FAMILY_GATES,
+    TELLURIC_BANDS,
+    accuracy,
+    learned_family_floor,
+    learned_family_misfit,
+    make_frame,
+)
 
 
 def _calibrate(frame, grid_dir, tmp_path, stem, **options):
@@ -37,13 +44,33 @@ def structured(synthetic_grid_dir, tmp_path_factory):
     return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1"), tmp
 
 
-def test_structured_throughput_is_followed(structured):
+@pytest.fixture(scope="module")
+def family_misfit(synthetic_grid_dir, tmp_path_factory):
+    """The star family's signed misfit, learned on the training seeds (`tests.independent_sim.TRAINING_SEEDS`)."""
+    tmp = tmp_path_factory.mktemp("family_training")
+    return learned_family_misfit(lambda frame, stem: _calibrate(frame, synthetic_grid_dir, tmp, stem)[1])
+
+
+def test_structured_throughput_is_followed(structured, family_misfit):
+    """The knots follow the ripples and the step: judged after removing the star family's signed misfit.
+
+    The family's misfit, shared by its stars, dominates Cal/truth − 1 (median
+    1.76 %, p95 3.37 % on this frame); divided out with what the training
+    frames (other seeds, other throughputs) learned, the instrument's part
+    is left. Bounds at 1.5× what is achieved. The frame's own level error
+    (−0.29 %, the family's photometric misfit: 0.5–1 % from frame to frame)
+    limits a level check on one frame: a calibration 0.5 % low fails (median
+    0.95 %, level −0.78 %), 0.5 % high does not (the pooled and real-star
+    tests catch it, docs/testing.rst).
+    """
     frame, (run, acc), _ = structured
     choice = run.result.summary["knot_selection"]
     assert choice["method"] == "loso" and choice["spacing"] <= 170.0
     assert acc["n_stars_used"] >= 6
-    assert acc["median_abs_error"] < 0.027  # achieved 1.76 % (the star family's misfit, see the pooled test)
-    assert acc["p95_abs_error"] < 0.05  # achieved 3.37 %
+    errors = (1 + acc["errors"]) / (1 + family_misfit(acc["wavelength"])) - 1
+    assert np.median(np.abs(errors)) < 0.0085  # achieved 0.56 %
+    assert np.percentile(np.abs(errors), 95) < 0.038  # achieved 2.51 %
+    assert abs(np.median(errors)) < 0.0045  # achieved −0.29 %
     with fits.open(run.output) as hdul:
         assert hdul[0].header["FCALKNOT"] == choice["spacing"]
         assert hdul[0].header["FCALKSEL"] == "loso"
