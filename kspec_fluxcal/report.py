@@ -69,7 +69,8 @@ SUMMARY_NAME = "night_summary.ecsv"
 SUMMARY_COLUMNS = (
     "file", "date_obs", "state", "reason", "airmass", "exptime", "n_standards", "n_rejected", "rejected", "rms",
     "knot_spacing", "sigma_total", "share_noise", "share_scale", "share_zero_point", "share_smoothing",
-    "share_bridging", "share_template_misfit", "telluric_windows", "level", "transparency", "transparency_err", "shape_rms", "flag",
+    "share_bridging", "share_template_misfit", "telluric_windows", "level", "transparency", "transparency_err",
+    "shape_rms", "flag",
 )
 """Columns of ``night_summary.ecsv``, in order.
 
