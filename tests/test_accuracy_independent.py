@@ -81,7 +81,9 @@ def test_fixed_coarse_knots_smooth_the_structure_away(structured, synthetic_grid
     frame, (_, auto), tmp = structured
     _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0)
     assert coarse["p95_abs_error"] > 1.2 * auto["p95_abs_error"]  # achieved 4.31 % against 3.37 %
-    assert coarse["pull_rms"] > auto["pull_rms"]  # achieved 4.58 against 3.99 (no misfit term here)
+    # achieved 1.39 against 1.23 (no misfit term here: the bridging term takes up the family's shared misfit;
+    # 4.58 against 3.99 without it)
+    assert coarse["pull_rms"] > auto["pull_rms"]
 
 
 @pytest.mark.slow
