@@ -203,7 +203,7 @@ class NightReport:
         """The per-exposure summary (`SUMMARY_COLUMNS`) as an `~astropy.table.Table`."""
         rows = [tuple(e.values.get(c) for c in SUMMARY_COLUMNS) for e in self.exposures]
         types = [str, str, str, str, float, float, int, int, str, float, float, float, float, float, float, float,
-                 float, str, float, float, float, float, str]
+                 float, float, str, float, float, float, float, str]
         cols = {}
         for k, (name, kind) in enumerate(zip(SUMMARY_COLUMNS, types)):
             values = [r[k] for r in rows]
