@@ -621,7 +621,9 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
         Knot spacing (Å when a bare number) of the smooth B-spline form;
         ``'auto'`` lets the stars choose it
         (`kspec_fluxcal.knot_selection.select_knot_spacing`). Each vector's
-        meta records it (``knot_spacing``, ``knot_selection``).
+        meta records it (``knot_spacing``, ``knot_selection``) and the star's
+        residual from its smooth form (``fit_residual``,
+        `kspec_fluxcal.bridging.fit_residual`) for the error budget.
     misfit : callable, optional
         λ (Å) → fractional template misfit shared by the standards (the
         library's floor); with ``'auto'`` a finer spacing must beat a
@@ -631,6 +633,7 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
     -------
     list of `~kspec_fluxcal.containers.CalibrationVector`
     """
+    from .bridging import RESIDUAL_KEY, fit_residual
     from .knot_selection import resolve_knot_spacing
 
     wave = pixel_vectors[0].wave
@@ -654,7 +657,8 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
             smooth_factor=np.where(covered[i], smooth[i], np.nan) * p.unit,
             smooth_variance=np.where(covered[i], smooth_var[i], np.nan) * p.unit**2,
             meta={**p.info, "knot_spacing": choice.spacing, "knot_selection": choice.summary(),
-                  "line_mask": "strict" if strict else "loose"},
+                  "line_mask": "strict" if strict else "loose",
+                  RESIDUAL_KEY: fit_residual(p.cal, smooth[i], p.stat_var, exclude[i] | ~covered[i])},
         ))
     return vectors
 

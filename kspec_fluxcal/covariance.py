@@ -31,11 +31,13 @@ lifting it); the part of ``noise`` that is the reddening tilt of the stars'
 photometric fits likewise (``tilt_1``, ``tilt_2``,
 `kspec_fluxcal.error_budget.photometric_profiles`), the rest of it
 pixel-independent for the per-pixel form and following the knots of the
-smooth form; ``smoothing`` (structure the knots miss) is correlated over half
-a knot interval; ``template_misfit`` over `MISFIT_CORRELATION_LENGTH` or the
-knot spacing when that is longer (the smooth form cannot hold finer
-structure), except the share `MISFIT_BROAD_SHARE` of its variance, correlated
-over `MISFIT_BROAD_LENGTH` (``template_misfit_broad``).
+smooth form; ``smoothing`` (structure the knots miss) and ``bridging``
+(throughput structure the spline leaves between knots or bridges across masked
+pixels, `kspec_fluxcal.bridging`) are correlated over half a knot interval;
+``template_misfit`` over `MISFIT_CORRELATION_LENGTH` or the knot spacing when
+that is longer (the smooth form cannot hold finer structure), except the share
+`MISFIT_BROAD_SHARE` of its variance, correlated over `MISFIT_BROAD_LENGTH`
+(``template_misfit_broad``).
 """
 
 from dataclasses import dataclass, field
@@ -206,7 +208,8 @@ class CalibrationCovariance:
         misfit_length = MISFIT_CORRELATION_LENGTH if misfit_length is None else float(misfit_length)
         smooth = representation != "pixel"
         lengths = {"scale": None, "zero_point": None, "noise": spacing if smooth else 0.0,
-                   "smoothing": 0.5 * spacing, "template_misfit": max(misfit_length, spacing if smooth else 0.0)}
+                   "smoothing": 0.5 * spacing, "bridging": 0.5 * spacing,
+                   "template_misfit": max(misfit_length, spacing if smooth else 0.0)}
         independent = np.zeros(wave.size)
         correlated = []
         profiles = profiles or {}

@@ -1,6 +1,6 @@
 """The error budget of a combined calibration: each term, added and accounted for.
 
-``CAL_VARIANCE`` of the combined vector is the sum of four variances of
+``CAL_VARIANCE`` of the combined vector is the sum of six variances of
 ln(Cal), each a function of wavelength:
 
 ``noise``
@@ -19,6 +19,12 @@ ln(Cal), each a function of wavelength:
     The choice of the smooth form's flexibility
     (`kspec_fluxcal.knot_selection.KnotChoice.smoothing_log_variance`); zero
     for the per-pixel form and for a fixed or default spacing.
+``bridging``
+    Throughput structure the smooth form does not follow: left between its
+    knots and bridged across the pixels its fit leaves out (telluric windows,
+    strong lines, the frame's ends), measured from the used standards' own
+    residuals (`kspec_fluxcal.bridging.unfollowed_structure`); zero for the
+    per-pixel form.
 ``template_misfit``
     The misfit of the template library common to all standards (stars of one
     kind share it, so star-to-star scatter cannot reveal it and it does not
@@ -30,7 +36,7 @@ ln(Cal), each a function of wavelength:
     — and the library floor where it does not; else the per-library floor of
     `library_misfit_floor`.
 
-`apply_error_budget` adds the last two to the combined vector and records
+`apply_error_budget` adds the last three to the combined vector and records
 every term (median fractional σ and share of the total variance) in
 ``summary['error_budget']`` (written to ``FCALSUM``); the terms' correlations
 over wavelength ride along as the result's
@@ -59,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BUDGET_TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
+BUDGET_TERMS = ("noise", "scale", "zero_point", "smoothing", "bridging", "template_misfit")
 """Names of the terms of the budget, in the order they are reported."""
 
 CATALOG_ZERO_POINT_SIGMA = 0.005
@@ -265,8 +271,8 @@ def _root(matrix):
 
 
 def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_label="", representation=None,
-                       zero_point_sigma=CATALOG_ZERO_POINT_SIGMA, extinction="F99", r_v=3.1):
-    """Add the smoothing and template-misfit terms to a combined calibration and record every term.
+                       zero_point_sigma=CATALOG_ZERO_POINT_SIGMA, extinction="F99", r_v=3.1, bridging=None):
+    """Add the smoothing, bridging and template-misfit terms to a combined calibration and record every term.
 
     Parameters
     ----------
@@ -285,6 +291,10 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
         rms (mag) of the catalogue zero point of each band, common to all standards.
     extinction, r_v : str, float
         The reddening law fitted (for the tilt of the zero-point term).
+    bridging : ndarray, optional
+        Variance of ln(Cal) on the combined vector's grid from throughput
+        structure the smooth form does not follow
+        (`kspec_fluxcal.bridging.unfollowed_structure`); the smooth form only.
 
     Returns
     -------
@@ -312,6 +322,10 @@ def apply_error_budget(result, knot_choice=None, template_misfit=None, misfit_la
     if knot_choice is not None and representation == "smooth":
         smoothing = np.maximum(knot_choice.smoothing_term(wave), 0.0)
     terms["smoothing"] = np.where(ok, smoothing, 0.0)
+    structure = np.zeros(wave.size)
+    if bridging is not None and representation == "smooth":
+        structure = np.maximum(np.nan_to_num(np.asarray(bridging, dtype=float)), 0.0)
+    terms["bridging"] = np.where(ok, structure, 0.0)
     misfit = np.zeros(wave.size)
     if template_misfit is not None:
         misfit = np.asarray(template_misfit(wave), dtype=float)
@@ -414,20 +428,32 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
     zero_point_sigma : float
         rms (mag) of the catalogue zero points, common to all standards.
     """
+    from .bridging import RESIDUAL_KEY, unfollowed_structure
     from .combine import with_meta
     from .knot_selection import KnotChoice
 
+    wave = result.combined_vector.wavelength.to_value(u.AA)
+
     choice = None
-    vectors = []
+    vectors, residuals = [], []
     for vec in result.per_star_vectors:
         meta = dict(vec.meta)
         selection = meta.pop("knot_selection", None)
+        residual = meta.pop(RESIDUAL_KEY, None)
         if choice is None and selection:
             choice = KnotChoice.from_summary(selection)
+        if residual is not None and meta.get("used", True) and vec.wavelength.shape == wave.shape:
+            residuals.append(residual)
         vectors.append(with_meta(vec, meta))
+
     result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
     standards = [(float(v.meta["teff"]), float(v.meta["feh"])) for v in vectors
                  if v.meta.get("used", True) and v.meta.get("teff") is not None and v.meta.get("feh") is not None]
     function, label = misfit_function(template_misfit, grid_meta, standards)
+    bridging = None
+    if choice is not None and residuals:
+        shared = None if function is None else np.asarray(function(wave), dtype=float)
+        bridging = unfollowed_structure(wave, residuals, choice.spacing, misfit=shared)
     return apply_error_budget(result, choice, function, label, zero_point_sigma=zero_point_sigma,
-                              extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1))
+                              extinction=grid_meta.get("extinction", "F99"), r_v=grid_meta.get("r_v", 3.1),
+                              bridging=bridging)

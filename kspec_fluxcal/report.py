@@ -69,7 +69,8 @@ SUMMARY_NAME = "night_summary.ecsv"
 SUMMARY_COLUMNS = (
     "file", "date_obs", "state", "reason", "airmass", "exptime", "n_standards", "n_rejected", "rejected", "rms",
     "knot_spacing", "sigma_total", "share_noise", "share_scale", "share_zero_point", "share_smoothing",
-    "share_template_misfit", "telluric_windows", "level", "transparency", "transparency_err", "shape_rms", "flag",
+    "share_bridging", "share_template_misfit", "telluric_windows", "level", "transparency", "transparency_err",
+    "shape_rms", "flag",
 )
 """Columns of ``night_summary.ecsv``, in order.
 
@@ -202,7 +203,7 @@ class NightReport:
         """The per-exposure summary (`SUMMARY_COLUMNS`) as an `~astropy.table.Table`."""
         rows = [tuple(e.values.get(c) for c in SUMMARY_COLUMNS) for e in self.exposures]
         types = [str, str, str, str, float, float, int, int, str, float, float, float, float, float, float, float,
-                 float, str, float, float, float, float, str]
+                 float, float, str, float, float, float, float, str]
         cols = {}
         for k, (name, kind) in enumerate(zip(SUMMARY_COLUMNS, types)):
             values = [r[k] for r in rows]
@@ -441,7 +442,7 @@ def _budget_values(result):
     budget = summary.get("error_budget") or {}
     terms = budget.get("terms") or {}
     values = {f"share_{name}": (terms.get(name) or {}).get("share") for name in
-              ("noise", "scale", "zero_point", "smoothing", "template_misfit")}
+              ("noise", "scale", "zero_point", "smoothing", "bridging", "template_misfit")}
     values["sigma_total"] = budget.get("median_total_fraction")
     knots = summary.get("knot_selection") or {}
     values["knot_spacing"] = knots.get("spacing") if summary.get("representation", "smooth") == "smooth" else None

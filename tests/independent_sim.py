@@ -373,6 +373,25 @@ TRAINING_SEEDS = (101, 102, 103, 104)
 """Seeds of the frames the family's misfit floor is learned from (disjoint from the tests' seeds 1–8)."""
 
 
+def _training_errors(calibrate, seeds):
+    """(grid Å, Cal/truth − 1 of each training frame on it) for `learned_family_floor` / `learned_family_misfit`."""
+    step = 10.0
+    grid = np.arange(3600.0, 9800.0 + step, step)
+    errors = []
+    for seed in seeds:
+        acc = calibrate(make_frame(n_standards=8, n_pix=8000, seed=seed), f"train{seed}")
+        order = np.argsort(acc["wavelength"])
+        errors.append(np.interp(grid, acc["wavelength"][order], acc["errors"][order]))
+    return grid, np.array(errors)
+
+
+def _on(grid, values):
+    def function(wavelength):
+        return np.interp(np.asarray(wavelength, dtype=float), grid, values)
+
+    return function
+
+
 def learned_family_floor(calibrate, seeds=TRAINING_SEEDS, window=250.0):
     """The template misfit of the independent star family, learned from training frames: a function of λ (Å).
 
@@ -382,16 +401,20 @@ def learned_family_floor(calibrate, seeds=TRAINING_SEEDS, window=250.0):
     grid that does not describe these stars leaves in a smooth calibration,
     learned as the real-star floor is learned from training stars.
     """
-    step = 10.0
-    grid = np.arange(3600.0, 9800.0 + step, step)
-    squares = []
-    for seed in seeds:
-        acc = calibrate(make_frame(n_standards=8, n_pix=8000, seed=seed), f"train{seed}")
-        order = np.argsort(acc["wavelength"])
-        squares.append(np.interp(grid, acc["wavelength"][order], acc["errors"][order] ** 2))
-    sigma = np.sqrt(uniform_filter1d(np.mean(squares, axis=0), int(window / step), mode="nearest"))
+    grid, errors = _training_errors(calibrate, seeds)
+    step = grid[1] - grid[0]
+    return _on(grid, np.sqrt(uniform_filter1d(np.mean(errors**2, axis=0), int(window / step), mode="nearest")))
 
-    def floor(wavelength):
-        return np.interp(np.asarray(wavelength, dtype=float), grid, sigma)
 
-    return floor
+def learned_family_misfit(calibrate, seeds=TRAINING_SEEDS, window=100.0):
+    """The family's signed misfit in a smooth calibration, learned from training frames: a function of λ (Å).
+
+    The mean over the training frames of Cal/truth − 1, averaged over
+    ``window`` Å: what the grid's misfit to these stars does to every frame's
+    calibration, whatever the throughput (each training frame has its own).
+    An accuracy test divides a frame's Cal/truth by 1 + this before judging
+    what the package does with the instrument.
+    """
+    grid, errors = _training_errors(calibrate, seeds)
+    step = grid[1] - grid[0]
+    return _on(grid, uniform_filter1d(np.mean(errors, axis=0), int(window / step), mode="nearest"))

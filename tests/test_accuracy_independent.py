@@ -18,7 +18,14 @@ from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 
 from .calspec_split import HELD_OUT, calspec_files, learned
-from .independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame
+from .independent_sim import (
+    FAMILY_GATES,
+    TELLURIC_BANDS,
+    accuracy,
+    learned_family_floor,
+    learned_family_misfit,
+    make_frame,
+)
 
 
 def _calibrate(frame, grid_dir, tmp_path, stem, **options):
@@ -37,13 +44,33 @@ def structured(synthetic_grid_dir, tmp_path_factory):
     return frame, _calibrate(frame, synthetic_grid_dir, tmp, "ind1"), tmp
 
 
-def test_structured_throughput_is_followed(structured):
+@pytest.fixture(scope="module")
+def family_misfit(synthetic_grid_dir, tmp_path_factory):
+    """The star family's signed misfit, learned on the training seeds (`tests.independent_sim.TRAINING_SEEDS`)."""
+    tmp = tmp_path_factory.mktemp("family_training")
+    return learned_family_misfit(lambda frame, stem: _calibrate(frame, synthetic_grid_dir, tmp, stem)[1])
+
+
+def test_structured_throughput_is_followed(structured, family_misfit):
+    """The knots follow the ripples and the step: judged after removing the star family's signed misfit.
+
+    The family's misfit, shared by its stars, dominates Cal/truth − 1 (median
+    1.76 %, p95 3.37 % on this frame); divided out with what the training
+    frames (other seeds, other throughputs) learned, the instrument's part
+    is left. Bounds at 1.5× what is achieved. The frame's own level error
+    (−0.29 %, the family's photometric misfit: 0.5–1 % from frame to frame)
+    limits a level check on one frame: a calibration 0.5 % low fails (median
+    0.95 %, level −0.78 %), 0.5 % high does not (the pooled and real-star
+    tests catch it, docs/testing.rst).
+    """
     frame, (run, acc), _ = structured
     choice = run.result.summary["knot_selection"]
     assert choice["method"] == "loso" and choice["spacing"] <= 170.0
     assert acc["n_stars_used"] >= 6
-    assert acc["median_abs_error"] < 0.027  # achieved 1.76 % (the star family's misfit, see the pooled test)
-    assert acc["p95_abs_error"] < 0.05  # achieved 3.37 %
+    errors = (1 + acc["errors"]) / (1 + family_misfit(acc["wavelength"])) - 1
+    assert np.median(np.abs(errors)) < 0.0085  # achieved 0.56 %
+    assert np.percentile(np.abs(errors), 95) < 0.038  # achieved 2.51 %
+    assert abs(np.median(errors)) < 0.0045  # achieved −0.29 %
     with fits.open(run.output) as hdul:
         assert hdul[0].header["FCALKNOT"] == choice["spacing"]
         assert hdul[0].header["FCALKSEL"] == "loso"
@@ -54,7 +81,9 @@ def test_fixed_coarse_knots_smooth_the_structure_away(structured, synthetic_grid
     frame, (_, auto), tmp = structured
     _, coarse = _calibrate(frame, synthetic_grid_dir, tmp, "ind1", knot_spacing=500.0)
     assert coarse["p95_abs_error"] > 1.2 * auto["p95_abs_error"]  # achieved 4.31 % against 3.37 %
-    assert coarse["pull_rms"] > auto["pull_rms"]  # achieved 4.58 against 3.99 (no misfit term here)
+    # achieved 1.39 against 1.23 (no misfit term here: the bridging term takes up the family's shared misfit;
+    # 4.58 against 3.99 without it)
+    assert coarse["pull_rms"] > auto["pull_rms"]
 
 
 @pytest.mark.slow
@@ -105,20 +134,31 @@ def calspec_frames(calspec_dir, ck04_dir, tmp_path_factory):
 
 
 def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
-    """Accurate, and σ within 1.6× of honest (achieved: pooled pull 1.35, see the expected failure below)."""
+    """Accurate, with the misfit floor and the bridging term in the budget."""
     for run, acc, _ in calspec_frames:
         assert acc["n_stars_used"] >= len(HELD_OUT) - 2
-        assert run.result.summary["error_budget"]["terms"]["template_misfit"]["median_fraction"] > 0
+        terms = run.result.summary["error_budget"]["terms"]
+        assert terms["template_misfit"]["median_fraction"] > 0
+        assert terms["bridging"]["median_fraction"] > 0
     # achieved: median over frames of the median error 0.52 %, worst p95 over 3800–9200 Å 3.4 %
     assert np.median([acc["median_abs_error"] for _, acc, _ in calspec_frames]) < 0.008
     assert max(wide["p95_abs_error"] for _, _, wide in calspec_frames) < 0.05
-    pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
-    assert 0.8 <= pooled <= 1.6
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the error model has no term for throughput structure the "
-                   "spline bridges across masked gaps (telluric windows, strong lines) or leaves between 85-120 A "
-                   "knots: pooled pull 1.33, 1.5-2.3 within 80 A of a telluric window; 0.87 with a smooth throughput")
 def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspec_frames):
+    """Honest σ pooled over six frames, also beside the masked telluric windows.
+
+    The instrument's ripples (150–600 Å) and step are partly left between the
+    85–120 Å knots and bridged across the masked telluric windows; the budget's
+    ``bridging`` term (`kspec_fluxcal.bridging`) states that structure. Achieved:
+    pooled pull 1.05 (1.33 without the term; 0.87 with a smooth throughput);
+    on the pixels within 60 Å of a telluric band's edge 1.18 (2.02 without).
+    """
     pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
     assert 0.8 <= pooled <= 1.25
+    near = []
+    for _, acc, _ in calspec_frames:
+        x = acc["wavelength"]
+        distance = np.min([np.minimum(np.abs(x - a), np.abs(x - b)) for a, b, _ in TELLURIC_BANDS], axis=0)
+        near.append(acc["pulls"][distance < 60.0])
+    assert 0.8 <= np.sqrt(np.mean(np.concatenate(near) ** 2)) <= 1.4

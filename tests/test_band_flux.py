@@ -38,7 +38,7 @@ def _terms(rng, n=WAVE.size):
     """Budget terms (variance of ln Cal) of plausible sizes, varying with wavelength."""
     shape = 1 + 0.5 * np.sin(np.linspace(0, 6, n))
     return {"noise": 2e-6 * shape, "scale": np.full(n, 4e-6), "zero_point": 9e-6 * shape[::-1],
-            "smoothing": 1e-6 * shape, "template_misfit": 2.5e-5 * shape}
+            "smoothing": 1e-6 * shape, "bridging": 1.5e-6 * shape[::-1], "template_misfit": 2.5e-5 * shape}
 
 
 @pytest.fixture(scope="module")
