@@ -294,7 +294,7 @@ def derive_template_correction(
     best = min(bandwidths, key=lambda h: scores[h])
     sigma = np.maximum(np.sqrt(np.mean(residuals[best] ** 2, axis=0)), _SIGMA_FLOOR)
     growth, pairs = _extrapolation_growth(stack, teffs, fehs, nodes, float(best), domain_margin, norm[keep], shrink,
-                                          sigma, wave, knot_spacing)
+                                          sigma, wave, knot_spacing, used)
     log.info("[M/H] bandwidth %.2f dex chosen by leave-one-star-out (rms %s)", best,
              ", ".join(f"{h:g}: {100 * v:.2f}%" for h, v in scores.items()))
     model = {"kind": FEH_KERNEL, "bandwidth_dex": float(best), "shrinkage": bool(shrink), "training": used,
@@ -392,7 +392,7 @@ def distance_beyond(teff, feh, span, unit):
     return float(np.hypot(d_feh, d_teff))
 
 
-def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, sigma, wave, smooth):
+def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, sigma, wave, smooth, names):
     """How fast the correction's error grows beyond the training span: growth(λ) per domain margin.
 
     Each training star is held out together with every star on one side of
@@ -410,7 +410,8 @@ def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, si
     growth : ndarray
         Fractional 1σ added in quadrature per domain margin beyond the span.
     pairs : list of dict
-        The held-out stars' side, distance and rms residual (provenance).
+        Each held-out star's name, side, distance and rms residual over
+        ``norm`` (provenance).
     """
     from scipy.ndimage import uniform_filter1d
 
@@ -428,7 +429,7 @@ def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, si
             residual = ratio / np.median(ratio[norm]) - 1.0
             distances.append(d)
             squares.append(residual**2)
-            pairs.append({"side": side, "distance": round(d, 3),
+            pairs.append({"star": names[i], "side": side, "distance": round(d, 3),
                           "rms": round(float(np.sqrt(np.mean(residual[norm] ** 2))), 5)})
     if not distances or not np.any(np.asarray(distances) > 0):
         return np.zeros(stack.shape[1]), pairs

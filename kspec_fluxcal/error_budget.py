@@ -157,7 +157,7 @@ def misfit_function(template_misfit, grid_meta, standards=()):
         rule = "its extrapolation term" if extrapolated else floor_label
         log.info("template-misfit term: %d of %d standards outside the domain of %s, %s for them",
                  len(standards) - n_in, len(standards), template_misfit.label, rule)
-        return function, template_misfit.label + ("+extrapolation" if extrapolated else "+floor")
+        return function, template_misfit.label + ("+extrap" if extrapolated else "+floor")
     if callable(template_misfit):
         owner = getattr(template_misfit, "__self__", None)
         return template_misfit, getattr(owner, "label", "caller's template_misfit")
