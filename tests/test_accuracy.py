@@ -199,8 +199,8 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
     σ carries the extrapolation term learned by holding stars out beyond the
     others' span. The ck04 blue edge is off by +4–5 % at 3800–4000 Å for
     them, which no metal-poor star shows. Achieved (seeds 1, 2): pooled pull
-    0.85, 3800–4300 Å pull 1.36; with the library floor instead (before)
-    0.98 and 2.09 — the floor sat at 1.5 % where the error is 4.5 %.
+    0.86, 3800–4300 Å pull 1.30; with the library floor instead (before)
+    0.97 and 2.00 — the floor sat at 1.5 % where the error is 4.5 %.
     """
     from kspec_fluxcal.apply import calibration_on_grid
     from kspec_fluxcal.calspec_correction import derive_template_correction
@@ -222,14 +222,14 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
                                                                                    exposure.truth["gray"])
         factor, var, bad = calibration_on_grid(run.result.combined_vector, wave)
         sel = ~bad & (wave.value >= 3800.0) & (wave.value <= 9200.0) & ~load_mask_array(wave, TELLURIC)
-        pull = (factor - truth) / np.sqrt(var)
-        pulls.append(pull[sel])
-        blue.append(pull[sel & (wave.value < 4300.0)])
+        pull = (factor[sel] - truth[sel]) / np.sqrt(var[sel])
+        pulls.append(pull)
+        blue.append(pull[wave.value[sel] < 4300.0])
     pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
     blue_edge = np.sqrt(np.mean(np.concatenate(blue) ** 2))
     assert 0.75 <= pooled <= 1.25
     # the metal-poor stars cannot foresee the sign the solar stars need there: bounded, not 1
-    assert 0.75 <= blue_edge <= 1.75
+    assert 0.75 <= blue_edge <= 1.5
 
 
 def test_the_split_is_recorded_and_disjoint(calspec_dir):
