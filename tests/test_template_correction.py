@@ -474,6 +474,7 @@ def test_shipped_file_is_what_the_command_makes(calspec_dir, ck04_dir, tmp_path)
     np.testing.assert_allclose(made.wavelength.value, shipped.wavelength.value, rtol=1e-9)
     np.testing.assert_allclose(made.factor, shipped.factor, atol=2e-6)
     np.testing.assert_allclose(made.sigma, shipped.sigma, atol=2e-6)
+    np.testing.assert_allclose(made.extrapolation, shipped.extrapolation, atol=2e-6)
     assert made.meta["used_stars"] == shipped.meta["used_stars"]
     assert made.meta["fit"] == shipped.meta["fit"]
     assert made.model == shipped.model and made.fingerprint == shipped.fingerprint
