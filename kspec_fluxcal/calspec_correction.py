@@ -30,7 +30,8 @@ from astropy.table import Table
 from .exceptions import InputDataError
 from .templates.correction import FEH_KERNEL, TemplateCorrection, kernel_factor
 
-__all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
+__all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "distance_beyond",
+           "leave_one_star_out"]
 
 log = logging.getLogger(__name__)
 
