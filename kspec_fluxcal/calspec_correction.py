@@ -112,8 +112,10 @@ def derive_template_correction(
 
     The correction applies inside a domain: the training stars' span of Teff
     and [M/H] widened by ``domain_margin``; templates outside it stay
-    uncorrected, and standards fitted outside it get the library's misfit
-    floor in the error budget.
+    uncorrected. How much the error grows for a standard beyond the training
+    span is learned by holding stars out beyond the others' span
+    (`_extrapolation_growth`; column ``extrapolation``, per domain margin,
+    `distance_beyond`).
 
     The uncertainty is the leave-one-star-out predictive scatter: at each
     wavelength, the rms over the training stars of (curve / correction

@@ -12,8 +12,11 @@ A correction may depend on the template's [M/H] (``meta['model']``, kind
 training stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's
 fitted [M/H]. It applies only inside its domain — the training stars' span of
 Teff and [M/H] widened by a margin — and a template outside it is left
-uncorrected (factor 1); a standard fitted outside it has the library's
-misfit floor as its template-misfit term instead of the correction's σ.
+uncorrected (factor 1). A standard fitted beyond the training stars' span
+has the correction's σ at the span's end grown by an extrapolation term
+learned by holding stars out beyond the others' span (``extrapolation``);
+a correction without that term gives a standard outside the domain the
+library's misfit floor instead.
 `~kspec_fluxcal.templates.TemplateLibrary` applies the correction to every
 template before the LSF (``correction=`` keyword; the shipped ck04
 correction by default for ck04 libraries, none for other libraries).
