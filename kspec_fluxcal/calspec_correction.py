@@ -114,7 +114,7 @@ def derive_template_correction(
     and [M/H] widened by ``domain_margin``; templates outside it stay
     uncorrected. How much the error grows for a standard beyond the training
     span is learned by holding stars out beyond the others' span
-    (`_extrapolation_growth`; column ``extrapolation``, per domain margin,
+    (column ``extrapolation``, per domain margin,
     `distance_beyond`).
 
     The uncertainty is the leave-one-star-out predictive scatter: at each
