@@ -28,10 +28,9 @@ from astropy import units as u
 from astropy.table import Table
 
 from .exceptions import InputDataError
-from .templates.correction import FEH_KERNEL, TemplateCorrection, kernel_factor
+from .templates.correction import FEH_KERNEL, TemplateCorrection, distance_beyond, kernel_factor
 
-__all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "distance_beyond",
-           "leave_one_star_out"]
+__all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def derive_template_correction(
     uncorrected. How much the error grows for a standard beyond the training
     span is learned by holding stars out beyond the others' span
     (column ``extrapolation``, per domain margin,
-    `distance_beyond`).
+    `~kspec_fluxcal.templates.correction.distance_beyond`).
 
     The uncertainty is the leave-one-star-out predictive scatter: at each
     wavelength, the rms over the training stars of (curve / correction
@@ -382,17 +381,6 @@ def _node_factor(stack, fehs, teffs, h, margin, nodes, teff, feh, shrink):
         else:
             out += weight
     return out
-
-
-def distance_beyond(teff, feh, span, unit):
-    """How far (Teff K, [M/H] dex) lies beyond the training ``span``, in ``unit`` (domain margins); 0 inside.
-
-    d = √((Δ[M/H] / unit_feh)² + (ΔTeff / unit_teff)²), Δ each parameter's
-    distance outside its span (0 within it).
-    """
-    d_feh = max(span["feh"][0] - feh, feh - span["feh"][1], 0.0) / float(unit["feh_dex"])
-    d_teff = max(span["teff"][0] - teff, teff - span["teff"][1], 0.0) / float(unit["teff_K"])
-    return float(np.hypot(d_feh, d_teff))
 
 
 def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, sigma, wave, smooth, names):

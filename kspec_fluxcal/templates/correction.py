@@ -36,7 +36,8 @@ from ..cache import fingerprint
 from ..exceptions import InputDataError
 from ..io.atomic import atomic_output
 
-__all__ = ["TemplateCorrection", "kernel_factor", "resolve_template_correction", "shipped_correction_path"]
+__all__ = ["TemplateCorrection", "distance_beyond", "kernel_factor", "resolve_template_correction",
+           "shipped_correction_path"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,17 @@ def kernel_factor(stack, train_feh, bandwidth, feh, shrink=False):
     with np.errstate(invalid="ignore", divide="ignore"):
         weight = np.where(departure**2 > 0, departure**2 / (departure**2 + noise), 0.0)
     return 1.0 + weight * departure
+
+
+def distance_beyond(teff, feh, span, unit):
+    """How far (Teff K, [M/H] dex) lies beyond the training ``span``, in ``unit`` (domain margins); 0 inside.
+
+    d = √((Δ[M/H] / unit_feh)² + (ΔTeff / unit_teff)²), Δ each parameter's
+    distance outside its span (0 within it).
+    """
+    d_feh = max(span["feh"][0] - feh, feh - span["feh"][1], 0.0) / float(unit["feh_dex"])
+    d_teff = max(span["teff"][0] - teff, teff - span["teff"][1], 0.0) / float(unit["teff_K"])
+    return float(np.hypot(d_feh, d_teff))
 
 
 def shipped_correction_path(kind):
@@ -292,12 +304,10 @@ class TemplateCorrection:
         """How far a star of ``teff`` (K) and ``feh`` (dex) lies beyond the training span, in domain margins.
 
         0 inside the span or without an extrapolation term
-        (`~kspec_fluxcal.calspec_correction.distance_beyond`).
+        (`distance_beyond`).
         """
         if self.extrapolation is None or self.model is None:
             return 0.0
-        from ..calspec_correction import distance_beyond
-
         return distance_beyond(float(teff), float(feh), self.model["span"], self.model["distance_unit"])
 
     def _extrapolation_variance(self, teff, feh):
