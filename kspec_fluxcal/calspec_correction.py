@@ -28,7 +28,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from .exceptions import InputDataError
-from .templates.correction import FEH_KERNEL, TemplateCorrection, kernel_factor
+from .templates.correction import FEH_KERNEL, TemplateCorrection, distance_beyond, kernel_factor
 
 __all__ = ["CK04_TRAINING_FILES", "derive_template_correction", "calspec_frame_accuracy", "leave_one_star_out"]
 
@@ -111,8 +111,10 @@ def derive_template_correction(
 
     The correction applies inside a domain: the training stars' span of Teff
     and [M/H] widened by ``domain_margin``; templates outside it stay
-    uncorrected, and standards fitted outside it get the library's misfit
-    floor in the error budget.
+    uncorrected. How much the error grows for a standard beyond the training
+    span is learned by holding stars out beyond the others' span
+    (column ``extrapolation``, per domain margin,
+    `~kspec_fluxcal.templates.correction.distance_beyond`).
 
     The uncertainty is the leave-one-star-out predictive scatter: at each
     wavelength, the rms over the training stars of (curve / correction
@@ -293,11 +295,15 @@ def derive_template_correction(
         scores[h] = float(np.mean(np.sqrt(np.mean(residuals[h][:, scoring] ** 2, axis=1))))
     best = min(bandwidths, key=lambda h: scores[h])
     sigma = np.maximum(np.sqrt(np.mean(residuals[best] ** 2, axis=0)), _SIGMA_FLOOR)
+    growth, pairs = _extrapolation_growth(stack, teffs, fehs, nodes, float(best), domain_margin, norm[keep], shrink,
+                                          sigma, wave, knot_spacing, used)
     log.info("[M/H] bandwidth %.2f dex chosen by leave-one-star-out (rms %s)", best,
              ", ".join(f"{h:g}: {100 * v:.2f}%" for h, v in scores.items()))
     model = {"kind": FEH_KERNEL, "bandwidth_dex": float(best), "shrinkage": bool(shrink), "training": used,
              "feh": [float(f) for f in fehs], "teff": [float(t) for t in teffs],
-             "domain": _domain(teffs, fehs, domain_margin), "sigma_floor": _SIGMA_FLOOR,
+             "domain": _domain(teffs, fehs, domain_margin), "span": _domain(teffs, fehs, (0.0, 0.0)),
+             "distance_unit": {"teff_K": float(domain_margin[0]), "feh_dex": float(domain_margin[1])},
+             "extrapolation_pairs": pairs, "sigma_floor": _SIGMA_FLOOR,
              "bandwidth_scores": {f"{h:g}": round(v, 6) for h, v in scores.items()}}
 
     teff_dependence = None
@@ -330,6 +336,11 @@ def derive_template_correction(
                          "floor 0.002; per standard: the rms weighted by the [M/H] kernel at its fitted [M/H] "
                          "(columns loo_<star>)",
                 "shrink": bool(shrink),
+                "extrapolation": "sigma grows by d x growth(lambda) for a standard d distance units (domain "
+                                 "margins) beyond the training span; growth fitted by least squares to "
+                                 "r^2 - sigma^2 = d^2 growth^2 over the stars held out beyond the others' span "
+                                 "(each star against the stars more metal-poor, then more metal-rich, than it), "
+                                 "running mean over the knot spacing (column extrapolation)",
                 "parameters": "Teff, log g, [M/H] refined between nodes; RV; scale and E(B-V) (F99, R_V 3.1) "
                               "to synthetic PS1 griz/Gaia/2MASS photometry"},
         "model": model,
@@ -342,7 +353,8 @@ def derive_template_correction(
     # rounded so that the ECSV file is compact and reads back to the same fingerprint
     return TemplateCorrection(np.round(wave, 4), np.round(factor, 6), np.round(sigma, 6), meta,
                               {k: np.round(v[keep], 6) for k, v in curves.items()},
-                              {k: np.round(r, 6) for k, r in zip(used, residuals[best])})
+                              {k: np.round(r, 6) for k, r in zip(used, residuals[best])},
+                              extrapolation=np.round(growth, 6))
 
 
 def _domain(teffs, fehs, margin):
@@ -369,6 +381,55 @@ def _node_factor(stack, fehs, teffs, h, margin, nodes, teff, feh, shrink):
         else:
             out += weight
     return out
+
+
+def _extrapolation_growth(stack, teffs, fehs, nodes, h, margin, norm, shrink, sigma, wave, smooth, names):
+    """How fast the correction's error grows beyond the training span: growth(λ) per domain margin.
+
+    Each training star is held out together with every star on one side of
+    it in [M/H] (first the more metal-rich ones, then the more metal-poor
+    ones), so that it lies a distance d beyond the remaining stars' span
+    (`distance_beyond`, in domain margins); its residual r(λ) is its curve
+    over the correction those stars give it (corrected at its nodes inside
+    their domain, uncorrected outside it), normalised over ``norm``, minus 1.
+    growth² is the least-squares solution of r² − σ² = d² growth² over these
+    pairs (σ the leave-one-star-out uncertainty of stars inside the span),
+    at least 0, smoothed by a running mean over ``smooth`` Å.
+
+    Returns
+    -------
+    growth : ndarray
+        Fractional 1σ added in quadrature per domain margin beyond the span.
+    pairs : list of dict
+        Each held-out star's name, side, distance and rms residual over
+        ``norm`` (provenance).
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    distances, squares, pairs = [], [], []
+    for i in range(stack.shape[0]):
+        for side in ("metal-rich", "metal-poor"):
+            rest = fehs < fehs[i] if side == "metal-rich" else fehs > fehs[i]
+            if np.count_nonzero(rest) < 2:
+                continue
+            span = _domain(teffs[rest], fehs[rest], (0.0, 0.0))
+            d = distance_beyond(teffs[i], fehs[i], span, {"teff_K": margin[0], "feh_dex": margin[1]})
+            predicted = _node_factor(stack[rest], fehs[rest], teffs[rest], h, margin, nodes, teffs[i], fehs[i],
+                                     shrink)
+            ratio = stack[i] / predicted
+            residual = ratio / np.median(ratio[norm]) - 1.0
+            distances.append(d)
+            squares.append(residual**2)
+            pairs.append({"star": names[i], "side": side, "distance": round(d, 3),
+                          "rms": round(float(np.sqrt(np.mean(residual[norm] ** 2))), 5)})
+    if not distances or not np.any(np.asarray(distances) > 0):
+        return np.zeros(stack.shape[1]), pairs
+    d2 = np.asarray(distances) ** 2
+    excess = np.asarray(squares) - sigma**2
+    growth2 = np.maximum(d2 @ excess / np.sum(d2**2), 0.0)
+    width = max(int(round(smooth / np.median(np.diff(wave)))), 1)
+    # the running mean of values ≥ 0 can round to −1e-20
+    return np.sqrt(np.maximum(uniform_filter1d(growth2, width, mode="nearest"), 0.0)), pairs
 
 
 def _leave_one_out_residuals(stack, teffs, fehs, nodes, h, margin, norm, shrink):

@@ -29,12 +29,13 @@ ln(Cal), each a function of wavelength:
     The misfit of the template library common to all standards (stars of one
     kind share it, so star-to-star scatter cannot reveal it and it does not
     average down). It is the caller's ``template_misfit(λ)`` when given; for
-    a template correction, its uncertainty for a new star where the standard
-    lies inside the correction's domain — each standard's own part averaged
-    down over the standards, the part shared by standards of similar [M/H]
-    not (`~kspec_fluxcal.templates.TemplateCorrection.misfit_for_standards`)
-    — and the library floor where it does not; else the per-library floor of
-    `library_misfit_floor`.
+    a template correction, its uncertainty for a new star — each standard's
+    own part averaged down over the standards, the part shared by standards
+    of similar [M/H] not, and for a standard beyond the training stars' span
+    an extrapolation term that grows with the distance
+    (`~kspec_fluxcal.templates.TemplateCorrection.misfit_for_standards`); a
+    correction file without that term gives the library floor to standards
+    outside its domain; else the per-library floor of `library_misfit_floor`.
 
 `apply_error_budget` adds the last three to the combined vector and records
 every term (median fractional σ and share of the total variance) in
@@ -156,10 +157,13 @@ def misfit_function(template_misfit, grid_meta, standards=()):
     if hasattr(template_misfit, "misfit_for_standards"):
         floor, floor_label = library_misfit_floor(grid_meta)
         function, n_in = template_misfit.misfit_for_standards(list(standards), floor)
-        if n_in < len(standards):
-            log.info("template-misfit term: %d of %d standards outside the domain of %s, %s for them",
-                     len(standards) - n_in, len(standards), template_misfit.label, floor_label)
-        return function, template_misfit.label + ("+floor" if n_in < len(standards) else "")
+        if n_in == len(standards):
+            return function, template_misfit.label
+        extrapolated = getattr(template_misfit, "extrapolation", None) is not None
+        rule = "its extrapolation term" if extrapolated else floor_label
+        log.info("template-misfit term: %d of %d standards outside the domain of %s, %s for them",
+                 len(standards) - n_in, len(standards), template_misfit.label, rule)
+        return function, template_misfit.label + ("+extrap" if extrapolated else "+floor")
     if callable(template_misfit):
         owner = getattr(template_misfit, "__self__", None)
         return template_misfit, getattr(owner, "label", "caller's template_misfit")

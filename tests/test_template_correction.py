@@ -204,6 +204,66 @@ def test_misfit_term_averages_the_standards_own_parts_and_keeps_the_shared_ones(
     np.testing.assert_allclose(mixed(wave), np.sqrt((shared2 + own2) / 9 + (2 / 3) ** 2 * 0.015**2), rtol=1e-9)
 
 
+
+def _extrapolating_toy(growth=(0.01, 0.004, 0.001, 0.0005)):
+    """`_four_star_toy` with an extrapolation term: training span Teff 5900–6200 K, [M/H] −1…0; unit 250 K, 0.25 dex."""
+    toy = _four_star_toy()
+    model = {**toy.model, "span": {"teff": [5900.0, 6200.0], "feh": [-1.0, 0.0]},
+             "distance_unit": {"teff_K": 250.0, "feh_dex": 0.25}}
+    return TemplateCorrection(toy.wavelength, toy.factor, toy.sigma, {**toy.meta, "model": model}, toy.curves,
+                              toy.residuals, extrapolation=np.array(growth))
+
+
+def test_misfit_grows_beyond_the_training_span():
+    """Inside the span nothing changes; d margins beyond it σ² gains d² growth², shared by the stars out there.
+
+    Stars beyond the span are held at its end for the kernel; outside the
+    domain the same rule replaces the library floor (the growth was learned
+    from stars held out that far). The expected values are computed here from
+    the toy's numbers (`_parts_here`), not by the class.
+    """
+    corr = _extrapolating_toy()
+    plain = _four_star_toy()
+    wave = corr.wavelength.value
+    growth = corr.extrapolation
+
+    def floor(w):
+        return np.full(np.shape(w), 0.015)
+
+    for teff, feh in ((6000.0, 0.0), (6100.0, -0.5), (5900.0, -1.0)):
+        assert corr.distance(teff, feh) == 0.0
+        np.testing.assert_allclose(corr.sigma_for(wave, teff, feh), plain.sigma_for(wave, teff, feh), rtol=1e-12)
+    shared2, own2, _ = _parts_here(corr, 0.0)
+    # [M/H] +0.5: two margins beyond the span, inside the domain's Teff
+    assert corr.distance(6000.0, 0.5) == pytest.approx(2.0)
+    np.testing.assert_allclose(corr.sigma_for(wave, 6000.0, 0.5) ** 2, shared2 + own2 + 4 * growth**2, rtol=1e-9)
+    alike, n_in = corr.misfit_for_standards([(6000.0, 0.5)] * 4, floor)
+    assert n_in == 0
+    np.testing.assert_allclose(alike(wave) ** 2, shared2 + 4 * growth**2 + own2 / 4, rtol=1e-9)
+    # 5200 K and [M/H] +0.5: √(2.8² + 2²) margins; no floor, whatever the floor
+    d = np.hypot(700.0 / 250.0, 2.0)
+    assert corr.distance(5200.0, 0.5) == pytest.approx(d)
+    far, n_in = corr.misfit_for_standards([(5200.0, 0.5)], floor)
+    np.testing.assert_allclose(far(wave) ** 2, shared2 + own2 + d**2 * growth**2, rtol=1e-9)
+    # without the term the old rule holds: the floor for a standard outside the domain
+    old, _ = plain.misfit_for_standards([(5200.0, 0.5)], floor)
+    np.testing.assert_allclose(old(wave), 0.015)
+
+
+def test_extrapolation_term_round_trips_and_is_checked(tmp_path):
+    corr = _extrapolating_toy()
+    corr.write(tmp_path / "x.ecsv")
+    back = TemplateCorrection.read(tmp_path / "x.ecsv")
+    np.testing.assert_array_equal(back.extrapolation, corr.extrapolation)
+    assert back.fingerprint == corr.fingerprint != _four_star_toy().fingerprint
+    with pytest.raises(InputDataError, match="extrapolation must be finite"):
+        _extrapolating_toy(growth=(0.01, -0.1, 0.0, 0.0))
+    toy = _four_star_toy()
+    with pytest.raises(InputDataError, match="needs model\\['span'\\]"):
+        TemplateCorrection(toy.wavelength, toy.factor, toy.sigma, toy.meta, toy.curves, toy.residuals,
+                           extrapolation=np.zeros(4))
+
+
 def test_correction_interpolates_and_holds_its_ends():
     corr = _toy()
     np.testing.assert_allclose(corr.factor_at([3000.0, 4500.0, 6500.0, 9000.0]), [1.05, 1.025, 0.99, 1.0])
@@ -414,6 +474,7 @@ def test_shipped_file_is_what_the_command_makes(calspec_dir, ck04_dir, tmp_path)
     np.testing.assert_allclose(made.wavelength.value, shipped.wavelength.value, rtol=1e-9)
     np.testing.assert_allclose(made.factor, shipped.factor, atol=2e-6)
     np.testing.assert_allclose(made.sigma, shipped.sigma, atol=2e-6)
+    np.testing.assert_allclose(made.extrapolation, shipped.extrapolation, atol=2e-6)
     assert made.meta["used_stars"] == shipped.meta["used_stars"]
     assert made.meta["fit"] == shipped.meta["fit"]
     assert made.model == shipped.model and made.fingerprint == shipped.fingerprint

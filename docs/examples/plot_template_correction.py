@@ -96,8 +96,8 @@ fig.tight_layout()
 # `~kspec_fluxcal.calspec_correction.calspec_frame_accuracy`) without any
 # correction and with the one derived without it. Figures: median and 95th
 # percentile of abs(Cal/truth − 1) over 3800–9200 Å, and the pull rms (the
-# correction's σ is in the error budget; without a correction, or for a
-# star outside its domain, the library's misfit floor is). All 17 stars,
+# correction's σ is in the error budget, grown beyond its training stars'
+# span; without a correction the library's misfit floor is). All 17 stars,
 # two realisations each: :ref:`template-correction`.
 
 

@@ -12,8 +12,11 @@ A correction may depend on the template's [M/H] (``meta['model']``, kind
 training stars' curves weighted by exp(−½((f − f_s)/h)²), f_s each star's
 fitted [M/H]. It applies only inside its domain — the training stars' span of
 Teff and [M/H] widened by a margin — and a template outside it is left
-uncorrected (factor 1); a standard fitted outside it has the library's
-misfit floor as its template-misfit term instead of the correction's σ.
+uncorrected (factor 1). A standard fitted beyond the training stars' span
+has the correction's σ at the span's end grown by an extrapolation term
+learned by holding stars out beyond the others' span (``extrapolation``);
+a correction without that term gives a standard outside the domain the
+library's misfit floor instead.
 `~kspec_fluxcal.templates.TemplateLibrary` applies the correction to every
 template before the LSF (``correction=`` keyword; the shipped ck04
 correction by default for ck04 libraries, none for other libraries).
@@ -33,7 +36,8 @@ from ..cache import fingerprint
 from ..exceptions import InputDataError
 from ..io.atomic import atomic_output
 
-__all__ = ["TemplateCorrection", "kernel_factor", "resolve_template_correction", "shipped_correction_path"]
+__all__ = ["TemplateCorrection", "distance_beyond", "kernel_factor", "resolve_template_correction",
+           "shipped_correction_path"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,17 @@ def kernel_factor(stack, train_feh, bandwidth, feh, shrink=False):
     return 1.0 + weight * departure
 
 
+def distance_beyond(teff, feh, span, unit):
+    """How far (Teff K, [M/H] dex) lies beyond the training ``span``, in ``unit`` (domain margins); 0 inside.
+
+    d = √((Δ[M/H] / unit_feh)² + (ΔTeff / unit_teff)²), Δ each parameter's
+    distance outside its span (0 within it).
+    """
+    d_feh = max(span["feh"][0] - feh, feh - span["feh"][1], 0.0) / float(unit["feh_dex"])
+    d_teff = max(span["teff"][0] - teff, teff - span["teff"][1], 0.0) / float(unit["teff_K"])
+    return float(np.hypot(d_feh, d_teff))
+
+
 def shipped_correction_path(kind):
     """The shipped correction file for a library kind (``'ck04models'`` …), or None."""
     name = SHIPPED_CORRECTIONS.get(str(kind))
@@ -117,6 +132,13 @@ class TemplateCorrection:
         Training star name → its leave-one-out residual on ``wavelength``
         (its curve / the correction derived without it − 1); with them the
         uncertainty depends on [M/H] (`sigma_for`).
+    extrapolation : array_like, optional
+        Fractional 1σ the misfit gains, in quadrature, per unit of distance
+        beyond the training stars' span (``model['span']``, distance in
+        ``model['distance_unit']``: the domain margins), on ``wavelength``;
+        learned by holding stars out beyond the others' span
+        (`~kspec_fluxcal.calspec_correction.derive_template_correction`).
+        Without it a standard outside the domain has the library floor.
 
     Notes
     -----
@@ -126,7 +148,7 @@ class TemplateCorrection:
     (for reference) and `factor_for` gives what a template receives.
     """
 
-    def __init__(self, wavelength, factor, sigma, meta=None, curves=None, residuals=None):
+    def __init__(self, wavelength, factor, sigma, meta=None, curves=None, residuals=None, extrapolation=None):
         wave = u.Quantity(wavelength, u.AA).to_value(u.AA) if isinstance(wavelength, u.Quantity) else wavelength
         self._wave = np.asarray(wave, dtype=np.float64)
         self._factor = np.asarray(factor, dtype=np.float64)
@@ -146,6 +168,12 @@ class TemplateCorrection:
         self.meta = dict(meta or {})
         self.curves = {str(k): np.asarray(v, dtype=np.float64) for k, v in (curves or {}).items()}
         self.residuals = {str(k): np.asarray(v, dtype=np.float64) for k, v in (residuals or {}).items()}
+        self.extrapolation = None if extrapolation is None else np.asarray(extrapolation, dtype=np.float64)
+        if self.extrapolation is not None and (self.extrapolation.shape != self._wave.shape
+                                               or not np.all(np.isfinite(self.extrapolation)
+                                                             & (self.extrapolation >= 0))):
+            raise InputDataError("template correction extrapolation must be finite, ≥ 0 and have one value per "
+                                 "wavelength; re-derive the file.")
         self.model = self.meta.get("model") or None
         if self.model is not None:
             self._check_model()
@@ -177,6 +205,9 @@ class TemplateCorrection:
             self._residuals = np.array([self.residuals[n] for n in names])
             if not np.all(np.isfinite(self._residuals)):
                 raise InputDataError("the leave-one-out residuals of a template correction must be finite.")
+        if self.extrapolation is not None and not (model.get("span") and model.get("distance_unit")):
+            raise InputDataError("a template correction with an extrapolation term needs model['span'] and "
+                                 "model['distance_unit']; re-derive the file.")
 
     def __repr__(self):
         return (
@@ -211,8 +242,11 @@ class TemplateCorrection:
             return fingerprint("template-correction", self._wave, self._factor, self._sigma)
         if self._residuals is None:
             return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack)
+        if self.extrapolation is None:
+            return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack,
+                               self._residuals)
         return fingerprint("template-correction", self._wave, self._factor, self._sigma, self.model, self._stack,
-                           self._residuals)
+                           self._residuals, self.extrapolation)
 
     @property
     def label(self):
@@ -261,9 +295,26 @@ class TemplateCorrection:
         return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, self._sigma)
 
     def _kernel_weights(self, feh):
-        """The training stars' normalised [M/H]-kernel weights at ``feh`` (dex)."""
-        weights = np.exp(-0.5 * ((self._train_feh - float(feh)) / float(self.model["bandwidth_dex"])) ** 2)
+        """The training stars' normalised [M/H]-kernel weights at ``feh`` (dex), held at the training span."""
+        feh = float(np.clip(float(feh), np.min(self._train_feh), np.max(self._train_feh)))
+        weights = np.exp(-0.5 * ((self._train_feh - feh) / float(self.model["bandwidth_dex"])) ** 2)
         return weights / np.sum(weights)
+
+    def distance(self, teff, feh):
+        """How far a star of ``teff`` (K) and ``feh`` (dex) lies beyond the training span, in domain margins.
+
+        0 inside the span or without an extrapolation term
+        (`distance_beyond`).
+        """
+        if self.extrapolation is None or self.model is None:
+            return 0.0
+        return distance_beyond(float(teff), float(feh), self.model["span"], self.model["distance_unit"])
+
+    def _extrapolation_variance(self, teff, feh):
+        """(d × growth)² on the table grid: what a star d margins beyond the training span adds."""
+        if self.extrapolation is None:
+            return np.zeros(self._wave.size)
+        return (self.distance(teff, feh) * self.extrapolation) ** 2
 
     def _loo_variance(self, feh):
         """The kernel-weighted mean square of the leave-one-out residuals at ``feh``, on the table grid, floored."""
@@ -274,13 +325,17 @@ class TemplateCorrection:
         """Fractional 1σ misfit of a star of ``teff`` (K) and ``feh`` (dex) after correction, at ``wavelength`` (Å).
 
         With the training stars' leave-one-out residuals (``residuals``): their
-        kernel-weighted rms at ``feh`` (the model's bandwidth), at least
-        ``model['sigma_floor']`` — how well the correction predicted the
-        training stars most like this one. Otherwise `fractional_sigma`.
+        kernel-weighted rms at ``feh`` (the model's bandwidth; held at the
+        training span), at least ``model['sigma_floor']`` — how well the
+        correction predicted the training stars most like this one — and,
+        for a star d domain margins beyond the training span, the
+        extrapolation term d × ``extrapolation`` added in quadrature.
+        Otherwise `fractional_sigma`.
         """
         if self._residuals is None or self.model is None:
             return self.fractional_sigma(wavelength)
-        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, np.sqrt(self._loo_variance(feh)))
+        variance = self._loo_variance(feh) + self._extrapolation_variance(teff, feh)
+        return np.interp(np.asarray(wavelength, dtype=np.float64), self._wave, np.sqrt(variance))
 
     def sigma_parts(self, wavelength, teff, feh):
         """The shared and the star's own parts of `sigma_for`, at ``wavelength`` (Å).
@@ -291,8 +346,10 @@ class TemplateCorrection:
         which is independent from star to star. The own part is the
         kernel-weighted scatter of the training curves about their kernel
         mean at ``feh`` (unbiased for the weights: divided by 1 − Σŵ², at
-        least ½), at most `sigma_for`; the shared part is the rest of
-        `sigma_for`, so that own² + shared² is the square of `sigma_for`.
+        least ½), at most the kernel rms of `sigma_for`; the shared part is
+        the rest of `sigma_for` (with the whole extrapolation term: stars
+        beyond the span on one side err together), so that own² + shared² is
+        the square of `sigma_for`.
 
         Returns
         -------
@@ -302,16 +359,16 @@ class TemplateCorrection:
         wave = np.asarray(wavelength, dtype=np.float64)
         if self._residuals is None or self.model is None:
             return self.fractional_sigma(wave), np.zeros(wave.shape)
-        shared2, own2 = self._variance_parts(feh)
+        shared2, own2 = self._variance_parts(teff, feh)
         return (np.interp(wave, self._wave, np.sqrt(shared2)), np.interp(wave, self._wave, np.sqrt(own2)))
 
-    def _variance_parts(self, feh):
+    def _variance_parts(self, teff, feh):
         weights = self._kernel_weights(feh)
         mean = weights @ self._stack
         scatter = weights @ (self._stack / mean - 1.0) ** 2 / max(1.0 - float(np.sum(weights**2)), 0.5)
         total = self._loo_variance(feh)
         own2 = np.minimum(scatter, total)
-        return total - own2, own2
+        return total - own2 + self._extrapolation_variance(teff, feh), own2
 
     def misfit_for_standards(self, standards, floor=None):
         """The template-misfit term of a frame whose used standards have the fitted ``standards`` parameters.
@@ -326,8 +383,13 @@ class TemplateCorrection:
         (‖ŵ_j‖ ‖ŵ_k‖) with ŵ the training stars' kernel weights at each
         standard's [M/H] (1 for stars of one [M/H], 0 for stars the kernel
         sees through disjoint training stars), σ²_shared = Σ ρ_jk s_j s_k / N².
-        Standards outside the domain carry the library ``floor``, which they
-        all share (none when None): it adds (n_out/N)² floor².
+        A standard beyond the training span has its kernel held at the span's
+        end and the extrapolation term in its shared part (`sigma_for`); with
+        an extrapolation term that rule holds outside the domain too, where
+        the standard's template is uncorrected (the term was learned from
+        stars held out that far). A correction without one gives standards
+        outside the domain the library ``floor``, which they all share (none
+        when None): it adds (n_out/N)² floor².
 
         Parameters
         ----------
@@ -349,12 +411,12 @@ class TemplateCorrection:
         if self._residuals is None or self.model is None:
             return self._rms_misfit(standards, inside, floor), n_in
         n_all = len(standards)
-        fehs = [f for (_, f), covered in zip(standards, inside) if covered]
+        modelled = [s for s, covered in zip(standards, inside) if covered or self.extrapolation is not None]
         variance = np.zeros(self._wave.size)
-        if fehs:
-            parts = [self._variance_parts(f) for f in fehs]
+        if modelled:
+            parts = [self._variance_parts(t, f) for t, f in modelled]
             shared = np.sqrt(np.array([p[0] for p in parts]))
-            weights = np.array([self._kernel_weights(f) for f in fehs])
+            weights = np.array([self._kernel_weights(f) for _, f in modelled])
             gram = weights @ weights.T
             norm = np.sqrt(np.diag(gram))
             rho = gram / np.outer(norm, norm)
@@ -365,7 +427,7 @@ class TemplateCorrection:
             if not inside:
                 return self.fractional_sigma(wave)
             out = np.interp(wave, self._wave, variance)
-            if floor is not None and n_in < n_all:
+            if floor is not None and len(modelled) < n_all:
                 out = out + ((n_all - n_in) / n_all) ** 2 * np.asarray(floor(wave), dtype=np.float64) ** 2
             return np.sqrt(out)
 
@@ -404,6 +466,8 @@ class TemplateCorrection:
             table[f"star_{name}"] = values
         for name, values in self.residuals.items():
             table[f"loo_{name}"] = values
+        if self.extrapolation is not None:
+            table["extrapolation"] = self.extrapolation
         table.meta.update({"format": _FORMAT, **self.meta})
         return table
 
@@ -457,7 +521,9 @@ class TemplateCorrection:
         meta = {k: v for k, v in table.meta.items() if k != "format"}
         curves = {c[5:]: np.asarray(table[c], float) for c in table.colnames if c.startswith("star_")}
         residuals = {c[4:]: np.asarray(table[c], float) for c in table.colnames if c.startswith("loo_")}
-        return cls(wave, np.asarray(table["factor"]), np.asarray(table["sigma"]), meta, curves, residuals)
+        extrapolation = np.asarray(table["extrapolation"], float) if "extrapolation" in table.colnames else None
+        return cls(wave, np.asarray(table["factor"]), np.asarray(table["sigma"]), meta, curves, residuals,
+                   extrapolation)
 
 
 def resolve_template_correction(correction, library_kind):
