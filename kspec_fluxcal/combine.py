@@ -39,7 +39,8 @@ from .stats import (
     row_nanmedian,
 )
 
-__all__ = ["LEVEL_TOLERANCE", "QualityGates", "combine_calibration_vectors", "level_stars", "separate_gray_terms"]
+__all__ = ["LEVEL_TOLERANCE", "QualityGates", "combine_calibration_vectors", "level_stars", "photometric_tilts",
+           "separate_gray_terms"]
 
 log = logging.getLogger(__name__)
 
