@@ -39,13 +39,17 @@ from .stats import (
     row_nanmedian,
 )
 
-__all__ = ["LEVEL_TOLERANCE", "QualityGates", "combine_calibration_vectors", "level_stars", "photometric_tilts",
-           "separate_gray_terms"]
+__all__ = ["LEVEL_TOLERANCE", "TILT_ALLOWANCE", "QualityGates", "combine_calibration_vectors", "level_stars",
+           "photometric_tilts", "separate_gray_terms"]
 
 log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.5
 """Largest distance of a used star's ln(gray) from the median ln(gray) for it to set the level (a factor 1.65)."""
+
+TILT_ALLOWANCE = 3.0
+"""Most reddening tilt, in units of a star's own E(B−V) error, that the shape-outlier test forgives
+(`separate_gray_terms`)."""
 
 
 def level_stars(log_gray, active, tolerance=LEVEL_TOLERANCE):
@@ -100,9 +104,8 @@ class QualityGates:
     min_good_fraction : float
         Smallest fraction of usable pixels.
     outlier_sigma : float
-        Robust (MAD) threshold for a star whose shape deviates from the others;
-        also the most reddening tilt, in units of the star's own E(B−V) error,
-        that the test forgives (`separate_gray_terms`).
+        Robust (MAD) threshold for a star whose shape deviates from the others,
+        after the reddening tilt its own E(B−V) error allows (`TILT_ALLOWANCE`).
     """
 
     max_line_misfit: float = 0.05
@@ -368,10 +371,10 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5, tilts=None):
     With ``tilts``, the deviation is judged after removing the part of it
     that the row's own photometric fit explains: its least-squares
     coefficient on the row's 1σ reddening tilt (with a constant), held to
-    ±``outlier_sigma``. A star whose shape differs only by its own E(B−V)
-    error (10 mmag catalogue errors in four bands leave ±1.5 % end to end)
-    is kept; a tilt beyond ``outlier_sigma`` of its error, or any other
-    structure, still counts.
+    ±`TILT_ALLOWANCE` σ, that σ no larger than the median of the active
+    rows'. A star whose shape differs only by its own E(B−V) error (10 mmag
+    catalogue errors in four bands leave ±1.5 % end to end) is kept; a
+    larger tilt, or any other structure, still counts.
 
     Parameters
     ----------
@@ -407,7 +410,7 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5, tilts=None):
         shape = logc - gray[:, None]
         deviation = shape - nanmedian_columns(shape[active])
         if tilts is not None:
-            deviation = deviation - _allowed_tilt(deviation, tilts, outlier_sigma)
+            deviation = deviation - _allowed_tilt(deviation, tilts, TILT_ALLOWANCE, active)
         dev = np.sqrt(row_nanmean(deviation**2))
         if np.count_nonzero(active) < 3:
             break
@@ -421,17 +424,28 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5, tilts=None):
     return gray, shape, active, rejected
 
 
-def _allowed_tilt(deviation, tilts, limit):
-    """The part of each row's deviation along its own tilt, its coefficient held to ±``limit``."""
+def _allowed_tilt(deviation, tilts, limit, active):
+    """The part of each row's deviation along its own tilt, its size held to ±``limit`` σ.
+
+    σ is the row's own tilt, but never more than the median tilt of the
+    active rows: a star whose photometry leaves its E(B−V) far less certain
+    than its peers' (a fit against a grid edge, a template too far off) does
+    not earn a larger allowance; its tilt enters the mean shape at full
+    weight.
+    """
     ok = np.isfinite(deviation) & np.isfinite(tilts)
     n = np.maximum(np.count_nonzero(ok, axis=1), 1)
     t = np.where(ok, tilts, 0.0)
     t_centred = np.where(ok, t - (t.sum(axis=1) / n)[:, None], 0.0)
     d = np.where(ok, deviation, 0.0)
     norm = np.sum(t_centred**2, axis=1)
+    size = np.sqrt(norm / n)
+    peers = size[active & (size > 0)]
+    cap = np.median(peers) if peers.size else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         coef = np.where(norm > 0, np.sum(d * t_centred, axis=1) / norm, 0.0)
-    return np.clip(coef, -limit, limit)[:, None] * t_centred
+        bound = np.where(size > 0, limit * np.minimum(1.0, cap / size), 0.0)
+    return np.clip(coef, -bound, bound)[:, None] * t_centred
 
 
 def gray_log_variance(meta):
