@@ -369,8 +369,9 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5, tilts=None):
     3–10 nearly identical rows do not reject each other.
 
     With ``tilts``, the deviation is judged after removing the part of it
-    that the row's own photometric fit explains: its least-squares
-    coefficient on the row's 1σ reddening tilt (with a constant), held to
+    that the row's own photometric fit explains: its least-squares fit by a
+    constant (the gray term is the median offset, not the mean) and the
+    row's 1σ reddening tilt, the tilt's coefficient held to
     ±`TILT_ALLOWANCE` σ, that σ no larger than the median of the active
     rows'. A star whose shape differs only by its own E(B−V) error (10 mmag
     catalogue errors in four bands leave ±1.5 % end to end) is kept; a
@@ -425,7 +426,7 @@ def separate_gray_terms(logc, active, outlier_sigma, max_iter=5, tilts=None):
 
 
 def _allowed_tilt(deviation, tilts, limit, active):
-    """The part of each row's deviation along its own tilt, its size held to ±``limit`` σ.
+    """The part of each row's deviation along its own tilt (and a constant), the tilt held to ±``limit`` σ.
 
     σ is the row's own tilt, but never more than the median tilt of the
     active rows: a star whose photometry leaves its E(B−V) far less certain
@@ -445,7 +446,8 @@ def _allowed_tilt(deviation, tilts, limit, active):
     with np.errstate(divide="ignore", invalid="ignore"):
         coef = np.where(norm > 0, np.sum(d * t_centred, axis=1) / norm, 0.0)
         bound = np.where(size > 0, limit * np.minimum(1.0, cap / size), 0.0)
-    return np.clip(coef, -bound, bound)[:, None] * t_centred
+    offset = np.where(size > 0, d.sum(axis=1) / n, 0.0)  # the gray term's share of a tilt: median ≠ mean
+    return np.clip(coef, -bound, bound)[:, None] * t_centred + offset[:, None]
 
 
 def gray_log_variance(meta):

@@ -186,9 +186,9 @@ def test_shape_outlier_test_forgives_a_star_its_own_reddening_tilt():
     offsets = rng.normal(0, 0.2, 8) * sigma_e
     offsets[2], offsets[5] = 2.0 * sigma_e, -2.5 * sigma_e
 
-    def star(i, de, extra=1.0):
+    def star(i, de, extra=1.0, ebv_error=sigma_e):
         return _vector(wave, shape * np.exp(-0.4 * np.log(10) * k * de) * extra, 1.0 + 0.05 * i, rng, noise=0.001,
-                       fid=i, name=f"s{i}", ebv_error=sigma_e)
+                       fid=i, name=f"s{i}", ebv_error=ebv_error)
 
     vectors = [star(i, de) for i, de in enumerate(offsets)]
     result = combine_calibration_vectors(vectors, representation="pixel")
@@ -205,6 +205,12 @@ def test_shape_outlier_test_forgives_a_star_its_own_reddening_tilt():
     meta = {m["fiber_id"]: m for m in combine_calibration_vectors(vectors, representation="pixel")
             .summary["per_star_metrics"]}
     assert [i for i in range(8) if not meta[i]["used"]] == [2, 5]
+    # a star whose own E(B−V) error is ten times its peers' gets no larger allowance than theirs
+    vectors[5] = star(5, offsets[5])
+    vectors[2] = star(2, 0.1, ebv_error=0.07)
+    meta = {m["fiber_id"]: m for m in combine_calibration_vectors(vectors, representation="pixel")
+            .summary["per_star_metrics"]}
+    assert [i for i in range(8) if not meta[i]["used"]] == [2]
 
 
 def test_level_averages_every_star_but_not_a_far_off_aperture_loss():
