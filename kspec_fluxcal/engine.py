@@ -228,6 +228,8 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         representation=options.representation,
         gates=options.gates,
         rejected=rejected,
+        extinction=grid.meta.get("extinction", "F99"),
+        r_v=grid.meta.get("r_v", 3.1),
     )
     result.summary["mag_floor"] = float(options.mag_floor)
     result.summary["zero_point_sigma"] = float(options.zero_point_sigma)

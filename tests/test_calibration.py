@@ -169,6 +169,50 @@ def test_combination_removes_gray_and_rejects_an_outlier(n_stars):
     assert np.max(np.abs(combined / (shape * level) - 1)) < 0.02
 
 
+def test_shape_outlier_test_forgives_a_star_its_own_reddening_tilt():
+    """A star whose shape differs only by its E(B−V) error stays; a far larger tilt or a ripple does not.
+
+    Four PS1 bands at 10 mmag leave E(B−V) uncertain by about 0.007: a 2–2.5σ
+    tilt is 1.5–2 % end to end, far above the noise, and the old test
+    (deviation against the MAD of the others) rejected such stars.
+    """
+    from kspec_fluxcal.extinction import extinction_per_ebv
+
+    rng = np.random.default_rng(5)
+    wave = np.linspace(3700, 9500, 800)
+    shape = 1e-16 * (1 + 0.4 * ((wave - 6500) / 3000) ** 2)
+    k = extinction_per_ebv(wave, "F99", 3.1)
+    sigma_e = 0.007
+    offsets = rng.normal(0, 0.2, 8) * sigma_e
+    offsets[2], offsets[5] = 2.0 * sigma_e, -2.5 * sigma_e
+
+    def star(i, de, extra=1.0, ebv_error=sigma_e):
+        return _vector(wave, shape * np.exp(-0.4 * np.log(10) * k * de) * extra, 1.0 + 0.05 * i, rng, noise=0.001,
+                       fid=i, name=f"s{i}", ebv_error=ebv_error)
+
+    vectors = [star(i, de) for i, de in enumerate(offsets)]
+    result = combine_calibration_vectors(vectors, representation="pixel")
+    assert result.summary["n_stars_used"] == 8
+    # without its E(B−V) error a star gets no allowance and the same tilt rejects it
+    bare = [v if i != 2 else _vector(wave, v.cal_factor.value / 1.1, 1.1, rng, noise=0.0, fid=2, name="s2")
+            for i, v in enumerate(vectors)]
+    meta = {m["fiber_id"]: m for m in combine_calibration_vectors(bare, representation="pixel")
+            .summary["per_star_metrics"]}
+    assert meta[2]["used"] is False and "shape" in meta[2]["reject_reason"]
+    # a tilt of 12σ, or a 1.5 % ripple on an allowed tilt, is still an outlier
+    vectors[2] = star(2, 12 * sigma_e)
+    vectors[5] = star(5, -2.0 * sigma_e, 1 + 0.015 * np.sin(2 * np.pi * wave / 350.0))
+    meta = {m["fiber_id"]: m for m in combine_calibration_vectors(vectors, representation="pixel")
+            .summary["per_star_metrics"]}
+    assert [i for i in range(8) if not meta[i]["used"]] == [2, 5]
+    # a star whose own E(B−V) error is ten times its peers' gets no larger allowance than theirs
+    vectors[5] = star(5, offsets[5])
+    vectors[2] = star(2, 0.1, ebv_error=0.07)
+    meta = {m["fiber_id"]: m for m in combine_calibration_vectors(vectors, representation="pixel")
+            .summary["per_star_metrics"]}
+    assert [i for i in range(8) if not meta[i]["used"]] == [2]
+
+
 def test_level_averages_every_star_but_not_a_far_off_aperture_loss():
     """The level is the mean ln(gray) of the used stars near the median; a mis-centred fibre does not set it."""
     rng = np.random.default_rng(7)
