@@ -58,10 +58,11 @@ def test_structured_throughput_is_followed(structured, family_misfit):
     1.76 %, p95 3.37 % on this frame); divided out with what the training
     frames (other seeds, other throughputs) learned, the instrument's part
     is left. Bounds at 1.5× what is achieved. The frame's own level error
-    (−0.29 %, the family's photometric misfit: 0.5–1 % from frame to frame)
-    limits a level check on one frame: a calibration 0.5 % low fails (median
-    0.95 %, level −0.78 %), 0.5 % high does not (the pooled and real-star
-    tests catch it, docs/testing.rst).
+    (the family's photometric misfit: 0.5–1 % from frame to frame; −0.29 %
+    here before the shape-outlier test forgave each star its reddening tilt,
+    −0.49 % since, with more stars kept) limits a level check on one frame:
+    a calibration 0.5 % low fails it, 0.5 % high does not (the pooled and
+    real-star tests catch it, docs/testing.rst).
     """
     frame, (run, acc), _ = structured
     choice = run.result.summary["knot_selection"]
@@ -70,7 +71,7 @@ def test_structured_throughput_is_followed(structured, family_misfit):
     errors = (1 + acc["errors"]) / (1 + family_misfit(acc["wavelength"])) - 1
     assert np.median(np.abs(errors)) < 0.0085  # achieved 0.56 %
     assert np.percentile(np.abs(errors), 95) < 0.038  # achieved 2.51 %
-    assert abs(np.median(errors)) < 0.0045  # achieved −0.29 %
+    assert abs(np.median(errors)) < 0.0075  # achieved −0.49 %
     with fits.open(run.output) as hdul:
         assert hdul[0].header["FCALKNOT"] == choice["spacing"]
         assert hdul[0].header["FCALKSEL"] == "loso"
