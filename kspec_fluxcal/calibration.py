@@ -445,7 +445,9 @@ class PixelVector:
     ``bad`` the mask (True = bad) and ``exclude`` the pixels kept out of the
     smooth fit (strong lines), on ``wave`` (Å); ``exclude_strict``, when
     not None, is the stricter line mask the ``'auto'`` line mask switches
-    to with widely spaced knots.
+    to with widely spaced knots; ``depth``, when not None, is the template's
+    line depth 1 − model/continuum (the bridging term's line pattern,
+    `kspec_fluxcal.bridging.fit_residual`).
     """
 
     wave: np.ndarray
@@ -458,6 +460,7 @@ class PixelVector:
     unit: u.UnitBase
     info: dict
     exclude_strict: np.ndarray = None
+    depth: np.ndarray = None
 
 
 def expected_flux(wave, match, grid, phot_scale, extinction="F99", r_v=3.1, model=None):
@@ -528,7 +531,8 @@ def _pixel_vector(spectrum, match, grid, phot_scale, mask_regions, extinction, r
         raise InputDataError(f"line_depth must be 'auto' or a fraction of the continuum; got {line_depth!r}.")
     loose, strict = LINE_DEPTHS if isinstance(line_depth, str) else (float(line_depth), None)
     return PixelVector(wave, cal, stat_var + cal**2 * phot_var, stat_var, phot_var, bad, ~(depth <= loose),
-                       FLAM / spectrum.flux.unit, info, None if strict is None else ~(depth <= strict))
+                       FLAM / spectrum.flux.unit, info, None if strict is None else ~(depth <= strict),
+                       np.where(np.isfinite(depth), depth, 0.0))
 
 
 def _on_grid(pixels, out):
@@ -538,7 +542,8 @@ def _on_grid(pixels, out):
     return PixelVector(out, np.where(bad, np.nan, cal), np.where(bad, np.nan, cal_var),
                        np.where(bad, np.nan, stat_var), np.interp(out, pixels.wave, pixels.phot_var), bad,
                        _touching(out, pixels.wave, pixels.exclude), pixels.unit, pixels.info,
-                       None if pixels.exclude_strict is None else _touching(out, pixels.wave, pixels.exclude_strict))
+                       None if pixels.exclude_strict is None else _touching(out, pixels.wave, pixels.exclude_strict),
+                       None if pixels.depth is None else np.interp(out, pixels.wave, pixels.depth))
 
 
 def _touching(out, wave, flags):
@@ -658,7 +663,8 @@ def smooth_calibration_vectors(pixel_vectors, knot_spacing=250.0, misfit=None):
             smooth_variance=np.where(covered[i], smooth_var[i], np.nan) * p.unit**2,
             meta={**p.info, "knot_spacing": choice.spacing, "knot_selection": choice.summary(),
                   "line_mask": "strict" if strict else "loose",
-                  RESIDUAL_KEY: fit_residual(p.cal, smooth[i], p.stat_var, exclude[i] | ~covered[i])},
+                  RESIDUAL_KEY: fit_residual(p.cal, smooth[i], p.stat_var, exclude[i] | ~covered[i],
+                                             depth=p.depth)},
         ))
     return vectors
 

@@ -192,10 +192,6 @@ G_DWARFS = ("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 22): the bridging term reads the G dwarfs' shared G-band and Mg b misfit, which "
-    "the smooth form leaves in every star's residual, as throughput structure: at 4300-5000 A sigma "
-    "0.57 -> 0.88 %, pull 1.25 -> 0.66; pooled pull 0.74 (0.86 without the bridging term)"))
 def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, tmp_path):
     """Eight G dwarfs with a correction learned only from the nine other stars ([M/H] −2.3 … −0.7).
 
@@ -205,6 +201,14 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
     them, which no metal-poor star shows. Achieved (seeds 1, 2): pooled pull
     0.86, 3800–4300 Å pull 1.30; with the library floor instead (before)
     0.97 and 2.00 — the floor sat at 1.5 % where the error is 4.5 %.
+
+    The stars share their lines' misfit too (G band, Mg b): the bridging term
+    counts shared residual structure only beyond what the templates' lines
+    allow (`kspec_fluxcal.bridging.LINE_MISFIT_FRACTION`). Pulls per band,
+    3800–4300 / 4300–5000 / 5000–6000 / 6000–7000 / 7000–8000 / 8000–9200 Å:
+    1.30 / 0.66 / 0.55 / 0.62 / 0.73 / 0.65 when it read that misfit as
+    throughput structure (pooled 0.74), BANDS_AFTER now (pooled POOLED_AFTER;
+    without the term 0.86, 4300–5000 Å 1.25).
     """
     from kspec_fluxcal.apply import calibration_on_grid
     from kspec_fluxcal.calspec_correction import derive_template_correction
@@ -214,7 +218,7 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
     correction = derive_template_correction(calspec_files(calspec_dir, others + G_DWARFS), ck04_dir,
                                             exclude=list(G_DWARFS))
     assert sorted(correction.meta["used_stars"]) == sorted(others)
-    pulls, blue = [], []
+    pulls, waves = [], []
     for seed in (1, 2):
         exposure = make_calspec_exposure(calspec_files(calspec_dir, G_DWARFS), fwhm=30.0, n_pix=621, seed=seed)
         red, cat = exposure.write(tmp_path, stem=f"gdwarfs{seed}")
@@ -228,12 +232,17 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
         sel = ~bad & (wave.value >= 3800.0) & (wave.value <= 9200.0) & ~load_mask_array(wave, TELLURIC)
         pull = (factor[sel] - truth[sel]) / np.sqrt(var[sel])
         pulls.append(pull)
-        blue.append(pull[wave.value[sel] < 4300.0])
-    pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
-    blue_edge = np.sqrt(np.mean(np.concatenate(blue) ** 2))
-    assert 0.75 <= pooled <= 1.25
+        waves.append(wave.value[sel])
+    pull, wave = np.concatenate(pulls), np.concatenate(waves)
+    bands = {edges: np.sqrt(np.mean(pull[(wave >= edges[0]) & (wave < edges[1])] ** 2))
+             for edges in ((3800, 4300), (4300, 5000), (5000, 6000), (6000, 7000), (7000, 8000), (8000, 9200))}
+    print("pull rms per band:", ", ".join(f"{a}-{b} A {p:.2f}" for (a, b), p in bands.items()))
+    pooled = np.sqrt(np.mean(pull**2))
+    assert 0.8 <= pooled <= 1.25
     # the metal-poor stars cannot foresee the sign the solar stars need there: bounded, not 1
-    assert 0.75 <= blue_edge <= 1.5
+    assert 0.75 <= bands[(3800, 4300)] <= 1.5
+    # the G band and Mg b: the stars' shared line misfit is not read as throughput structure (0.66 when it was)
+    assert 0.8 <= bands[(4300, 5000)] <= 1.5
 
 
 def test_the_split_is_recorded_and_disjoint(calspec_dir):

@@ -1,8 +1,9 @@
 """The bridging term measures throughput structure the stars share, not their noise or their own misfit."""
 
 import numpy as np
+import pytest
 
-from kspec_fluxcal.bridging import fit_residual, unfollowed_structure
+from kspec_fluxcal.bridging import fit_residual, line_structure, unfollowed_structure
 
 WAVE = np.linspace(4000.0, 9000.0, 1001)  # 5 Å samples
 SPACING = 120.0
@@ -65,3 +66,59 @@ def test_one_star_states_nothing():
     rng = np.random.default_rng(7)
     ripple = 0.006 * np.sin(2 * np.pi * WAVE / 180.0)
     assert np.all(unfollowed_structure(WAVE, _residuals(rng, ripple, n_stars=1), SPACING) == 0.0)
+
+
+def _line_depth(rng, region, depth=0.08, n_lines=60, sigma=8.0):
+    """A template's line depths 1 − model/continuum: Gaussian lines at random places within ``region``."""
+    centres = rng.uniform(*region, n_lines)
+    return 1.0 - np.prod([1.0 - depth * np.exp(-0.5 * ((WAVE - c) / sigma) ** 2) for c in centres], axis=0)
+
+
+def _shared_frame(shared, depth, noise=0.003, n_stars=8, seed=1):
+    """Stars of one type (one template line pattern ``depth``) sharing the structure ``shared``, with noise."""
+    rng = np.random.default_rng(seed)
+    return [fit_residual(np.exp(shared + rng.normal(0.0, noise, WAVE.size)), np.ones(WAVE.size),
+                         np.full(WAVE.size, noise**2), np.zeros(WAVE.size, bool), depth=depth)
+            for _ in range(n_stars)]
+
+
+def test_shared_misfit_that_follows_the_templates_lines_is_not_structure():
+    """Similar stars whose templates all have their lines 25 % too weak: shared, but not the instrument's."""
+    depth = _line_depth(np.random.default_rng(8), (4000.0, 6500.0))
+    misfit = 0.25 * np.log(1.0 - depth)
+    misfit -= np.convolve(misfit, np.ones(25) / 25, mode="same")  # what a smooth form leaves of it
+    lines = (WAVE > 4300) & (WAVE < 6200)
+    stated = np.full(WAVE.size, 0.001)  # the library states a (broad, small) template misfit
+    at_lines = unfollowed_structure(WAVE, _shared_frame(misfit, depth), SPACING, misfit=stated)
+    # the same residuals, the templates said to have no lines there: shared structure of 0.7 %, counted
+    unexplained = unfollowed_structure(WAVE, _shared_frame(misfit, np.zeros(WAVE.size)), SPACING, misfit=stated)
+    assert np.sqrt(np.median(unexplained[lines])) > 0.005
+    assert np.sqrt(np.median(at_lines[lines])) < 0.2 * np.sqrt(np.median(unexplained[lines]))
+    # a library that states no misfit (SYNTHETIC: its models are the stars' truth) has no line misfit either
+    exact = unfollowed_structure(WAVE, _shared_frame(misfit, depth), SPACING)
+    assert np.allclose(exact, unfollowed_structure(WAVE, _shared_frame(misfit, depth), SPACING, line_fraction=0.0))
+
+
+def test_structure_away_from_the_lines_is_still_measured():
+    """A ripple where the templates have no lines keeps its whole variance, lines elsewhere or not."""
+    depth = _line_depth(np.random.default_rng(8), (4000.0, 6500.0))
+    amplitude = 0.012
+    ripple = np.where(WAVE > 6700, amplitude * np.sin(2 * np.pi * WAVE / 180.0), 0.0)
+    stated = np.full(WAVE.size, 0.001)
+    term = unfollowed_structure(WAVE, _shared_frame(ripple, depth), SPACING, misfit=stated)
+    unlined = unfollowed_structure(WAVE, _shared_frame(ripple, depth), SPACING, misfit=stated, line_fraction=0.0)
+    red = (WAVE > 7000) & (WAVE < 8700)
+    assert np.allclose(term[red], unlined[red])
+    expected = 0.91 * amplitude**2 / 2  # as in test_shared_structure_is_measured_and_noise_is_not
+    assert 0.8 * expected < np.median(term[red]) < 1.2 * expected
+
+
+def test_line_structure_is_the_line_pattern_the_filtered_residual_sees():
+    """One line narrower than the filter: the box-filtered ln F falls by EW/width and rises again."""
+    width = 24  # samples of 5 Å: 120 Å
+    depth = 0.2 * np.exp(-0.5 * ((WAVE - 6000.0) / 10.0) ** 2)
+    structure = line_structure(depth[None, :], width)[0]
+    equivalent_width = np.sum(-np.log(1.0 - depth))  # in samples
+    assert structure.max() == pytest.approx(equivalent_width / width, rel=0.05)
+    assert np.all(structure[np.abs(WAVE - 6000.0) > 200.0] < 1e-6)
+    assert np.all(line_structure(np.zeros((2, WAVE.size)), width) == 0.0)
