@@ -140,7 +140,9 @@ def test_real_calspec_stars_through_an_independent_instrument(calspec_frames):
         assert acc["n_stars_used"] >= len(HELD_OUT) - 2
         terms = run.result.summary["error_budget"]["terms"]
         assert terms["template_misfit"]["median_fraction"] > 0
-        assert terms["bridging"]["median_fraction"] > 0
+        # the bridging term is in the budget; over about half the pixels it is nil, where the templates'
+        # lines allow for the shared structure (kspec_fluxcal.bridging.LINE_MISFIT_FRACTION)
+        assert terms["bridging"]["share"] > 0
     # achieved: median over frames of the median error 0.52 %, worst p95 over 3800–9200 Å 3.4 %
     assert np.median([acc["median_abs_error"] for _, acc, _ in calspec_frames]) < 0.008
     assert max(wide["p95_abs_error"] for _, _, wide in calspec_frames) < 0.05
@@ -152,8 +154,10 @@ def test_real_calspec_errors_through_an_independent_instrument_are_honest(calspe
     The instrument's ripples (150–600 Å) and step are partly left between the
     85–120 Å knots and bridged across the masked telluric windows; the budget's
     ``bridging`` term (`kspec_fluxcal.bridging`) states that structure. Achieved:
-    pooled pull 1.05 (1.33 without the term; 0.87 with a smooth throughput);
-    on the pixels within 60 Å of a telluric band's edge 1.18 (2.02 without).
+    pooled pull 1.11 (1.33 without the term, 1.05 when it also counted the
+    shared structure the templates' lines allow for; 0.87 with a smooth
+    throughput); on the pixels within 60 Å of a telluric band's edge 1.20
+    (2.02 without, 1.18).
     """
     pooled = np.sqrt(np.mean(np.concatenate([acc["pulls"] for _, acc, _ in calspec_frames]) ** 2))
     assert 0.8 <= pooled <= 1.25
