@@ -123,11 +123,12 @@ def line_structure(depth, width):
     -------
     ndarray
         ln(model/continuum) box-filtered over the width, as the residuals
-        are, and the sum of its |Δ| between neighbouring samples over the
-        width (stars × samples, a fraction; at most EW/width for one line
-        of equivalent width EW in ln): the line pattern the filtered residual sees,
-        and so how much a template whose lines are a little wrong (strength,
-        width, place) can print into it, at any resolution.
+        are, and the sum of its absolute changes between neighbouring
+        samples over the width (stars × samples, a fraction; at most
+        EW/width for one line of equivalent width EW in ln): the line
+        pattern the filtered residual sees, and so how much a template whose
+        lines are a little wrong (strength, width, place) can print into
+        it, at any resolution.
     """
     lines = np.log(np.clip(1.0 - np.asarray(depth, dtype=float), 1e-3, None))
     lines = uniform_filter1d(lines, width, axis=-1, mode="nearest")
