@@ -104,6 +104,13 @@ STRUCTURES = {"ripple350": Throughput((0.015, 350.0, 0.0), (0.0, 200.0, 0.0), (0
 HALVES = (G_DWARFS[:4], G_DWARFS[4:])
 """The G dwarfs split in two frames of four."""
 
+PROXY = (("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "bd29d2091", "bd54d1216"),
+         ("hd159222", "hd37962", "hd185975", "p041c", "p330e", "p177d", "hd160617", "bd_17d4708"),
+         ("hd209458", "hd38949", "hd185975", "p041c", "p330e", "p177d", "bd02d3375", "hd031128"),
+         ("hd209458", "hd38949", "hd159222", "hd37962", "p330e", "p177d", "bd26d2606", "bd29d2091"))
+"""The frames of ``gdwarf-proxy``: six G dwarfs and two metal-poor F stars each; the two G dwarfs left out of a
+frame (a different pair each time) and seven other stars train its correction."""
+
 TERMS = ("noise", "scale", "zero_point", "smoothing", "template_misfit")
 
 
@@ -227,9 +234,9 @@ def main():
         for knot in knots:
             rows = []
             for seed in args.seeds:
-                if which in ("gdwarfs", "mixed", "bosz", "gdwarf-halves"):
+                if which in ("gdwarfs", "mixed", "bosz", "gdwarf-halves", "gdwarf-proxy"):
                     frames = {"gdwarfs": [G_DWARFS], "bosz": [G_DWARFS], "mixed": [MIXED],
-                              "gdwarf-halves": list(HALVES)}[which]
+                              "gdwarf-halves": list(HALVES), "gdwarf-proxy": list(PROXY)}[which]
                     fwhm, n_pix = (10.0, 2481) if which == "bosz" else (30.0, 621)
                     for names in frames:
                         exposure = make_calspec_exposure(_files(args.shared, names), fwhm=fwhm, n_pix=n_pix,
