@@ -195,7 +195,8 @@ G_DWARFS = ("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "
 @pytest.mark.xfail(strict=True, reason=(
     "known defect (issue 22): the bridging term reads the G dwarfs' shared G-band and Mg b misfit, which "
     "the smooth form leaves in every star's residual, as throughput structure: at 4300-5000 A sigma "
-    "0.57 -> 0.88 %, pull 1.25 -> 0.66; pooled pull 0.74 (0.86 without the bridging term)"))
+    "0.57 -> 0.88 %, pull 1.25 -> 0.66 (0.65 with the misfit-weighted combination, whose pooled pull is 0.76, "
+    "0.74 before; 0.86 without the bridging term)"))
 def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, tmp_path):
     """Eight G dwarfs with a correction learned only from the nine other stars ([M/H] −2.3 … −0.7).
 
@@ -214,7 +215,7 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
     correction = derive_template_correction(calspec_files(calspec_dir, others + G_DWARFS), ck04_dir,
                                             exclude=list(G_DWARFS))
     assert sorted(correction.meta["used_stars"]) == sorted(others)
-    pulls, blue = [], []
+    pulls, blue, g_band = [], [], []
     for seed in (1, 2):
         exposure = make_calspec_exposure(calspec_files(calspec_dir, G_DWARFS), fwhm=30.0, n_pix=621, seed=seed)
         red, cat = exposure.write(tmp_path, stem=f"gdwarfs{seed}")
@@ -229,11 +230,14 @@ def test_corrected_errors_grow_beyond_the_training_span(calspec_dir, ck04_dir, t
         pull = (factor[sel] - truth[sel]) / np.sqrt(var[sel])
         pulls.append(pull)
         blue.append(pull[wave.value[sel] < 4300.0])
+        g_band.append(pull[(wave.value[sel] >= 4300.0) & (wave.value[sel] < 5000.0)])
     pooled = np.sqrt(np.mean(np.concatenate(pulls) ** 2))
     blue_edge = np.sqrt(np.mean(np.concatenate(blue) ** 2))
     assert 0.75 <= pooled <= 1.25
     # the metal-poor stars cannot foresee the sign the solar stars need there: bounded, not 1
     assert 0.75 <= blue_edge <= 1.5
+    # the G band and Mg b: the shared line misfit must not be stated twice (the defect of the xfail)
+    assert 0.75 <= np.sqrt(np.mean(np.concatenate(g_band) ** 2)) <= 1.5
 
 
 def test_the_split_is_recorded_and_disjoint(calspec_dir):
