@@ -205,6 +205,11 @@ def derive_template_correction(
     lib = library if isinstance(library, TemplateLibrary) else TemplateLibrary(library, correction=None)
     if lib.correction is not None:
         lib = TemplateLibrary(lib.path, resolution=lib.resolution, correction=None)
+    if np.unique(np.asarray(lib.entries["feh"], dtype=float)).size < 2:
+        raise InputDataError(
+            f"the template library {lib.path} has a single [M/H] node; a correction that depends on [M/H] needs a "
+            "grid with at least two (e.g. download a BOSZ subgrid with `kspec-fluxcal download-templates`)."
+        )
     target = np.geomspace(float(wave_range[0]), float(wave_range[1]), int(n_pix))
     grid = PreparedGrid.build(lib, target * u.AA, float(fwhm))
 

@@ -537,6 +537,12 @@ def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
         derive_template_correction(files, ck04_dir, exclude=["hd38949"])
 
 
+def test_derivation_refuses_a_grid_of_one_metallicity(calspec_dir, bosz_dir):
+    """The one BOSZ model of the shared data cannot carry an [M/H]-dependent correction: said, not a NaN σ."""
+    with pytest.raises(InputDataError, match="single \\[M/H\\] node"):
+        derive_template_correction(_named(calspec_dir, FRAME_STARS[1:3]), bosz_dir)
+
+
 def test_command_line_refuses_an_empty_calspec_folder(ck04_dir, tmp_path, capsys):
     assert main(["derive-correction", "--calspec", str(tmp_path), "--templates", str(ck04_dir), "-o",
                  str(tmp_path / "c.ecsv")]) == 2  # bad input
