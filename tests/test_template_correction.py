@@ -537,10 +537,13 @@ def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
         derive_template_correction(files, ck04_dir, exclude=["hd38949"])
 
 
-def test_derivation_refuses_a_grid_of_one_metallicity(calspec_dir, bosz_dir):
-    """The one BOSZ model of the shared data cannot carry an [M/H]-dependent correction: said, not a NaN σ."""
-    with pytest.raises(InputDataError, match="single \\[M/H\\] node"):
-        derive_template_correction(_named(calspec_dir, FRAME_STARS[1:3]), bosz_dir)
+def test_derivation_on_a_grid_of_one_metallicity(calspec_dir, bosz_dir):
+    """The one BOSZ model of the shared data: every star fitted at its single node, the correction their mean there."""
+    corr = derive_template_correction(_named(calspec_dir, FRAME_STARS[1:3]), bosz_dir)
+    assert sorted(corr.model["training"]) == ["hd209458", "hd38949"]
+    assert np.all(np.isfinite(corr.sigma)) and corr.covers(6000.0, 0.0)
+    wave = corr.wavelength.value
+    np.testing.assert_allclose(corr.factor_for(wave, 6000.0, 0.0), _kernel_mean(corr, 0.0), rtol=1e-9)
 
 
 def test_command_line_refuses_an_empty_calspec_folder(ck04_dir, tmp_path, capsys):
