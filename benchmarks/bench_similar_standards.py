@@ -80,6 +80,22 @@ beyond the training span): ``gdwarfs`` median 0.16–0.24 %, p95 2.01–2.53 %
 (unchanged), pull 0.98 → 0.86, 3800–4000 Å pull 3.03 → 1.98;
 ``gdwarf-halves`` unchanged (0.81); ``mixed`` pull 0.80 → 0.84;
 ``calspec-independent`` pull 1.36 both, 3800–4000 Å 3.56 → 2.70.
+
+Figures with the misfit-weighted combination (each standard weighted by
+1/(noise² + its correction σ²); seeds 1–4, ``--knots auto``, before →
+after on the merged tree): ``gdwarf-proxy`` median 0.10–0.28 → 0.10–0.25 %,
+p95 0.38–1.90 → 0.40–1.85 % (4 of 16 realisations above 1.2 % both, all
+in the frame trained on P330E and P177D), pull 0.91 → 0.88; ``gdwarfs``
+0.15–0.24 % both, p95 2.01–2.53 → 2.06–2.64 %, pull 0.77 → 0.78;
+``gdwarf-halves`` p95 0.51–1.56 → 0.46–1.44 %, pull 0.73 → 0.71; ``mixed``
+median 0.15–0.21 → 0.18–0.20 %, p95 0.38–0.59 → 0.33–0.47 %, pull
+0.83 → 0.90; ``bosz`` unchanged (no correction: 0.36–0.48 % / 3.36–3.71 %,
+pull 0.92); ``bosz-halves`` (new) uncorrected 0.34–0.45 % / 2.10–4.55 %,
+corrected 0.27–0.49 % / 2.06–3.65 %. Seeds 1–2: ``ripple350`` and
+``ripple600-step`` identical (no correction, so no weights: 3.08/0.75 % /
+4.58/1.72 %, pull 1.61; 3.07/0.89 % / 4.82/2.24 %, pull 1.50);
+``calspec-independent`` 0.53/0.51 → 0.53/0.50 %, p95 3.47/2.22 →
+3.62/2.18 %, pull 0.91 → 0.92.
 """
 
 import argparse
