@@ -370,11 +370,15 @@ def _node_factor(stack, fehs, teffs, h, margin, nodes, teff, feh, shrink):
     node (1 outside the domain) and the fit interpolates between nodes.
     """
     domain = _domain(teffs, fehs, margin)
-    value = float(np.clip(feh, nodes[0], nodes[-1]))
-    j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, nodes.size - 2))
-    a = (value - nodes[j]) / (nodes[j + 1] - nodes[j])
+    if nodes.size == 1:  # a grid of one [M/H] (e.g. a single model): every template sits on that node
+        pairs = ((nodes[0], 1.0),)
+    else:
+        value = float(np.clip(feh, nodes[0], nodes[-1]))
+        j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, nodes.size - 2))
+        a = (value - nodes[j]) / (nodes[j + 1] - nodes[j])
+        pairs = ((nodes[j], 1.0 - a), (nodes[j + 1], a))
     out = np.zeros(stack.shape[1])
-    for node, weight in ((nodes[j], 1.0 - a), (nodes[j + 1], a)):
+    for node, weight in pairs:
         inside = domain["teff"][0] <= teff <= domain["teff"][1] and domain["feh"][0] <= node <= domain["feh"][1]
         if inside:
             out += weight * kernel_factor(stack, fehs, h, node, shrink=shrink)

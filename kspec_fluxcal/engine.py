@@ -230,6 +230,7 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         rejected=rejected,
         extinction=grid.meta.get("extinction", "F99"),
         r_v=grid.meta.get("r_v", 3.1),
+        star_misfit=_star_misfits(vectors, options.template_misfit),
     )
     result.summary["mag_floor"] = float(options.mag_floor)
     result.summary["zero_point_sigma"] = float(options.zero_point_sigma)
@@ -242,6 +243,26 @@ def derive_flux_calibration(stars, grid, options=None, output_wavelength=None, r
         result.telluric = _telluric(spectra, matches, phot_scales, calibratable, ok, used, result, grid, regions,
                                     out_wave, stars)
     return result
+
+
+def _star_misfits(vectors, template_misfit):
+    """Each star's fractional template-misfit σ on its vector's grid, for the combination's weights, or None.
+
+    Only a template correction with a model says how the misfit differs
+    between standards (`~kspec_fluxcal.templates.TemplateCorrection.sigma_for`
+    at each star's fitted Teff and [M/H], with the extrapolation term beyond
+    the training span); a plain fraction or function is the same for every
+    star and leaves the weights alone.
+    """
+    if not vectors or getattr(template_misfit, "model", None) is None:
+        return None
+    rows = []
+    for vec in vectors:
+        teff, feh = vec.meta.get("teff"), vec.meta.get("feh")
+        if teff is None or feh is None:
+            return None
+        rows.append(template_misfit.sigma_for(vec.wavelength.to_value(u.AA), float(teff), float(feh)))
+    return np.array(rows)
 
 
 def _telluric(spectra, matches, phot_scales, calibratable, ok, used, result, grid, regions, out_wave, stars):

@@ -131,7 +131,7 @@ def library_misfit_floor(grid_meta):
     return _table_function(table), f"floor {name}"
 
 
-def misfit_function(template_misfit, grid_meta, standards=()):
+def misfit_function(template_misfit, grid_meta, standards=(), weights=None):
     """Resolve `~kspec_fluxcal.engine.EngineOptions.template_misfit` into (function or None, label).
 
     ``None`` gives the library floor (`library_misfit_floor`); a number is a
@@ -151,12 +151,16 @@ def misfit_function(template_misfit, grid_meta, standards=()):
     standards : sequence of (float, float)
         (Teff in K, [M/H] in dex) of the used standards; only a template
         correction looks at them.
+    weights : tuple of (ndarray, ndarray), optional
+        (λ in Å, the standards' normalised weights in the combined shape,
+        shape (n_standards, n_λ)) when the combination did not weigh them
+        equally (``TemplateCorrection.misfit_for_standards``).
     """
     if template_misfit is None:
         return library_misfit_floor(grid_meta)
     if hasattr(template_misfit, "misfit_for_standards"):
         floor, floor_label = library_misfit_floor(grid_meta)
-        function, n_in = template_misfit.misfit_for_standards(list(standards), floor)
+        function, n_in = template_misfit.misfit_for_standards(list(standards), floor, weights=weights)
         if n_in == len(standards):
             return function, template_misfit.label
         extrapolated = getattr(template_misfit, "extrapolation", None) is not None
@@ -433,17 +437,21 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
         rms (mag) of the catalogue zero points, common to all standards.
     """
     from .bridging import RESIDUAL_KEY, unfollowed_structure
-    from .combine import with_meta
+    from .combine import WEIGHT_KEY, with_meta
     from .knot_selection import KnotChoice
 
     wave = result.combined_vector.wavelength.to_value(u.AA)
 
     choice = None
-    vectors, residuals = [], []
+    vectors, residuals, weights = [], [], []
     for vec in result.per_star_vectors:
         meta = dict(vec.meta)
         selection = meta.pop("knot_selection", None)
         residual = meta.pop(RESIDUAL_KEY, None)
+        weight = meta.pop(WEIGHT_KEY, None)
+        if weight is not None and meta.get("used", True) and meta.get("teff") is not None \
+                and meta.get("feh") is not None:
+            weights.append(weight)
         if choice is None and selection:
             choice = KnotChoice.from_summary(selection)
         if residual is not None and meta.get("used", True) and vec.wavelength.shape == wave.shape:
@@ -453,7 +461,8 @@ def complete_error_budget(result, grid_meta, template_misfit=None, zero_point_si
     result = FluxCalibrationResult(result.combined_vector, vectors, result.per_star_residuals, result.summary)
     standards = [(float(v.meta["teff"]), float(v.meta["feh"])) for v in vectors
                  if v.meta.get("used", True) and v.meta.get("teff") is not None and v.meta.get("feh") is not None]
-    function, label = misfit_function(template_misfit, grid_meta, standards)
+    weighted = (wave, np.array(weights)) if weights and len(weights) == len(standards) else None
+    function, label = misfit_function(template_misfit, grid_meta, standards, weights=weighted)
     bridging = None
     if choice is not None and residuals:
         shared = None if function is None else np.asarray(function(wave), dtype=float)

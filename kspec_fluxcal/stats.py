@@ -55,7 +55,7 @@ def row_nanmean(x):
         return np.nanmean(x, axis=1)
 
 
-def combine_shapes(shape, log_variance, use, method="weighted_mean", smooth_window=None):
+def combine_shapes(shape, log_variance, use, method="weighted_mean", smooth_window=None, weight_variance=None):
     """Average ln shapes (rows) at each pixel, with the variance of the average.
 
     Shared by the combination of a frame's standards and of a night's
@@ -74,6 +74,11 @@ def combine_shapes(shape, log_variance, use, method="weighted_mean", smooth_wind
     smooth_window : int, optional
         Pixels of a running mean applied to the empirical variance before it is
         compared with the formal one.
+    weight_variance : ndarray, shape (n_rows, n_pix), optional
+        The variances that set the weights of the weighted mean (default
+        ``log_variance``), e.g. the noise plus each row's own template misfit;
+        the formal variance is then Σw²·``log_variance``/(Σw)² and the
+        empirical scatter keeps the ``log_variance`` weights.
 
     Returns
     -------
@@ -91,6 +96,11 @@ def combine_shapes(shape, log_variance, use, method="weighted_mean", smooth_wind
         if method == "median":
             mean = nanmedian_columns(np.where(use, shape, np.nan))
             formal = MEDIAN_VARIANCE_FACTOR / wsum
+        elif weight_variance is not None:
+            v = np.where(use, 1.0 / np.where(use, weight_variance, 1.0), 0.0)
+            vsum = v.sum(axis=0)
+            mean = np.sum(v * np.where(use, shape, 0.0), axis=0) / vsum
+            formal = np.sum(v**2 * np.where(use, log_variance, 0.0), axis=0) / vsum**2
         else:
             mean = np.sum(w * np.where(use, shape, 0.0), axis=0) / wsum
             formal = 1.0 / wsum

@@ -205,6 +205,57 @@ def test_misfit_term_averages_the_standards_own_parts_and_keeps_the_shared_ones(
 
 
 
+def test_misfit_term_of_a_weighted_mean_counts_each_standards_weight():
+    """With the combination's weights w: Σ ρ w_j w_k s_j s_k + Σ w_j² own_j²; equal weights give the 1/N rule."""
+    corr = _four_star_toy()
+    wave = corr.wavelength.value
+    standards = [(6000.0, -1.0), (6000.0, 0.0), (6100.0, 0.0)]
+    equal, _ = corr.misfit_for_standards(standards)
+    same, _ = corr.misfit_for_standards(standards, weights=(wave, np.full((3, wave.size), 1 / 3)))
+    np.testing.assert_allclose(same(wave), equal(wave), rtol=1e-9)
+    w = np.array([[0.6, 0.5, 0.4, 0.3], [0.2, 0.25, 0.3, 0.35], [0.2, 0.25, 0.3, 0.35]])
+    weighted, _ = corr.misfit_for_standards(standards, weights=(wave, w))
+    parts = [_parts_here(corr, f) for _, f in standards]
+    shared = [np.sqrt(p[0]) for p in parts]
+    kernels = [p[2] for p in parts]
+    expected = sum(w[j] ** 2 * parts[j][1] for j in range(3))
+    for j in range(3):
+        for k in range(3):
+            rho = kernels[j] @ kernels[k] / np.sqrt((kernels[j] @ kernels[j]) * (kernels[k] @ kernels[k]))
+            expected = expected + rho * w[j] * w[k] * shared[j] * shared[k]
+    np.testing.assert_allclose(weighted(wave), np.sqrt(expected), rtol=1e-9)
+
+
+def test_combination_leans_on_the_standards_with_the_smaller_misfit():
+    """Given each star's misfit σ, the weighted mean weighs 1/(noise² + σ²) and leaves the weights for the budget."""
+    from kspec_fluxcal.combine import WEIGHT_KEY
+
+    wave = np.linspace(4000.0, 7000.0, 40)
+    blue = wave < 4500.0
+    truth = 1.0 + 1e-5 * (wave - 5000.0)
+    # two stars whose model is 0.5 % off in the blue (σ 0.6 %; within the plain per-pixel clip), three modelled
+    # well there (σ 0.2 %); noise 0.2 %
+    offsets = [np.where(blue, 0.005, 0.0)] * 2 + [np.zeros(wave.size)] * 3
+    vectors = [CalibrationVector(wave * u.AA, truth * (1 + o) * u.one, np.full(wave.size, (0.002 * truth) ** 2) * u.one,
+                                 meta={"star_name": f"s{i}", "teff": 6000.0, "feh": 0.0})
+               for i, o in enumerate(offsets)]
+    misfit = np.array([np.where(blue, 0.006, 0.002)] * 2 + [np.where(blue, 0.002, 0.002)] * 3)
+    plain = combine_calibration_vectors(vectors, representation="pixel")
+    weighted = combine_calibration_vectors(vectors, representation="pixel", star_misfit=misfit)
+    assert all(v.meta["used"] for v in weighted.per_star_vectors)
+    err_plain = plain.combined_vector.cal_factor.value / truth - 1
+    err_weighted = weighted.combined_vector.cal_factor.value / truth - 1
+    # the plain mean carries 2/5 of the 0.5 %; the weighted one 2·w_bad/(2·w_bad + 3·w_good) ≈ 1/8 of it
+    assert np.all(np.abs(err_plain[blue] - np.median(err_plain[~blue])) > 0.0015)
+    assert np.all(np.abs(err_weighted[blue] - np.median(err_weighted[~blue])) < 0.001)
+    w = np.array([v.meta[WEIGHT_KEY] for v in weighted.per_star_vectors])
+    np.testing.assert_allclose(w.sum(axis=0), 1.0, rtol=1e-12)
+    expected = 1 / (0.002**2 + misfit**2)
+    # (the noise of ln Cal is 0.2 % / (1 + offset): 1e-2)
+    np.testing.assert_allclose(w[:, blue], (expected / expected.sum(axis=0))[:, blue], rtol=1e-2)
+    assert all(WEIGHT_KEY not in v.meta for v in plain.per_star_vectors)
+
+
 def _extrapolating_toy(growth=(0.01, 0.004, 0.001, 0.0005)):
     """`_four_star_toy` with an extrapolation term: training span Teff 5900–6200 K, [M/H] −1…0; unit 250 K, 0.25 dex."""
     toy = _four_star_toy()
@@ -484,6 +535,15 @@ def test_derivation_needs_two_stars_inside_the_grid(calspec_dir, ck04_dir):
     files = _named(calspec_dir, FRAME_STARS[1:3])
     with pytest.raises(InputDataError, match="only 1 usable CALSPEC star"):
         derive_template_correction(files, ck04_dir, exclude=["hd38949"])
+
+
+def test_derivation_on_a_grid_of_one_metallicity(calspec_dir, bosz_dir):
+    """The one BOSZ model of the shared data: every star fitted at its single node, the correction their mean there."""
+    corr = derive_template_correction(_named(calspec_dir, FRAME_STARS[1:3]), bosz_dir)
+    assert sorted(corr.model["training"]) == ["hd209458", "hd38949"]
+    assert np.all(np.isfinite(corr.sigma)) and corr.covers(6000.0, 0.0)
+    wave = corr.wavelength.value
+    np.testing.assert_allclose(corr.factor_for(wave, 6000.0, 0.0), _kernel_mean(corr, 0.0), rtol=1e-9)
 
 
 def test_command_line_refuses_an_empty_calspec_folder(ck04_dir, tmp_path, capsys):

@@ -370,7 +370,7 @@ class TemplateCorrection:
         own2 = np.minimum(scatter, total)
         return total - own2 + self._extrapolation_variance(teff, feh), own2
 
-    def misfit_for_standards(self, standards, floor=None):
+    def misfit_for_standards(self, standards, floor=None, weights=None):
         """The template-misfit term of a frame whose used standards have the fitted ``standards`` parameters.
 
         The combined vector is the mean of the standards' vectors, so its
@@ -397,6 +397,13 @@ class TemplateCorrection:
             (Teff in K, [M/H] in dex) of each used standard.
         floor : callable, optional
             λ (Å, ndarray) → the library's fractional misfit floor.
+        weights : tuple of (ndarray, ndarray), optional
+            (λ in Å, shape (n_λ,); each standard's normalised weight in the
+            combined shape, shape (n_standards, n_λ)) when the combination
+            weighed the standards by their misfit
+            (`~kspec_fluxcal.combine.combine_calibration_vectors`): then
+            σ² = Σ ρ_jk w_j w_k s_j s_k + Σ w_j² own_j² at each λ instead of
+            the equal weights 1/N (only when every standard is modelled).
 
         Returns
         -------
@@ -416,11 +423,19 @@ class TemplateCorrection:
         if modelled:
             parts = [self._variance_parts(t, f) for t, f in modelled]
             shared = np.sqrt(np.array([p[0] for p in parts]))
-            weights = np.array([self._kernel_weights(f) for _, f in modelled])
-            gram = weights @ weights.T
+            kernels = np.array([self._kernel_weights(f) for _, f in modelled])
+            gram = kernels @ kernels.T
             norm = np.sqrt(np.diag(gram))
             rho = gram / np.outer(norm, norm)
             variance = (np.einsum("jk,jl,kl->l", rho, shared, shared) + sum(p[1] for p in parts)) / n_all**2
+            if weights is not None and len(modelled) == n_all:
+                grid, w = np.asarray(weights[0], dtype=np.float64), np.asarray(weights[1], dtype=np.float64)
+                if w.shape != (n_all, grid.size):
+                    raise ValueError(f"weights of shape {w.shape} for {n_all} standards on {grid.size} wavelengths")
+                shared_w = w * np.array([np.interp(grid, self._wave, row) for row in shared])
+                own_w = w**2 * np.array([np.interp(grid, self._wave, p[1]) for p in parts])
+                on_grid = np.einsum("jk,jl,kl->l", rho, shared_w, shared_w) + own_w.sum(axis=0)
+                variance = np.interp(self._wave, grid, on_grid)
 
         def misfit(wavelength):
             wave = np.asarray(wavelength, dtype=np.float64)
