@@ -171,3 +171,13 @@ def test_a_later_process_reads_the_filter_curves_and_the_reddening_law_from_the_
 
     direct = F99(Rv=3.1)(1.0 / (np.array([4000.0, 6000.0, 9000.0]) * u.AA)) * 3.1  # the law itself
     np.testing.assert_allclose(values[-1], direct, rtol=1e-5)
+
+
+def test_installed_versions_are_read_without_the_metadata_scan():
+    from importlib.metadata import version
+
+    from kspec_fluxcal.cache import installed_version
+
+    for name in ("dust_extinction", "speclite", "numpy", "astropy"):
+        assert installed_version(name) == version(name)
+    assert installed_version("no_such_package_here") == "unknown"
