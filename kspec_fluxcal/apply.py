@@ -357,7 +357,7 @@ def _calibrate_list(spectra, calibration):
         axis = first.spectral_axis
         wcs = first.wcs if axis.unit == u.AA else None
         return type(spectra)(fiber_spectra(axis if wcs is not None else wavelength * u.AA, out_flux, out_var.value,
-                                           masks, metas, wcs=wcs))
+                                           masks, metas, wcs=wcs, copy=False))  # fresh arrays: no copies
     out, built = [], None
     for i, s in enumerate(spectra):
         if s.spectral_axis.unit == u.AA:

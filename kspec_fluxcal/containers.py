@@ -163,7 +163,7 @@ class ArraySpectrum:
         Wavelengths in Å (air), increasing.
     flux : `~astropy.units.Quantity`
         Flux.
-    uncertainty : `ArrayVariance` or None
+    uncertainty : `~kspec_fluxcal.containers.ArrayVariance` or None
         Variance in flux unit squared.
     mask : ndarray of bool
         True = bad.

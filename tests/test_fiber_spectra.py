@@ -128,11 +128,14 @@ def test_the_fibers_hold_views_of_their_rows_and_a_list_calibrates_them_without_
     from kspec_fluxcal.apply import _rows
 
     wave, flux, variance, mask, metas = _inputs()
-    made = fiber_spectra(wave, flux, variance, mask, metas)
+    made = fiber_spectra(wave, flux, variance, mask, metas, copy=False)
     for i, spectrum in enumerate(made):
         assert np.shares_memory(spectrum.data, flux.value[i])
         assert np.shares_memory(spectrum.uncertainty.array, variance[i])
         assert np.shares_memory(spectrum.mask, mask[i])
+    copied = fiber_spectra(wave, flux, variance, mask, metas)
+    assert np.shares_memory(_rows([s.mask for s in copied]), copied[0].mask)  # rows of one copy
+    assert not np.shares_memory(_rows([s.mask for s in copied]), mask)
     rows = _rows([s.uncertainty.array for s in made])
     assert np.shares_memory(rows, variance) and not rows.flags.writeable
     np.testing.assert_array_equal(rows, variance)

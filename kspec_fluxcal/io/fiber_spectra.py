@@ -7,16 +7,21 @@ given), and checking the variance's unit against the flux's by unit algebra.
 one as a copy of the first one's state with its own flux, variance, mask and
 meta: the attributes the constructor would give it, the shared spectral
 axis and WCS, and an uncertainty whose ``parent_nddata`` is the fiber. Its
-flux, variance and mask are views of its rows of the arrays given (the
-constructor would copy the variance and mask: 300 fibers × 6000 pixels is
-30 MB copied row by row), so callers pass arrays of their own that nobody
-else writes to. ``tests/test_fiber_spectra.py`` compares every public attribute with
+flux is a view of its row of ``flux``; its variance and mask are views of
+its rows of copies of the arrays given, made at once (the constructor copies
+them row by row, 300 calls for 300 fibers), or of the arrays themselves for
+callers whose arrays nobody else holds (``copy=False``). Either way a frame's
+fibers hold the rows of one array, which the list path of
+`kspec_fluxcal.apply` reads without stacking them again.
+``tests/test_fiber_spectra.py`` compares every public attribute with
 constructor-built spectra. When a specutils release keeps another internal
 state than the one this was written for, every fiber goes through the
 constructor.
 """
 
 import weakref
+
+import numpy as np
 
 SPECTRUM_STATE = frozenset({
     "_spectral_axis_index", "_spectral_axis", "_spectral_axis_direction", "_wcs", "_unit", "_psf",
@@ -28,7 +33,7 @@ _OWN = ("_data", "_mask", "_meta", "_uncertainty")
 """Those of `SPECTRUM_STATE` each fiber has of its own; the others it shares with the first fiber."""
 
 
-def fiber_spectra(spectral_axis, flux, variance, mask, metas, wcs=None):
+def fiber_spectra(spectral_axis, flux, variance, mask, metas, wcs=None, copy=True):
     """One `~specutils.Spectrum` per row of ``flux``, all on ``spectral_axis``.
 
     Parameters
@@ -40,14 +45,20 @@ def fiber_spectra(spectral_axis, flux, variance, mask, metas, wcs=None):
         Flux of each fiber; each spectrum's flux is a view of its row.
     variance : ndarray, shape (NFIB, NPIX)
         Variance values in the unit of ``flux`` squared (each spectrum's
-        `~astropy.nddata.VarianceUncertainty` holds a view of its row).
+        `~astropy.nddata.VarianceUncertainty` holds a view of its row of a
+        copy, or of ``variance`` with ``copy=False``).
     mask : ndarray of bool, shape (NFIB, NPIX)
-        True = bad (each spectrum holds a view of its row).
+        True = bad (each spectrum holds a view of its row of a copy, or of
+        ``mask`` with ``copy=False``).
     metas : sequence of dict
         Each fiber's ``meta`` (held as given).
     wcs : optional
         The WCS of ``spectral_axis`` (e.g. another spectrum's on the same
         axis); built by specutils, once, when not given.
+    copy : bool, optional
+        Copy ``variance`` and ``mask`` (once each) so that the spectra own
+        their rows, as constructor-built ones do; False when the caller's
+        arrays are its own, fresh, and held by nobody else.
 
     Returns
     -------
@@ -59,6 +70,8 @@ def fiber_spectra(spectral_axis, flux, variance, mask, metas, wcs=None):
     n_fibers = flux.shape[0]
     if n_fibers == 0:
         return []
+    if copy:
+        variance, mask = np.array(variance), np.array(mask)
     first = Spectrum(spectral_axis=spectral_axis, flux=flux[0], uncertainty=VarianceUncertainty(variance[0]),
                      mask=mask[0], meta=metas[0], **({} if wcs is None else {"wcs": wcs}))
     out = [first]

@@ -159,7 +159,7 @@ def read_red_spectrum_list(file_obj, **kwargs):
     wave = frame.wavelength
     if len(wave) and np.array_equal(wave, np.broadcast_to(wave[0], wave.shape)):  # one axis: one WCS, shared
         return SpectrumList(fiber_spectra(wave[0] * u.AA, frame.counts * frame.counts_unit, frame.variance, mask,
-                                          metas))
+                                          metas, copy=False))  # the frame's arrays, read for these spectra
     return SpectrumList(Spectrum(spectral_axis=wave[i] * u.AA, flux=frame.counts[i] * frame.counts_unit,
                                  uncertainty=VarianceUncertainty(frame.variance[i], unit=frame.counts_unit**2),
                                  mask=mask[i].copy(), meta=meta) for i, meta in enumerate(metas))
