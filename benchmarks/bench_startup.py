@@ -15,7 +15,10 @@ Three figures, each from fresh Python processes (best of ``--repeat``):
   (target: at most 2.2 times the warm calibration). The CPU times of the
   same runs are printed beside them (user + system, the whole process from
   the interpreter's start): on a machine shared with other jobs the wall
-  times are inflated and noisy, the CPU times much less.
+  times are inflated and noisy, the CPU times much less. Beside them: the
+  CPU time of a process that only makes the bare imports above and of one
+  that only makes the calibration's imports, and which heavy parts of
+  astropy, scipy and the spectra packages the calibrating process imported.
 
 Usage::
 
@@ -44,6 +47,10 @@ HEAVY = ("specutils", "ndcube", "matplotlib", "dask", "distributed", "astroquery
 SEED_SECONDS = 184.0
 """Recorded whole-process time (s) of the seed's implementation, 8 standards × 520 templates (issue 26)."""
 
+SUBPACKAGES = ("astropy.table", "astropy.nddata", "astropy.coordinates", "astropy.wcs", "astropy.modeling",
+               "scipy.interpolate", "scipy.optimize", "scipy.ndimage", "synphot", "specutils")
+"""Heavy parts of astropy, scipy and the spectra packages: which a calibrating process has imported is printed."""
+
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 """Variables that set the BLAS/OpenMP thread count of a new process."""
 
@@ -67,6 +74,17 @@ def _heavy_after(statement):
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
 
 
+def _child_cpu(args, repeat, env=None):
+    """Least CPU time (user + system, s) of the processes running ``args``, of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(args, check=True, capture_output=True, env=env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        times.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return min(times)
+
+
 def _cpu():
     """CPU time (user + system, s) of this process since its start."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -87,7 +105,8 @@ def _child(red, cat, grid, out, t_start):
     print(json.dumps({"interpreter": t_imported0 - t_start, "imports": t_imported - t_imported0,
                       "first": t_first - t_imported, "whole": t_first - t_start, "again": t_again - t_first,
                       "cpu_interpreter": c_imported0, "cpu_imports": c_imported - c_imported0,
-                      "cpu_first": c_first - c_imported, "cpu_whole": c_first, "cpu_again": c_again - c_first}))
+                      "cpu_first": c_first - c_imported, "cpu_whole": c_first, "cpu_again": c_again - c_first,
+                      "loaded": [m for m in SUBPACKAGES if m in sys.modules]}))
 
 
 def main():
@@ -154,6 +173,12 @@ def main():
     print(f"  CPU: interpreter {cpu['cpu_interpreter']:.2f} s + imports {cpu['cpu_imports']:.2f} s + first "
           f"calibration {cpu['cpu_first']:.2f} s = {cpu['cpu_whole']:.2f} s; again {cpu_again:.2f} s; whole "
           f"process = {cpu['cpu_whole'] / cpu_again:.2f} x")
+    bare_cpu = _child_cpu([sys.executable, "-c", BARE], args.repeat)
+    pipeline_cpu = _child_cpu([sys.executable, "-c", "from kspec_fluxcal.pipeline import apply_fluxcal"],
+                              args.repeat)
+    print(f"  CPU of a process that only imports: the bare '{BARE}' {bare_cpu:.2f} s, "
+          f"the calibration's imports {pipeline_cpu:.2f} s")
+    print(f"  of {', '.join(SUBPACKAGES)}, the calibrating process imported: {', '.join(best['loaded']) or 'none'}")
     print(f"against the seed's implementation (8 standards x 520 templates): its recorded {SEED_SECONDS:.0f} s "
           "(issue 26; the seed is not in the repository and is not re-run here)")
     print(f"  / this whole process: {SEED_SECONDS / best['whole']:.0f} x in wall time, "

@@ -7,17 +7,12 @@ is not imported yet, they are registered as soon as it is
 (`kspec_fluxcal.io.specutils_hook`), so the package itself stays light.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("kspec_fluxcal")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0.dev0"
+from ._version import __version__  # noqa: F401 (re-exported: kspec_fluxcal.__version__)
 
 # The curated public API (see the API page); everything else lives in its module. The names are imported
 # when first used, so that ``import kspec_fluxcal`` (and the command line) pays only for what it uses.
-from .exceptions import *  # noqa: F401,F403,E402
-from .io.specutils_hook import register_specutils_formats  # noqa: E402
+from .exceptions import *  # noqa: F401,F403
+from .io.specutils_hook import register_specutils_formats
 
 _PUBLIC = {
     "apply_fluxcal": "pipeline",

@@ -8,7 +8,6 @@ never 0.
 
 import numpy as np
 from astropy import units as u
-from astropy.nddata import VarianceUncertainty
 
 from .containers import FLAM, CalibrationVector, FluxCalibrationResult, is_spectrum, spectrum_variance
 from .covariance import META_KEY as COVARIANCE_KEY
@@ -220,6 +219,7 @@ def _wrap(spectrum, flux, flux_var, calibration):
     meta.pop(COVARIANCE_KEY, None)
     if getattr(calibration, "covariance", None) is not None:
         meta[COVARIANCE_KEY] = calibration.covariance
+    from astropy.nddata import VarianceUncertainty
     from specutils import Spectrum
 
     return Spectrum(
@@ -254,9 +254,36 @@ def _list_wavelengths(spectra):
     return np.stack(rows)
 
 
+def _rows(arrays):
+    """The (N, NPIX) array of the 1-D ``arrays``: read-only, without a copy when they are the rows of one array.
+
+    Fibers read or calibrated as one frame (`~kspec_fluxcal.io.fiber_spectra.fiber_spectra`) hold views of the
+    rows of one array; stacking them would copy it.
+    """
+    first = arrays[0]
+    root = first
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    step = first.nbytes
+    start = first.__array_interface__["data"][0]
+    low = root.__array_interface__["data"][0]
+    high = low + root.nbytes
+    if (
+        root.flags.c_contiguous and first.ndim == 1 and first.flags.c_contiguous and step
+        and low <= start and start + step * len(arrays) <= high
+        and all(a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous
+                and a.__array_interface__["data"][0] == start + i * step for i, a in enumerate(arrays))
+    ):
+        return np.lib.stride_tricks.as_strided(first, shape=(len(arrays), first.size),
+                                               strides=(step, first.itemsize), writeable=False)
+    return np.stack(arrays)
+
+
 def _list_variance(spectra, unit):
     """(NFIB, NPIX) variance values of the fibers in ``unit`` (zero where a fiber has no uncertainty)."""
-    return np.stack([
+    from astropy.nddata import VarianceUncertainty  # the fibers are Spectrum objects: imported already
+
+    return _rows([
         s.uncertainty.array if isinstance(s.uncertainty, VarianceUncertainty) and s.uncertainty.unit == unit
         else _spectrum_variance_or_zero(s).to_value(unit) for s in spectra
     ])
@@ -301,10 +328,11 @@ def _calibrate_list(spectra, calibration):
     ) and (first.flux.unit * vector.unit).is_equivalent(FLAM)  # no per-fiber exposure-time conversion needed
     if not stackable:
         return type(spectra)([_calibrate_one(s, calibration) for s in spectra])
+    from astropy.nddata import VarianceUncertainty
     from specutils import Spectrum
 
     unit = first.flux.unit
-    flux = u.Quantity(np.stack([s.data for s in spectra]), unit, copy=False)
+    flux = u.Quantity(_rows([s.data for s in spectra]), unit, copy=False)
     variance = u.Quantity(_list_variance(spectra, unit**2), unit**2, copy=False)
     wavelength = _list_wavelengths(spectra)
     out_flux, out_var = apply_flux_calibration(flux, variance, calibration, wavelength=wavelength)
@@ -320,13 +348,16 @@ def _calibrate_list(spectra, calibration):
         if covariance is not None:
             meta[COVARIANCE_KEY] = covariance
         metas.append(meta)
-    masks = np.stack([bad[i] if s.mask is None else bad[i] | np.asarray(s.mask, dtype=bool)
-                      for i, s in enumerate(spectra)])
+    if all(s.mask is not None for s in spectra):
+        masks = bad | _rows([np.asarray(s.mask, dtype=bool) for s in spectra])
+    else:
+        masks = np.stack([bad[i] if s.mask is None else bad[i] | np.asarray(s.mask, dtype=bool)
+                          for i, s in enumerate(spectra)])
     if wavelength.ndim == 1:  # one axis: the fibers share the first one's (its WCS too, when in Å)
         axis = first.spectral_axis
         wcs = first.wcs if axis.unit == u.AA else None
         return type(spectra)(fiber_spectra(axis if wcs is not None else wavelength * u.AA, out_flux, out_var.value,
-                                           masks, metas, wcs=wcs))
+                                           masks, metas, wcs=wcs, copy=False))  # fresh arrays: no copies
     out, built = [], None
     for i, s in enumerate(spectra):
         if s.spectral_axis.unit == u.AA:

@@ -43,6 +43,31 @@ def fingerprint(*items):
     return digest.hexdigest()[:20]
 
 
+def installed_version(name):
+    """The version of the installed distribution ``name`` (also its package's name; ``'unknown'`` when not installed).
+
+    Read from the name of its ``.dist-info`` folder beside the package, which is what
+    `importlib.metadata.version` reads too after scanning every path entry and parsing the
+    metadata file (40–50 ms in a new process); other layouts go to `importlib.metadata`.
+    """
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return "unknown"
+    key = name.replace("-", "_").lower()
+    if spec.origin is not None:
+        for info in Path(spec.origin).parent.parent.glob("*.dist-info"):
+            dist, _, version = info.name[: -len(".dist-info")].partition("-")
+            if dist.replace("-", "_").replace(".", "_").lower() == key and version:
+                return version
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _checksum(path):
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
 
 from .containers import Photometry
@@ -276,6 +275,47 @@ def _fiber_coordinates(fibres):
     return coords
 
 
+def separation_arcsec(ra1, dec1, ra2, dec2):
+    """Angular separation (arcsec) between positions given in degrees (Vincenty's formula, as astropy's).
+
+    Plain arrays instead of `~astropy.coordinates.SkyCoord`, whose import (with astropy.wcs) a calibrating
+    process does not otherwise need.
+    """
+    lon1, lat1, lon2, lat2 = (np.radians(np.asarray(a, dtype=float)) for a in (ra1, dec1, ra2, dec2))
+    dlon = lon2 - lon1
+    num1 = np.cos(lat2) * np.sin(dlon)
+    num2 = np.cos(lat1) * np.sin(lat2) - np.sin(lat1) * np.cos(lat2) * np.cos(dlon)
+    denom = np.sin(lat1) * np.sin(lat2) + np.cos(lat1) * np.cos(lat2) * np.cos(dlon)
+    return np.degrees(np.arctan2(np.hypot(num1, num2), denom)) * 3600.0
+
+
+def nearest_on_sky(ra, dec, cat_ra, cat_dec, block=4_000_000):
+    """For each position, the nearest catalogue row and its separation (arcsec); all inputs in degrees.
+
+    The nearest in angle is the largest dot product of unit vectors, taken in blocks of at most ``block``
+    (position, row) pairs. Rows with a non-finite position are never nearest; with no such row the index
+    is -1 and the separation infinite.
+    """
+    def unit(lon, lat):
+        lon, lat = np.radians(np.asarray(lon, dtype=float)), np.radians(np.asarray(lat, dtype=float))
+        return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+    here, there = unit(ra, dec), unit(cat_ra, cat_dec)
+    good = np.all(np.isfinite(there), axis=1)
+    there = np.where(good[:, None], there, 0.0)
+    idx = np.full(len(here), -1, dtype=int)
+    step = max(1, block // max(len(there), 1))
+    for start in range(0, len(here) if np.any(good) else 0, step):
+        dots = here[start:start + step] @ there.T
+        dots[:, ~good] = -np.inf
+        idx[start:start + step] = np.argmax(dots, axis=1)
+    sep = np.full(len(here), np.inf)
+    found = idx >= 0
+    sep[found] = separation_arcsec(np.asarray(ra, float)[found], np.asarray(dec, float)[found],
+                                   np.asarray(cat_ra, float)[idx[found]], np.asarray(cat_dec, float)[idx[found]])
+    return idx, sep
+
+
 def _check_coordinate_units(fiber_coords, catalog, limit):
     """Raise CatalogError when the catalogue matches the fibres once its RA/Dec are read as radians or RA as hours."""
     ra, dec = np.asarray(catalog["RA"], float), np.asarray(catalog["Dec"], float)
@@ -285,8 +325,8 @@ def _check_coordinate_units(fiber_coords, catalog, limit):
     if np.all(ra < 24):
         readings.append(("RA looks like hours", 15 * ra, dec))
     for label, alt_ra, alt_dec in readings:
-        _, sep, _ = fiber_coords.match_to_catalog_sky(SkyCoord(alt_ra * u.deg, alt_dec * u.deg))
-        n = int(np.count_nonzero(sep.to_value(u.arcsec) <= limit))
+        _, sep = nearest_on_sky(*fiber_coords, alt_ra, alt_dec)
+        n = int(np.count_nonzero(sep <= limit))
         if n:
             raise CatalogError(
                 f"no standard fibre has a catalogue row within {limit:g} arcsec, but {n} of {len(sep)} do once "
@@ -343,7 +383,7 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
     fra, fdec = _fiber_coordinates(fibres)
     fra, fdec = fra[fibers], fdec[fibers]
     has_coords = np.isfinite(fra) & np.isfinite(fdec)
-    cat_coords = SkyCoord(np.asarray(catalog["RA"], float) * u.deg, np.asarray(catalog["Dec"], float) * u.deg)
+    cat_ra, cat_dec = np.asarray(catalog["RA"], float), np.asarray(catalog["Dec"], float)
     if method == "order":
         for k in range(n):
             if k >= len(catalog):
@@ -351,16 +391,14 @@ def match_catalog_to_fibers(fibres, catalog, max_sep=2 * u.arcsec, method="posit
                 continue
             rows[k] = k
             if has_coords[k]:
-                here = SkyCoord(fra[k] * u.deg, fdec[k] * u.deg)
-                seps[k] = here.separation(cat_coords[k]).to_value(u.arcsec)
+                seps[k] = separation_arcsec(fra[k], fdec[k], cat_ra[k], cat_dec[k])
     elif len(catalog) == 0:
         reasons = ["catalogue is empty"] * n
     else:
         limit = value_in(max_sep, u.arcsec, "max_sep")
         if np.any(has_coords):
-            here = SkyCoord(fra[has_coords] * u.deg, fdec[has_coords] * u.deg)
-            idx, sep2d, _ = here.match_to_catalog_sky(cat_coords)
-            sep = sep2d.to_value(u.arcsec)
+            here = fra[has_coords], fdec[has_coords]
+            idx, sep = nearest_on_sky(*here, cat_ra, cat_dec)
             for k, i, s in zip(np.flatnonzero(has_coords), idx, sep):
                 seps[k] = s
                 if s <= limit:
@@ -505,6 +543,8 @@ def query_photometry(ra, dec, radius, catalog="refcat2", timeout=30, server=None
         vizier_server=server or conf.server,
         row_limit=row_limit,
     )
+    from astropy.coordinates import SkyCoord
+
     centre = SkyCoord(ra * u.deg, dec * u.deg)
     try:
         result = vizier.query_region(centre, radius=radius, catalog=REFCAT2_VIZIER_TABLE, cache=False)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
 
 from .exceptions import InputDataError
@@ -26,6 +25,7 @@ __all__ = [
     "FLAM",
     "make_spectrum",
     "ArraySpectrum",
+    "ArrayVariance",
     "is_spectrum",
     "validate_spectrum",
     "spectrum_variance",
@@ -104,15 +104,20 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
                 f"variance unit '{var.unit}' is not the square of the flux unit "
                 f"'{flux.unit}'."
             ) from exc
-        uncertainty = VarianceUncertainty(var.value, unit=flux.unit**2)
+        uncertainty = (var.value, flux.unit**2)
     if mask is None:
         mask = np.zeros(wave.shape, dtype=bool)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != wave.shape:
         raise InputDataError(f"mask has shape {mask.shape} but wavelength has shape {wave.shape}.")
     if light:
-        return ArraySpectrum(wave * u.AA, flux, uncertainty, mask.copy(), dict(meta or {}))
+        variance = None if uncertainty is None else ArrayVariance(*uncertainty)
+        return ArraySpectrum(wave * u.AA, flux, variance, mask.copy(), dict(meta or {}))
+    from astropy.nddata import VarianceUncertainty
     from specutils import Spectrum
+
+    if uncertainty is not None:
+        uncertainty = VarianceUncertainty(*uncertainty)
 
     return Spectrum(
         spectral_axis=wave * u.AA,
@@ -121,6 +126,25 @@ def make_spectrum(wavelength, flux, variance=None, mask=None, flux_unit=None, me
         mask=mask.copy(),
         meta=dict(meta or {}),
     )
+
+
+@dataclass(frozen=True)
+class ArrayVariance:
+    """The variance of an `ArraySpectrum`: what the stages read of a `~astropy.nddata.VarianceUncertainty`.
+
+    A process that only calibrates does not import astropy.nddata (with astropy.wcs and
+    astropy.coordinates, a few tenths of a second).
+
+    Attributes
+    ----------
+    array : ndarray
+        Variance values.
+    unit : `~astropy.units.Unit`
+        Their unit (the flux unit squared).
+    """
+
+    array: np.ndarray
+    unit: u.UnitBase
 
 
 @dataclass(frozen=True)
@@ -139,7 +163,7 @@ class ArraySpectrum:
         Wavelengths in Å (air), increasing.
     flux : `~astropy.units.Quantity`
         Flux.
-    uncertainty : `~astropy.nddata.VarianceUncertainty` or None
+    uncertainty : `~kspec_fluxcal.containers.ArrayVariance` or None
         Variance in flux unit squared.
     mask : ndarray of bool
         True = bad.
@@ -187,6 +211,8 @@ def validate_spectrum(spectrum, name="spectrum"):
     wave = as_wavelength(spectrum.spectral_axis.view(u.Quantity), f"{name}.spectral_axis")
     variance = spectrum_variance(spectrum)
     mask = spectrum.mask if spectrum.mask is not None else None
+    from astropy.nddata import VarianceUncertainty  # a Spectrum exists: specutils has imported it
+
     if (
         spectrum.spectral_axis.unit == u.AA
         and isinstance(spectrum.uncertainty, (VarianceUncertainty, type(None)))
@@ -208,6 +234,10 @@ def spectrum_variance(spectrum):
         return None
     unit = spectrum.flux.unit**2
     arr = np.asarray(unc.array, dtype=float)
+    if isinstance(unc, ArrayVariance):  # made by make_spectrum, in the flux unit squared
+        return arr * unit
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
     if isinstance(unc, VarianceUncertainty):
         return arr * unit
     if isinstance(unc, StdDevUncertainty):
@@ -549,6 +579,7 @@ class CalibrationVector:
         if self.smooth_factor is not None:
             meta["smooth_factor"] = self.smooth_factor.copy()
             meta["smooth_variance"] = self.smooth_variance.copy()
+        from astropy.nddata import VarianceUncertainty
         from specutils import Spectrum
 
         return Spectrum(

@@ -12,12 +12,11 @@ astropy's modeling.
 
 import functools
 import logging
-from importlib import metadata
 
 import numpy as np
 from astropy import units as u
 
-from .cache import cache_dir, fingerprint, load_arrays, save_arrays
+from .cache import cache_dir, fingerprint, installed_version, load_arrays, save_arrays
 from .exceptions import CacheError, InputDataError
 
 __all__ = ["EXTINCTION_LAWS", "extinction_per_ebv", "reddening_factor"]
@@ -90,11 +89,7 @@ def _tabulated(law, r_v):
     """
     if law not in EXTINCTION_LAWS:
         _law(law, r_v)  # raises the package's error for an unknown law
-    try:
-        version = metadata.version("dust_extinction")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    folder = cache_dir("extinction", fingerprint(_TABLE_VERSION, version, law, r_v))
+    folder = cache_dir("extinction", fingerprint(_TABLE_VERSION, installed_version("dust_extinction"), law, r_v))
     try:
         arrays, _ = load_arrays(folder, mmap=False)
         return arrays["ln_wave"], arrays["curve"]

@@ -121,3 +121,25 @@ def test_another_specutils_state_goes_through_the_constructor(monkeypatch):
     for m, b in zip(made, _constructed(*inputs)):
         _same(m.flux, b.flux, "flux")
         _same(m.uncertainty, b.uncertainty, "uncertainty")
+
+
+def test_the_fibers_hold_views_of_their_rows_and_a_list_calibrates_them_without_stacking():
+    """Fibers of one frame are rows of one array: the list path reads that array as it is (no copy)."""
+    from kspec_fluxcal.apply import _rows
+
+    wave, flux, variance, mask, metas = _inputs()
+    made = fiber_spectra(wave, flux, variance, mask, metas, copy=False)
+    for i, spectrum in enumerate(made):
+        assert np.shares_memory(spectrum.data, flux.value[i])
+        assert np.shares_memory(spectrum.uncertainty.array, variance[i])
+        assert np.shares_memory(spectrum.mask, mask[i])
+    copied = fiber_spectra(wave, flux, variance, mask, metas)
+    assert np.shares_memory(_rows([s.mask for s in copied]), copied[0].mask)  # rows of one copy
+    assert not np.shares_memory(_rows([s.mask for s in copied]), mask)
+    rows = _rows([s.uncertainty.array for s in made])
+    assert np.shares_memory(rows, variance) and not rows.flags.writeable
+    np.testing.assert_array_equal(rows, variance)
+    apart = _rows([s.uncertainty.array.copy() for s in made])  # separate arrays are stacked
+    assert not np.shares_memory(apart, variance)
+    np.testing.assert_array_equal(apart, variance)
+    np.testing.assert_array_equal(_rows([variance[0], variance[2]]), variance[[0, 2]])  # not consecutive

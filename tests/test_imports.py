@@ -111,6 +111,41 @@ def test_a_frame_calibrates_without_specutils(tmp_path, synthetic_grid_dir, writ
     assert (tmp_path / "out.fits").is_file()
 
 
+CALIBRATE_SKIPS = HEAVY + ("synphot", "gwcs", "astropy.nddata", "astropy.coordinates", "astropy.wcs",
+                           "astropy.modeling")
+"""What a process calibrating a RED file (the grid prepared by an earlier process) does not import."""
+
+
+def test_the_calibrate_path_imports_none_of_what_it_does_not_use():
+    statement = "import kspec_fluxcal.cli\nfrom kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal"
+    assert loaded_after(statement, CALIBRATE_SKIPS) == []
+
+
+def test_a_later_calibrating_process_imports_none_of_what_it_does_not_use(tmp_path, synthetic_grid_dir,
+                                                                           write_small_frames):
+    """The second process reads the prepared grid and the band layout from the cache (no synphot), matches the
+    catalogue without SkyCoord and makes no Spectrum or NDData uncertainty."""
+    write_small_frames(tmp_path, ["f"], seed=12)
+    code = (f"from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal\n"
+            f"run = apply_fluxcal({str(tmp_path / 'f_red.fits')!r}, FluxcalConfig(catalog="
+            f"{str(tmp_path / 'f_refcat.csv')!r}, templates={str(synthetic_grid_dir)!r}, "
+            f"output={str(tmp_path / 'out.fits')!r}, force=True))\n"
+            "assert run.result.summary['n_stars_used'] >= 2, run.result.summary['n_stars_used']")
+    run_fresh(code)  # prepares what the next process reads
+    assert loaded_after(code, CALIBRATE_SKIPS) == []
+    assert "astropy.wcs" in loaded_after(code + "\nimport astropy.wcs", CALIBRATE_SKIPS)  # the check sees one
+
+
+def test_the_version_is_the_installed_distributions():
+    """``__version__`` is read from ``kspec_fluxcal/_version.py`` (no metadata look-up), which setup.cfg reads."""
+    from importlib.metadata import version
+
+    import kspec_fluxcal
+
+    assert kspec_fluxcal.__version__ == version("kspec_fluxcal")
+    assert "attr: kspec_fluxcal._version.__version__" in (ROOT / "setup.cfg").read_text()
+
+
 def test_a_later_process_reads_the_filter_curves_and_the_reddening_law_from_the_cache():
     """The first process reads speclite and dust_extinction; a later one reads the same numbers from the cache."""
     import numpy as np
@@ -136,3 +171,13 @@ def test_a_later_process_reads_the_filter_curves_and_the_reddening_law_from_the_
 
     direct = F99(Rv=3.1)(1.0 / (np.array([4000.0, 6000.0, 9000.0]) * u.AA)) * 3.1  # the law itself
     np.testing.assert_allclose(values[-1], direct, rtol=1e-5)
+
+
+def test_installed_versions_are_read_without_the_metadata_scan():
+    from importlib.metadata import version
+
+    from kspec_fluxcal.cache import installed_version
+
+    for name in ("dust_extinction", "speclite", "numpy", "astropy"):
+        assert installed_version(name) == version(name)
+    assert installed_version("no_such_package_here") == "unknown"

@@ -42,6 +42,7 @@ from ..containers import spectrum_variance
 from ..exceptions import InputDataError, OutputWriteError, RedFileError
 from .atomic import write_fits_atomic
 from .fiber_spectra import fiber_spectra
+from .header import copy_header
 from .products import load_calibration
 from .red import read_red_frame
 from .units import fits_unit_string
@@ -153,12 +154,12 @@ def read_red_spectrum_list(file_obj, **kwargs):
     path = _path(file_obj)
     frame, mask = _frame_arrays(path)
     covariance = _covariance_meta(path)
-    metas = [{"header": frame.header.copy(), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i, **covariance}
+    metas = [{"header": copy_header(frame.header), "fibre": _fibre_dict(frame.fibres[i]), "fiber": i, **covariance}
              for i in range(frame.counts.shape[0])]
     wave = frame.wavelength
     if len(wave) and np.array_equal(wave, np.broadcast_to(wave[0], wave.shape)):  # one axis: one WCS, shared
         return SpectrumList(fiber_spectra(wave[0] * u.AA, frame.counts * frame.counts_unit, frame.variance, mask,
-                                          metas))
+                                          metas, copy=False))  # the frame's arrays, read for these spectra
     return SpectrumList(Spectrum(spectral_axis=wave[i] * u.AA, flux=frame.counts[i] * frame.counts_unit,
                                  uncertainty=VarianceUncertainty(frame.variance[i], unit=frame.counts_unit**2),
                                  mask=mask[i].copy(), meta=meta) for i, meta in enumerate(metas))

@@ -14,13 +14,12 @@ synphot (`band_arrays`, `band_vega_to_ab`).
 
 import functools
 import logging
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from astropy import units as u
 
-from ..cache import cache_dir, fingerprint, load_arrays, save_arrays
+from ..cache import cache_dir, fingerprint, installed_version, load_arrays, save_arrays
 from ..containers import FilterCurve
 from ..exceptions import CacheError, InputDataError, UnknownBandError
 from ..io.text import read_columns
@@ -210,10 +209,7 @@ def _speclite_arrays(name):
 
 @functools.cache
 def _speclite_version():
-    try:
-        return metadata.version("speclite")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return installed_version("speclite")
 
 
 @functools.lru_cache(maxsize=64)
