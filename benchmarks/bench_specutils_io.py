@@ -8,7 +8,8 @@ counts, ``BUNIT = 'Counts'``, ``WAVELA`` in ``'Angstroms'``) is read with
 ``--repeat`` runs. The floor of the ``SpectrumList`` case is printed too:
 making its NFIB calibrated ``Spectrum`` objects alone (the call the
 package makes, `kspec_fluxcal.io.fiber_spectra.fiber_spectra`, on the first
-fiber's spectral axis and WCS), with nothing calibrated.
+fiber's spectral axis and WCS, holding views of the rows of the calibrated
+arrays), with nothing calibrated.
 
 Usage::
 
@@ -76,7 +77,8 @@ def main():
         metas = [s.meta for s in listed]
 
         def make_spectra():
-            return fiber_spectra(listed[0].spectral_axis, flux, variance, mask, metas, wcs=listed[0].wcs)
+            return fiber_spectra(listed[0].spectral_axis, flux, variance, mask, metas, wcs=listed[0].wcs,
+                                 copy=False)
 
         cases = {
             "SpectrumList.read": lambda: SpectrumList.read(path),
