@@ -249,3 +249,43 @@ def test_the_split_is_recorded_and_disjoint(calspec_dir):
     """The named stars are there, each once, and none is both a training and a held-out star."""
     assert not set(TRAINING) & set(HELD_OUT)
     assert [star_name(p) for p in calspec_files(calspec_dir, TRAINING + HELD_OUT)] == [*TRAINING, *HELD_OUT]
+
+
+PROXY_FRAMES = (("hd209458", "hd38949", "hd159222", "hd37962", "hd185975", "p041c", "bd29d2091", "bd54d1216"),
+                ("hd209458", "hd38949", "hd185975", "p041c", "p330e", "p177d", "bd02d3375", "hd031128"))
+"""Two frames of ``benchmarks/bench_similar_standards.py``'s ``gdwarf-proxy``: six G dwarfs and two metal-poor F
+stars; the other nine stars (two G dwarfs among them) train the correction."""
+
+
+@pytest.mark.slow
+def test_open_frame_proxy_of_six_g_dwarfs_and_two_metal_poor_stars(calspec_dir, ck04_dir, tmp_path):
+    """Six G dwarfs and two metal-poor F stars, correction learned from the nine other stars (issue 22's open frame).
+
+    The frames the issue's first target describes (stars the correction never
+    saw, of the kinds it was learned from). Achieved (seed 1, these two
+    rotations, `calibration_accuracy`): median 0.19 / 0.11 %, p95 1.23 /
+    0.40 %, pull 0.97 / 0.67 (pooled 0.84). The first rotation, trained on
+    P330E and P177D only among the G dwarfs, is the benchmark's worst
+    (``gdwarf-proxy``: p95 1.22–1.85 % over seeds 1–4, target ≤ 1.2 %).
+    """
+    from kspec_fluxcal.calspec_correction import derive_template_correction
+
+    every = TRAINING + HELD_OUT
+    figures, pulls = [], []
+    for k, frame in enumerate(PROXY_FRAMES):
+        correction = derive_template_correction(calspec_files(calspec_dir, every), ck04_dir, exclude=list(frame))
+        assert not set(correction.meta["used_stars"]) & set(frame)
+        exposure = make_calspec_exposure(calspec_files(calspec_dir, frame), fwhm=30.0, n_pix=621, seed=1)
+        red, cat = exposure.write(tmp_path, stem=f"proxy{k}")
+        run = apply_fluxcal(red, FluxcalConfig(catalog=cat, templates=ck04_dir, fwhm=30.0,
+                                               template_correction=correction, zero_point_sigma=0.0, mag_floor=0.0,
+                                               output=tmp_path / f"proxy{k}_cal.fits"))
+        truth = exposure.truth["system_calibration"] / true_level(run.result.summary, exposure.truth["gray"])
+        acc = calibration_accuracy(run.result, exposure.truth["wavelength"], truth, wave_range=(3800.0, 9200.0),
+                                   exclude_regions=TELLURIC)
+        figures.append(acc)
+        pulls.append(acc["pull_rms"])
+    # bounds at about 1.5x what is achieved
+    assert max(f["median_abs_error"] for f in figures) <= 0.003
+    assert max(f["p95_abs_error"] for f in figures) <= 0.019
+    assert 0.65 <= np.sqrt(np.mean(np.square(pulls))) <= 1.25
