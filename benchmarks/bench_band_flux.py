@@ -31,9 +31,9 @@ targets and seeds, with σ from `kspec_fluxcal.band_flux` ("after") and from
 the summed per-pixel variance ("before"), per band and pooled over the box
 bands, over PS1 g r i z and over the bands clear of telluric windows
 (4000–5400, 5500–6800, 8400–8900 Å, g, r); the calibrations' own per-pixel
-pulls (Cal/truth − 1 over the stated σ) are pooled over their pixels. Then the size of the ``FCALCOV``
-extension and the time to build and write it, against a full frame's
-calibration (12 400 pixels).
+pulls (Cal/truth − 1 over the stated σ) are pooled over their pixels. Then
+the size of the ``FCALCOV`` extension and the time to build and write it,
+against a full frame's calibration (12 400 pixels).
 
 ``--terms`` also prints, per band, the calibration's own band pull (the
 band-weighted mean of Cal/truth − 1 over the stated σ of that mean, no target
