@@ -30,13 +30,20 @@ pulls (band flux − truth)/σ of box bands and PS1 g r i z are pooled over
 targets and seeds, with σ from `kspec_fluxcal.band_flux` ("after") and from
 the summed per-pixel variance ("before"), per band and pooled over the box
 bands, over PS1 g r i z and over the bands clear of telluric windows
-(4000–5400, 5500–6800, 8400–8900 Å, g, r). Then the size of the ``FCALCOV``
-extension and the time to build and write it, against a full frame's
-calibration (12 400 pixels).
+(4000–5400, 5500–6800, 8400–8900 Å, g, r); the calibrations' own per-pixel
+pulls (Cal/truth − 1 over the stated σ) are pooled over their pixels. Then
+the size of the ``FCALCOV`` extension and the time to build and write it,
+against a full frame's calibration (12 400 pixels).
+
+``--terms`` also prints, per band, the calibration's own band pull (the
+band-weighted mean of Cal/truth − 1 over the stated σ of that mean, no target
+noise) and each correlated term's share of the stated band variance (flat
+target), pooled over the frames: a pull below 1 with one term dominating
+points at the term that is over-stated.
 
 Usage::
 
-    python benchmarks/bench_band_flux.py [--shared ../shared/data] [--seeds 10] [--kinds calspec-floor ...]
+    python benchmarks/bench_band_flux.py [--shared ../shared/data] [--seeds 10] [--kinds calspec-floor ...] [--terms]
 """
 
 import argparse
@@ -53,6 +60,7 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 
+from kspec_fluxcal.bandflux import band_weights
 from kspec_fluxcal.calspec_correction import _star_name, derive_template_correction
 from kspec_fluxcal.combine import QualityGates
 from kspec_fluxcal.covariance import CalibrationCovariance
@@ -64,6 +72,49 @@ from band_pulls import BOX_BANDS, FILTERS, band_label, target_pulls  # noqa: E40
 from independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame  # noqa: E402
 
 KINDS = ("calspec-floor", "calspec-heldout", "independent", "single", "fallback")
+
+PIXEL_PULLS = {}
+"""kind → per-pixel pulls (Cal − truth)/σ of the calibrations (σ the covariance's diagonal, = CAL_VARIANCE)."""
+
+TERMS = {}
+"""kind → band label → {'pulls': calibration-only band pulls, term name → stated band variances} (``--terms``)."""
+
+
+def _term_shares(kind, result, wavelength, truth):
+    """Record the calibration's own band pull and each covariance term's band variance (``--terms``)."""
+    vec, cov = result.combined_vector, result.covariance
+    wave = vec.wavelength.to_value(u.AA)
+    ok = ~vec.mask & np.isfinite(vec.cal_factor.value)
+    cal = np.interp(wavelength, wave[ok], vec.cal_factor.value[ok], left=np.nan, right=np.nan)
+    bad = np.interp(wavelength, wave, (~ok).astype(float)) > 0
+    good = ~bad & np.isfinite(cal) & (wavelength >= cov.domain[0]) & (wavelength <= cov.domain[1])
+    lam, err = wavelength[good], cal[good] / truth[good] - 1
+    independent, _ = cov.factors(lam)
+    PIXEL_PULLS.setdefault(kind, []).extend(err / np.sqrt(cov.variance(lam)))
+    parts = {"independent": None}
+    for term in cov.terms:
+        parts[term.name] = CalibrationCovariance(cov.wavelength, np.zeros_like(cov.independent), [term], cov.mask,
+                                                 cov.domain).factors(lam)[1]
+    for band in BOX_BANDS + FILTERS:
+        w = band_weights(lam, band if isinstance(band, str) else (band[0] * u.AA, band[1] * u.AA))
+        row = TERMS.setdefault(kind, {}).setdefault(band_label(band), {"pulls": []})
+        variances = {name: (np.sum(w**2 * independent) if g is None else float(np.sum((g.T @ w) ** 2)))
+                     for name, g in parts.items()}
+        for name, v in variances.items():
+            row.setdefault(name, []).append(v)
+        row["pulls"].append(float(w @ err) / np.sqrt(sum(variances.values())))
+
+
+def _report_terms(kind):
+    rows = TERMS.get(kind, {})
+    names = sorted({n for row in rows.values() for n in row if n != "pulls"},
+                   key=lambda n: -max(np.mean(row.get(n, [0.0])) for row in rows.values()))
+    print("  calibration only: band pull rms, stated σ (%), share of the band variance per term (%)")
+    print("  " + f"{'band':10s} {'pull':>5s} {'σ%':>5s} " + " ".join(f"{n[:12]:>12s}" for n in names))
+    for label, row in rows.items():
+        total = sum(np.mean(row.get(n, [0.0])) for n in names)
+        print("  " + f"{label:10s} {np.sqrt(np.mean(np.square(row['pulls']))):5.2f} {100 * np.sqrt(total):5.2f} "
+              + " ".join(f"{100 * np.mean(row.get(n, [0.0])) / total:12.0f}" for n in names))
 
 
 def _truth(run, frame):
@@ -100,6 +151,9 @@ def _report(kind, pooled, n_frames, seconds):
         before = np.sqrt(np.mean(np.square([v for d in rows for v in d["old"]])))
         after = np.sqrt(np.mean(np.square([v for d in rows for v in d["new"]])))
         print(f"  {name + ' pooled':12s} {before:7.2f} {after:7.2f}")
+    pixel = np.asarray(PIXEL_PULLS.get(kind, []))
+    if pixel.size:
+        print(f"  per-pixel pull rms of the calibrations {np.sqrt(np.mean(pixel**2)):.2f} ({pixel.size} pixels)")
 
 
 def run_calspec(kind, files, ck04, seeds, tmp):
@@ -119,6 +173,7 @@ def run_calspec(kind, files, ck04, seeds, tmp):
         run = _calibrate(frame, ck04, tmp, f"{kind}{seed}", fwhm=30.0, template_correction=correction)
         pulls = target_pulls(run.result, frame.truth["wavelength"], _truth(run, frame), np.random.default_rng(seed),
                              atmosphere=frame.truth["atmosphere"])
+        _term_shares(kind, run.result, frame.truth["wavelength"], _truth(run, frame))
         _pool(pooled, pulls)
         n += 1
     _report(kind, pooled, n, time.perf_counter() - t0)
@@ -149,6 +204,7 @@ def run_fallback(files, ck04, seeds, tmp):
         run = _calibrate(frame, ck04, tmp, f"fallback{seed}", fwhm=30.0, template_correction=correction,
                          fallback=night_path, min_standards=2)
         assert run.result.summary.get("gray_rescale"), "the nightly fallback was not applied"
+        _term_shares("fallback", run.result, frame.truth["wavelength"], frame.reference_calibration([0]))
         _pool(pooled, target_pulls(run.result, frame.truth["wavelength"], frame.reference_calibration([0]),
                                    np.random.default_rng(seed), atmosphere=frame.truth["atmosphere"]))
     _report("fallback", pooled, len(seeds), time.perf_counter() - t0)
@@ -169,6 +225,7 @@ def run_independent(seeds, grid, tmp):
         run = _calibrate(frame, grid, tmp, f"ind{seed}", gates=QualityGates(**FAMILY_GATES), template_misfit=floor)
         _pool(pooled, target_pulls(run.result, frame.truth["wavelength"], _truth(run, frame),
                                    np.random.default_rng(seed), atmosphere=frame.truth["atmosphere"]))
+        _term_shares("independent", run.result, frame.truth["wavelength"], _truth(run, frame))
     _report("independent", pooled, len(seeds), time.perf_counter() - t0)
 
 
@@ -205,6 +262,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=10, help="frames per kind")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--no-overhead", action="store_true")
+    parser.add_argument("--terms", action="store_true",
+                        help="also print the calibration-only band pulls and each covariance term's share")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     files = sorted((args.shared / "calspec").glob("*.fits*"))
@@ -225,6 +284,8 @@ def main():
                 run_fallback(files, ck04, seeds, tmp)
             else:
                 run_calspec(kind, files, ck04, seeds, tmp)
+            if args.terms:
+                _report_terms(kind)
         if not args.no_overhead:
             overhead(grid, tmp)
 
