@@ -8,6 +8,7 @@ they fail, so that a CI run cannot pass without them.
 
 import importlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,7 +21,16 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def pytest_configure(config):
     """Keep every binary cache of the run out of the user's cache folder."""
     if not os.environ.get("KSPEC_FLUXCAL_CACHE"):
-        os.environ["KSPEC_FLUXCAL_CACHE"] = tempfile.mkdtemp(prefix="kspec_fluxcal_test_cache_")
+        os.environ["KSPEC_FLUXCAL_CACHE"] = config._kspec_run_cache = tempfile.mkdtemp(
+            prefix="kspec_fluxcal_test_cache_")
+
+
+def pytest_unconfigure(config):
+    """Remove the run's own cache folder (prepared grids: 0.1-0.9 GB a run)."""
+    folder = getattr(config, "_kspec_run_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ["KSPEC_FLUXCAL_CACHE"]
 
 
 def skip_or_fail(message):
