@@ -9,7 +9,7 @@ failure the input is untouched and nothing partial is left.
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from .telluric import (
     apply_telluric_correction,
     check_not_corrected,
     read_transmission,
+    telluric_covariance,
     telluric_header,
     transmission_to_apply,
     warn_airmass_mismatch,
@@ -569,7 +570,10 @@ def apply_fluxcal(red_filename, config=None, grid=None):
     result = calibration_for_frame(result, frame.counts_unit, header_exptime(frame.header))
     telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
     flux, flux_var = _calibrated_arrays(frame, result, telluric)
-    primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
+    written = result
+    if telluric is not None and result.covariance is not None:  # the corrected flux's: bridging cancels in T
+        written = replace(result, covariance=telluric_covariance(result.covariance, telluric))
+    primary, variance, products = _output_hdulist(frame, flux, flux_var, written, config, origin)
     if telluric is not None:
         telluric_header(primary.header, telluric, origin.get("source"))
     with fits.open(red_filename, memmap=False) as hdul:
@@ -610,7 +614,8 @@ def _calibrated_arrays(frame, result, telluric):
                                        wavelength=frame.wavelength[rows])
         f, fv = f.value, fv.value
         if telluric is not None:
-            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric)
+            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric,
+                                              covariance=result.covariance if telluric is result.telluric else None)
         flux[rows], flux_var[rows] = f, fv
     return flux, flux_var
 
