@@ -63,6 +63,7 @@ __all__ = [
     "fit_transmission",
     "lsf_sigma",
     "transmission_on_grid",
+    "BRIDGING_CANCELLED",
     "apply_telluric_correction",
     "measured_on_grid",
     "telluric_covariance",
@@ -415,6 +416,11 @@ def transmission_on_grid(transmission, wavelength):
         v[sel] = np.interp(flat[sel], xs[good], transmission.variance[part][good])
         bad[sel] = np.interp(flat[sel], xs, (~good).astype(float)) > 0
     return t.reshape(wave.shape), v.reshape(wave.shape), bad.reshape(wave.shape)
+
+
+BRIDGING_CANCELLED = "TELBRID"
+"""Header keyword of a frame calibrated and telluric-corrected with one calibration: its variance and, when
+read, its ``FCALCOV`` leave out the ``bridging`` term where ``TELLURIC`` was measured (`telluric_covariance`)."""
 
 
 def measured_on_grid(transmission, wavelength):
