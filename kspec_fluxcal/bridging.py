@@ -52,7 +52,10 @@ term at all).
 
 The term applies to the smooth form only; it is common to all fibers and
 correlated over about half a knot interval
-(`kspec_fluxcal.covariance.CalibrationCovariance.from_budget`).
+(`kspec_fluxcal.covariance.CalibrationCovariance.from_budget`). It cancels
+in flux corrected with a telluric transmission measured against the same
+calibration, inside the windows where T was measured
+(`kspec_fluxcal.telluric.telluric_covariance`).
 """
 
 import numpy as np

@@ -43,6 +43,7 @@ from .products import (
 from .products import save_calibration as _save_product
 from .quantities import value_in
 from .telluric import (
+    BRIDGING_CANCELLED,
     apply_telluric_correction,
     check_not_corrected,
     read_transmission,
@@ -568,10 +569,14 @@ def apply_fluxcal(red_filename, config=None, grid=None):
         result, origin = _derive(red_filename, frame, config, grid)
     result = calibration_for_frame(result, frame.counts_unit, header_exptime(frame.header))
     telluric = transmission_to_apply(frame.header, result, config.telluric, red_filename.name)
-    flux, flux_var = _calibrated_arrays(frame, result, telluric)
+    # T measured against the calibration applied (not a nightly one's): the bridging error cancels in counts·Cal/T
+    cancels = telluric is not None and result.covariance is not None and not origin.get("fallback")
+    flux, flux_var = _calibrated_arrays(frame, result, telluric, cancels)
     primary, variance, products = _output_hdulist(frame, flux, flux_var, result, config, origin)
     if telluric is not None:
         telluric_header(primary.header, telluric, origin.get("source"))
+        if cancels:
+            primary.header[BRIDGING_CANCELLED] = (True, "bridging error cancels inside TELLURIC")
     with fits.open(red_filename, memmap=False) as hdul:
         kept = [h.copy() for h in hdul[1:] if h.name not in ("VARIANCE", "FLUXCAL", "FCALSTAR", "FCALVEC",
                                                               "FCALSUM", "TELLURIC", "FCALCOV")]
@@ -595,8 +600,11 @@ def apply_fluxcal(red_filename, config=None, grid=None):
     return FluxcalRun(result=result, output=target, figures=figures, frame=frame)
 
 
-def _calibrated_arrays(frame, result, telluric):
+def _calibrated_arrays(frame, result, telluric, cancels=False):
     """The frame's calibrated flux and variance (FLAM, float32 as written), computed in blocks of fibers.
+
+    ``cancels``: ``telluric`` was measured against ``result``, so its bridging term is left out where T was
+    measured (`kspec_fluxcal.telluric.telluric_covariance`).
 
     Each block is calibrated (and telluric-corrected) in float64 and stored
     in float32, the type the calibrated file holds, so that no step holds a
@@ -610,7 +618,8 @@ def _calibrated_arrays(frame, result, telluric):
                                        wavelength=frame.wavelength[rows])
         f, fv = f.value, fv.value
         if telluric is not None:
-            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric)
+            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric,
+                                              covariance=result.covariance if cancels else None)
         flux[rows], flux_var[rows] = f, fv
     return flux, flux_var
 

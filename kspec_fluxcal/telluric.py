@@ -63,7 +63,10 @@ __all__ = [
     "fit_transmission",
     "lsf_sigma",
     "transmission_on_grid",
+    "BRIDGING_CANCELLED",
     "apply_telluric_correction",
+    "measured_on_grid",
+    "telluric_covariance",
     "telluric_header",
     "check_not_corrected",
     "transmission_to_apply",
@@ -415,7 +418,66 @@ def transmission_on_grid(transmission, wavelength):
     return t.reshape(wave.shape), v.reshape(wave.shape), bad.reshape(wave.shape)
 
 
-def apply_telluric_correction(flux, variance, wavelength, transmission):
+BRIDGING_CANCELLED = "TELBRID"
+"""Header keyword of a frame calibrated and telluric-corrected with one calibration: its variance and, when
+read, its ``FCALCOV`` leave out the ``bridging`` term where ``TELLURIC`` was measured (`telluric_covariance`)."""
+
+
+def measured_on_grid(transmission, wavelength):
+    """True where ``transmission`` was fitted to the standards (inside a corrected window, T measured).
+
+    Parameters
+    ----------
+    transmission : `TelluricTransmission`
+    wavelength : ndarray
+        Å, increasing.
+
+    Returns
+    -------
+    ndarray of bool
+        False outside the corrected windows and where a window keeps T = 1
+        (no standard's samples reach there).
+    """
+    wave = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
+    x = transmission.wavelength
+    fitted = (transmission.mask | ~(transmission.variance == 0)).astype(float)
+    inside = np.zeros(wave.shape, dtype=bool)
+    for a, b in transmission.windows:
+        inside |= (wave >= a) & (wave <= b)
+    return inside & (np.interp(wave, x, fitted, left=0.0, right=0.0) >= 0.5)
+
+
+def telluric_covariance(covariance, transmission):
+    """The covariance of the telluric-corrected flux's calibration: no ``bridging`` where T was measured.
+
+    T is measured on the standards against their smooth calibration
+    (T_i = counts_i · S_i / M_i), which bridges each window as the combined
+    calibration Cal does. The throughput structure that bridge misses (the
+    `kspec_fluxcal.bridging` term) is the same in Cal and in T and cancels in
+    counts · Cal / T: inside the windows where T was fitted the corrected
+    flux carries none of it. Beside the windows (and where a window keeps
+    T = 1) the term stays.
+
+    Parameters
+    ----------
+    covariance : `~kspec_fluxcal.covariance.CalibrationCovariance`
+        The covariance of the calibration ``transmission`` was measured with.
+    transmission : `TelluricTransmission`
+
+    Returns
+    -------
+    `~kspec_fluxcal.covariance.CalibrationCovariance`
+        The same, its ``bridging`` term zero at the samples where T was
+        measured (``covariance`` itself when it has no such term).
+    """
+    term = next((t for t in covariance.terms if t.name == "bridging"), None)
+    if term is None or not len(transmission.windows):
+        return covariance
+    measured = measured_on_grid(transmission, covariance.wavelength)
+    return covariance.with_term("bridging", np.where(measured, 0.0, term.sigma), term.length)
+
+
+def apply_telluric_correction(flux, variance, wavelength, transmission, covariance=None):
     """Divide spectra by the telluric transmission, propagating both variances.
 
     Parameters
@@ -425,16 +487,28 @@ def apply_telluric_correction(flux, variance, wavelength, transmission):
     wavelength : ndarray
         Each fiber's wavelengths (same shape) or a shared axis (NPIX,), Å.
     transmission : `TelluricTransmission`
+    covariance : `~kspec_fluxcal.covariance.CalibrationCovariance`, optional
+        The covariance of the calibration that made ``flux`` *and* that
+        ``transmission`` was measured with: its ``bridging`` variance cancels
+        where T was measured (`telluric_covariance`) and is taken out of
+        ``variance`` there. Not given: ``variance`` is divided as it is.
 
     Returns
     -------
     flux, variance : ndarray
-        F/T and V/T² + F²·V_T/T⁴; NaN where the transmission is masked.
+        F/T and V/T² + F²·V_T/T⁴ (V less F²·σ²_bridging where it cancels);
+        NaN where the transmission is masked.
     """
     flux = np.asarray(flux, dtype=float)
     variance = np.asarray(variance, dtype=float)
     wave = np.broadcast_to(np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float), flux.shape)
     t, v, bad = transmission_on_grid(transmission, wave)
+    if covariance is not None:
+        corrected = telluric_covariance(covariance, transmission)
+        rows = wave.reshape(-1, wave.shape[-1])
+        cancelled = np.array([np.nan_to_num(covariance.term_sigma("bridging", r) ** 2
+                                            - corrected.term_sigma("bridging", r) ** 2) for r in rows])
+        variance = np.maximum(variance - flux**2 * cancelled.reshape(flux.shape), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = flux / t
         out_var = variance / t**2 + flux**2 * v / t**4

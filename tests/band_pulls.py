@@ -18,7 +18,8 @@ from specutils import Spectrum
 from kspec_fluxcal import apply_flux_calibration, band_flux
 from kspec_fluxcal.bandflux import band_weights
 from kspec_fluxcal.containers import FLAM, spectrum_variance
-from kspec_fluxcal.telluric import apply_telluric_correction
+from kspec_fluxcal.covariance import META_KEY
+from kspec_fluxcal.telluric import apply_telluric_correction, telluric_covariance
 
 BOX_BANDS = ((4000.0, 5400.0), (5500.0, 6800.0), (7000.0, 7550.0), (8400.0, 8900.0))
 """Box bands (Å) of the issue's table."""
@@ -50,13 +51,19 @@ def make_target(rng, wavelength, true_calibration, counts_unit, snr, atmosphere=
 
 
 def _telluric_corrected(spectrum, transmission):
-    """``spectrum`` divided by the exposure's telluric transmission, as the pipeline does for its fibers."""
+    """``spectrum`` divided by the exposure's telluric transmission, as the pipeline does for its fibers
+    (the bridging term cancels where T was measured: `kspec_fluxcal.telluric.telluric_covariance`)."""
     wave = spectrum.spectral_axis.to_value(u.AA)
+    covariance = spectrum.meta.get(META_KEY)
     flux, variance = apply_telluric_correction(spectrum.flux.to_value(FLAM),
-                                               spectrum_variance(spectrum).to_value(FLAM**2), wave, transmission)
+                                               spectrum_variance(spectrum).to_value(FLAM**2), wave, transmission,
+                                               covariance=covariance)
+    meta = dict(spectrum.meta)
+    if covariance is not None:
+        meta[META_KEY] = telluric_covariance(covariance, transmission)
     return Spectrum(spectral_axis=spectrum.spectral_axis, flux=flux * FLAM,
                     uncertainty=VarianceUncertainty(variance, unit=FLAM**2),
-                    mask=~np.isfinite(flux) | ~np.isfinite(variance), meta=spectrum.meta)
+                    mask=~np.isfinite(flux) | ~np.isfinite(variance), meta=meta)
 
 
 def target_pulls(result, wavelength, true_calibration, rng, n_targets=3, snr=50.0, bands=BOX_BANDS + FILTERS,

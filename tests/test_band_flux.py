@@ -27,6 +27,7 @@ from kspec_fluxcal.error_budget import BUDGET_TERMS
 from kspec_fluxcal.exceptions import CalibrationError, InputDataError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_exposure
+from kspec_fluxcal.telluric import measured_on_grid
 
 from .band_pulls import BOX_BANDS, FILTERS, band_label, pooled_rms, target_pulls
 from .independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame
@@ -242,6 +243,32 @@ def test_band_flux_from_file_and_memory_agree(calibrated_run):
         band_flux(plain, "ps1_r")
     with pytest.raises(MissingCovarianceError):
         band_flux(SpectrumList.read(red, format="KSPEC-RED")[science[0]], "ps1_r")
+
+
+def test_telluric_corrected_file_leaves_out_the_bridging_it_cancels(calibrated_run):
+    # T is measured against the calibration applied: in the corrected flux the bridging term cancels where T was
+    # measured (the file's variance and the covariance read with it), and stays beside the windows
+    run, _, _ = calibrated_run
+    telluric, cov = run.result.telluric, run.result.covariance
+    assert telluric is not None and len(telluric.windows) and "bridging" in [t.name for t in cov.terms]
+    with fits.open(run.output) as hdul:
+        assert hdul[0].header["TELBRID"] is True
+        variance = hdul["VARIANCE"].data.astype(float)
+        flux = hdul[0].data.astype(float)
+    fiber = SpectrumList.read(run.output, format="KSPEC-RED")[0]
+    wave = fiber.spectral_axis.to_value(u.AA)
+    read = fiber.meta[META_KEY]
+    measured = measured_on_grid(telluric, wave)
+    stated = cov.term_sigma("bridging", wave)
+    assert measured.any() and np.nanmax(stated[measured]) > 0
+    inner = measured & (np.convolve(measured, np.ones(7), "same") == 7)
+    assert np.all(read.term_sigma("bridging", wave[inner]) == 0.0)
+    beside = (np.convolve(measured, np.ones(7), "same") == 0) & np.isfinite(stated)
+    assert np.max(stated[beside]) > 0
+    np.testing.assert_allclose(read.term_sigma("bridging", wave[beside]), stated[beside], rtol=1e-6)
+    # the file's variance still holds the rest of the calibration's per-pixel error there
+    ok = inner & np.isfinite(flux[0]) & (flux[0] > 0)
+    assert np.all(variance[0, ok] >= flux[0, ok] ** 2 * read.variance(wave[ok]) * (1 - 1e-3))
 
 
 def test_written_spectra_keep_the_covariance(calibrated_run, tmp_path):

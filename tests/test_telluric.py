@@ -19,6 +19,7 @@ from astropy.table import Table
 
 from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.cli import main
+from kspec_fluxcal.covariance import CalibrationCovariance
 from kspec_fluxcal.exceptions import TelluricCorrectedError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, correct_red_file
 from kspec_fluxcal.products import load_calibration, save_calibration
@@ -29,7 +30,9 @@ from kspec_fluxcal.telluric import (
     apply_telluric_correction,
     fit_transmission,
     lsf_sigma,
+    measured_on_grid,
     read_transmission,
+    telluric_covariance,
 )
 
 FWHM = 2.5
@@ -300,3 +303,33 @@ def test_transmission_records_its_airmass_and_flags_another(lines_frame, synthet
             written = correct_red_file(with_airmass(airmass), stored, output=tmp_path / f"corrected_x{airmass}.fits")
         assert ("measured at airmass 1.35" in caplog.text) is warned
         assert fits.getheader(written)["TELAIRM"] == 1.35
+
+
+def test_bridging_cancels_where_the_transmission_was_measured():
+    # T is measured against the same bridged calibration: counts * Cal / T carries none of the bridge's error
+    # where T was fitted (7600-7650 A here); beside the window, and where it keeps T = 1 (7650-7700), it stays
+    wave = np.linspace(7400.0, 7900.0, 501)
+    window = (wave >= 7600) & (wave <= 7700)
+    fitted = window & (wave <= 7650)
+    t = np.where(fitted, 0.7, 1.0)
+    trans = TelluricTransmission(wave, t, np.where(fitted, 1e-4, 0.0), np.zeros(wave.size, bool), [[7600.0, 7700.0]])
+    bridging = np.where(window, 4e-4, 1e-4)
+    terms = {"noise": np.full(wave.size, 1e-6), "bridging": bridging}
+    covariance = CalibrationCovariance.from_budget(wave, terms, np.ones(wave.size, bool), "smooth", knot_spacing=150.0)
+    np.testing.assert_array_equal(measured_on_grid(trans, wave), fitted)
+
+    corrected = telluric_covariance(covariance, trans)
+    inner = fitted & (wave > 7602) & (wave < 7648)
+    assert np.all(corrected.term_sigma("bridging", wave[inner]) == 0.0)
+    kept = ~fitted
+    np.testing.assert_allclose(corrected.term_sigma("bridging", wave[kept]),
+                               covariance.term_sigma("bridging", wave[kept]), rtol=1e-12)
+    np.testing.assert_allclose(corrected.term_sigma("noise", wave), covariance.term_sigma("noise", wave))
+
+    flux = np.full((2, wave.size), 10.0)
+    var = np.full((2, wave.size), 0.5)
+    out, out_var = apply_telluric_correction(flux, var, wave, trans, covariance=covariance)
+    plain_out, plain_var = apply_telluric_correction(flux, var, wave, trans)
+    np.testing.assert_array_equal(out, plain_out)
+    np.testing.assert_allclose(out_var[:, inner], (0.5 - 100.0 * 4e-4) / 0.49 + 100.0 * 1e-4 / 0.7**4, rtol=1e-9)
+    np.testing.assert_array_equal(out_var[:, kept], plain_var[:, kept])

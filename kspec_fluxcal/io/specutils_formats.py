@@ -166,11 +166,23 @@ def read_red_spectrum_list(file_obj, **kwargs):
 
 
 def _covariance_meta(path):
-    """``{META_KEY: covariance}`` for a calibrated frame with ``FCALCOV``, else an empty dict."""
+    """``{META_KEY: covariance}`` for a calibrated frame with ``FCALCOV``, else an empty dict.
+
+    A frame telluric-corrected with its own calibration (``TELBRID = T``) gets
+    the corrected flux's covariance: no ``bridging`` where ``TELLURIC`` was
+    measured (`kspec_fluxcal.telluric.telluric_covariance`).
+    """
     from ..covariance import META_KEY, read_covariance
+    from ..telluric import BRIDGING_CANCELLED, read_transmission, telluric_covariance
 
     covariance = read_covariance(path)
-    return {} if covariance is None else {META_KEY: covariance}
+    if covariance is None:
+        return {}
+    with fits.open(path, memmap=False) as hdul:
+        cancels = bool(hdul[0].header.get(BRIDGING_CANCELLED)) and "TELLURIC" in hdul
+    if cancels:  # idempotent: a copy written from such spectra holds the corrected covariance already
+        covariance = telluric_covariance(covariance, read_transmission(path))
+    return {META_KEY: covariance}
 
 
 @data_loader(RED_FORMAT, identifier=identify_kspec_red, dtype=Spectrum, extensions=["fits", "fit"],
