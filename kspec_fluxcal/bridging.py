@@ -55,7 +55,7 @@ correlated over about half a knot interval
 (`kspec_fluxcal.covariance.CalibrationCovariance.from_budget`). It cancels
 in flux corrected with a telluric transmission measured against the same
 calibration, inside the windows where T was measured
-(`kspec_fluxcal.telluric.telluric_covariance`).
+(`kspec_fluxcal.containers.telluric_covariance`).
 """
 
 import numpy as np

@@ -22,7 +22,13 @@ from .apply import apply_flux_calibration, fiber_blocks
 from .atmosphere import read_airmass, transfer_to_airmass
 from .calibration import DEFAULT_MAG_FLOOR
 from .combine import QualityGates
-from .containers import FluxCalibrationResult, TelluricTransmission, make_spectrum, telluric_window_string
+from .containers import (
+    BRIDGING_CANCELLED,
+    FluxCalibrationResult,
+    TelluricTransmission,
+    make_spectrum,
+    telluric_window_string,
+)
 from .engine import EngineOptions, StandardStar, derive_flux_calibration
 from .error_budget import CATALOG_ZERO_POINT_SIGMA
 from .exceptions import (
@@ -43,7 +49,6 @@ from .products import (
 from .products import save_calibration as _save_product
 from .quantities import value_in
 from .telluric import (
-    BRIDGING_CANCELLED,
     apply_telluric_correction,
     check_not_corrected,
     read_transmission,
@@ -604,7 +609,7 @@ def _calibrated_arrays(frame, result, telluric, cancels=False):
     """The frame's calibrated flux and variance (FLAM, float32 as written), computed in blocks of fibers.
 
     ``cancels``: ``telluric`` was measured against ``result``, so its bridging term is left out where T was
-    measured (`kspec_fluxcal.telluric.telluric_covariance`).
+    measured (`kspec_fluxcal.containers.telluric_covariance`).
 
     Each block is calibrated (and telluric-corrected) in float64 and stored
     in float32, the type the calibrated file holds, so that no step holds a

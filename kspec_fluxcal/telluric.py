@@ -54,7 +54,12 @@ from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.ndimage import uniform_filter1d
 
 from .atmosphere import read_airmass
-from .containers import MIN_TRANSMISSION, TelluricTransmission, telluric_window_string
+from .containers import (
+    MIN_TRANSMISSION,
+    TelluricTransmission,
+    telluric_covariance,
+    telluric_window_string,
+)
 from .exceptions import CalibrationError, InputDataError, TelluricCorrectedError
 from .io.header import set_card
 
@@ -63,10 +68,7 @@ __all__ = [
     "fit_transmission",
     "lsf_sigma",
     "transmission_on_grid",
-    "BRIDGING_CANCELLED",
     "apply_telluric_correction",
-    "measured_on_grid",
-    "telluric_covariance",
     "telluric_header",
     "check_not_corrected",
     "transmission_to_apply",
@@ -418,65 +420,6 @@ def transmission_on_grid(transmission, wavelength):
     return t.reshape(wave.shape), v.reshape(wave.shape), bad.reshape(wave.shape)
 
 
-BRIDGING_CANCELLED = "TELBRID"
-"""Header keyword of a frame calibrated and telluric-corrected with one calibration: its variance and, when
-read, its ``FCALCOV`` leave out the ``bridging`` term where ``TELLURIC`` was measured (`telluric_covariance`)."""
-
-
-def measured_on_grid(transmission, wavelength):
-    """True where ``transmission`` was fitted to the standards (inside a corrected window, T measured).
-
-    Parameters
-    ----------
-    transmission : `TelluricTransmission`
-    wavelength : ndarray
-        Å, increasing.
-
-    Returns
-    -------
-    ndarray of bool
-        False outside the corrected windows and where a window keeps T = 1
-        (no standard's samples reach there).
-    """
-    wave = np.asarray(u.Quantity(wavelength, u.AA).to_value(u.AA), dtype=float)
-    x = transmission.wavelength
-    fitted = (transmission.mask | ~(transmission.variance == 0)).astype(float)
-    inside = np.zeros(wave.shape, dtype=bool)
-    for a, b in transmission.windows:
-        inside |= (wave >= a) & (wave <= b)
-    return inside & (np.interp(wave, x, fitted, left=0.0, right=0.0) >= 0.5)
-
-
-def telluric_covariance(covariance, transmission):
-    """The covariance of the telluric-corrected flux's calibration: no ``bridging`` where T was measured.
-
-    T is measured on the standards against their smooth calibration
-    (T_i = counts_i · S_i / M_i), which bridges each window as the combined
-    calibration Cal does. The throughput structure that bridge misses (the
-    `kspec_fluxcal.bridging` term) is the same in Cal and in T and cancels in
-    counts · Cal / T: inside the windows where T was fitted the corrected
-    flux carries none of it. Beside the windows (and where a window keeps
-    T = 1) the term stays.
-
-    Parameters
-    ----------
-    covariance : `~kspec_fluxcal.covariance.CalibrationCovariance`
-        The covariance of the calibration ``transmission`` was measured with.
-    transmission : `TelluricTransmission`
-
-    Returns
-    -------
-    `~kspec_fluxcal.covariance.CalibrationCovariance`
-        The same, its ``bridging`` term zero at the samples where T was
-        measured (``covariance`` itself when it has no such term).
-    """
-    term = next((t for t in covariance.terms if t.name == "bridging"), None)
-    if term is None or not len(transmission.windows):
-        return covariance
-    measured = measured_on_grid(transmission, covariance.wavelength)
-    return covariance.with_term("bridging", np.where(measured, 0.0, term.sigma), term.length)
-
-
 def apply_telluric_correction(flux, variance, wavelength, transmission, covariance=None):
     """Divide spectra by the telluric transmission, propagating both variances.
 
@@ -490,7 +433,7 @@ def apply_telluric_correction(flux, variance, wavelength, transmission, covarian
     covariance : `~kspec_fluxcal.covariance.CalibrationCovariance`, optional
         The covariance of the calibration that made ``flux`` *and* that
         ``transmission`` was measured with: its ``bridging`` variance cancels
-        where T was measured (`telluric_covariance`) and is taken out of
+        where T was measured (`kspec_fluxcal.containers.telluric_covariance`) and is taken out of
         ``variance`` there. Not given: ``variance`` is divided as it is.
 
     Returns

@@ -17,9 +17,9 @@ from specutils import Spectrum
 
 from kspec_fluxcal import apply_flux_calibration, band_flux
 from kspec_fluxcal.bandflux import band_weights
-from kspec_fluxcal.containers import FLAM, spectrum_variance
+from kspec_fluxcal.containers import FLAM, spectrum_variance, telluric_covariance
 from kspec_fluxcal.covariance import META_KEY
-from kspec_fluxcal.telluric import apply_telluric_correction, telluric_covariance
+from kspec_fluxcal.telluric import apply_telluric_correction
 
 BOX_BANDS = ((4000.0, 5400.0), (5500.0, 6800.0), (7000.0, 7550.0), (8400.0, 8900.0))
 """Box bands (Å) of the issue's table."""
@@ -52,7 +52,7 @@ def make_target(rng, wavelength, true_calibration, counts_unit, snr, atmosphere=
 
 def _telluric_corrected(spectrum, transmission):
     """``spectrum`` divided by the exposure's telluric transmission, as the pipeline does for its fibers
-    (the bridging term cancels where T was measured: `kspec_fluxcal.telluric.telluric_covariance`)."""
+    (the bridging term cancels where T was measured: `kspec_fluxcal.containers.telluric_covariance`)."""
     wave = spectrum.spectral_axis.to_value(u.AA)
     covariance = spectrum.meta.get(META_KEY)
     flux, variance = apply_telluric_correction(spectrum.flux.to_value(FLAM),

@@ -21,13 +21,12 @@ from kspec_fluxcal import (
     synthetic_photometry,
 )
 from kspec_fluxcal.combine import QualityGates
-from kspec_fluxcal.containers import FLAM, CalibrationVector, spectrum_variance
+from kspec_fluxcal.containers import FLAM, CalibrationVector, measured_on_grid, spectrum_variance
 from kspec_fluxcal.covariance import META_KEY, CalibrationCovariance
 from kspec_fluxcal.error_budget import BUDGET_TERMS
 from kspec_fluxcal.exceptions import CalibrationError, InputDataError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal
 from kspec_fluxcal.simulate import make_exposure
-from kspec_fluxcal.telluric import measured_on_grid
 
 from .band_pulls import BOX_BANDS, FILTERS, band_label, pooled_rms, target_pulls
 from .independent_sim import FAMILY_GATES, accuracy, learned_family_floor, make_frame

@@ -19,6 +19,7 @@ from astropy.table import Table
 
 from kspec_fluxcal.accuracy import true_level
 from kspec_fluxcal.cli import main
+from kspec_fluxcal.containers import measured_on_grid, telluric_covariance
 from kspec_fluxcal.covariance import CalibrationCovariance
 from kspec_fluxcal.exceptions import TelluricCorrectedError
 from kspec_fluxcal.pipeline import FluxcalConfig, apply_fluxcal, correct_red_file
@@ -30,9 +31,7 @@ from kspec_fluxcal.telluric import (
     apply_telluric_correction,
     fit_transmission,
     lsf_sigma,
-    measured_on_grid,
     read_transmission,
-    telluric_covariance,
 )
 
 FWHM = 2.5

@@ -170,18 +170,18 @@ def _covariance_meta(path):
 
     A frame telluric-corrected with its own calibration (``TELBRID = T``) gets
     the corrected flux's covariance: no ``bridging`` where ``TELLURIC`` was
-    measured (`kspec_fluxcal.telluric.telluric_covariance`).
+    measured (`kspec_fluxcal.containers.telluric_covariance`).
     """
+    from ..containers import BRIDGING_CANCELLED, TelluricTransmission, telluric_covariance
     from ..covariance import META_KEY, read_covariance
-    from ..telluric import BRIDGING_CANCELLED, read_transmission, telluric_covariance
 
     covariance = read_covariance(path)
     if covariance is None:
         return {}
     with fits.open(path, memmap=False) as hdul:
-        cancels = bool(hdul[0].header.get(BRIDGING_CANCELLED)) and "TELLURIC" in hdul
-    if cancels:  # idempotent: a copy written from such spectra holds the corrected covariance already
-        covariance = telluric_covariance(covariance, read_transmission(path))
+        if hdul[0].header.get(BRIDGING_CANCELLED) and "TELLURIC" in hdul:
+            # idempotent: a copy written from such spectra holds the corrected covariance already
+            covariance = telluric_covariance(covariance, TelluricTransmission.from_hdu(hdul["TELLURIC"]))
     return {META_KEY: covariance}
 
 
