@@ -615,6 +615,8 @@ def _calibrated_arrays(frame, result, telluric, cancels=False):
     in float32, the type the calibrated file holds, so that no step holds a
     (fibers × pixels) float64 temporary of the whole frame.
     """
+    # the covariance as FCALCOV stores it (σ in float32), so that the stored calibration gives this frame bit for bit
+    covariance = type(result.covariance).from_hdu(result.covariance.to_hdu()) if cancels else None
     flux = np.empty(frame.counts.shape, dtype=np.float32)
     flux_var = np.empty(frame.counts.shape, dtype=np.float32)
     for rows in fiber_blocks(frame.counts.shape):
@@ -623,8 +625,7 @@ def _calibrated_arrays(frame, result, telluric, cancels=False):
                                        wavelength=frame.wavelength[rows])
         f, fv = f.value, fv.value
         if telluric is not None:
-            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric,
-                                              covariance=result.covariance if cancels else None)
+            f, fv = apply_telluric_correction(f, fv, frame.wavelength[rows], telluric, covariance=covariance)
         flux[rows], flux_var[rows] = f, fv
     return flux, flux_var
 
